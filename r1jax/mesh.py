@@ -1,0 +1,129 @@
+"""The one mesh: building it from config, and logical axis names -> mesh axes.
+
+Every array that is sharded names its dimensions with logical axes (`batch`,
+`length`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `norm`).
+`DEFAULT_RULES` maps them onto the mesh axes (`data`, `fsdp`, `tensor`); this is
+the only place where that mapping lives. A mesh axis is dropped for a dimension
+it does not divide (the dimension is then replicated over that axis).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axes (a tuple is sharded over their product).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+)
+
+_CURRENT: list[tuple[Mesh, tuple]] = []
+
+
+def make_mesh(shape: Sequence[int] = (1, 1, 1), devices: Sequence[Any] | None = None) -> Mesh:
+  """Mesh over (data, fsdp, tensor); `-1` in one slot takes the remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(shape)
+  if len(shape) != 3:
+    raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh shape may contain at most one -1, got {shape}")
+  if -1 in shape:
+    known = math.prod(s for s in shape if s != -1)
+    shape[shape.index(-1)] = len(devices) // known
+  if math.prod(shape) != len(devices):
+    if math.prod(shape) > len(devices):
+      raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, "
+                       f"only {len(devices)} available")
+    devices = devices[: math.prod(shape)]
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def rules_dict(rules: Sequence[tuple[str, Any]] | Mapping[str, Any] | None = None) -> dict:
+  rules = DEFAULT_RULES if rules is None else rules
+  return dict(rules.items() if isinstance(rules, Mapping) else rules)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = None,
+                    mesh: Mesh | None = None, rules=None) -> P:
+  """PartitionSpec for logical `axes`; drops mesh axes that do not divide `shape`."""
+  r = rules_dict(rules)
+  spec, used = [], set()
+  for i, name in enumerate(axes):
+    target = r.get(name) if name is not None else None
+    if name is not None and name not in r:
+      raise ValueError(f"logical axis {name!r} has no sharding rule; known: {sorted(r)}")
+    if target is None:
+      spec.append(None)
+      continue
+    target = (target,) if isinstance(target, str) else tuple(target)
+    keep = []
+    size = shape[i] if shape is not None else None
+    for ax in target:
+      if ax in used:
+        continue
+      n = mesh.shape[ax] if mesh is not None else 1
+      if size is not None and mesh is not None:
+        if size % (n * math.prod(mesh.shape[a] for a in keep)):
+          continue
+      if mesh is not None and n == 1:
+        continue
+      keep.append(ax)
+    used.update(keep)
+    spec.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
+  return P(*spec)
+
+
+def named_sharding(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int] | None = None,
+                   rules=None) -> NamedSharding:
+  return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+
+
+def tree_shardings(mesh: Mesh, axes_tree: Any, shapes_tree: Any, rules=None) -> Any:
+  """Shardings for a pytree given its logical-axes pytree (tuples are leaves)."""
+  return jax.tree.map(
+      lambda axes, x: named_sharding(mesh, axes, np.shape(x), rules),
+      axes_tree, shapes_tree, is_leaf=lambda a: isinstance(a, tuple))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules=None) -> Iterator[Mesh]:
+  """Activate `mesh` for `constrain` (activation sharding hints) while tracing."""
+  _CURRENT.append((mesh, tuple(rules_dict(rules).items())))
+  try:
+    yield mesh
+  finally:
+    _CURRENT.pop()
+
+
+def current_mesh() -> Mesh | None:
+  return _CURRENT[-1][0] if _CURRENT else None
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Sharding hint for an activation by logical axes; a no-op without an active mesh."""
+  if not _CURRENT:
+    return x
+  mesh, rules = _CURRENT[-1]
+  if mesh.size == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, named_sharding(mesh, axes, x.shape, rules))

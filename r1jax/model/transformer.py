@@ -1,0 +1,256 @@
+"""Decoder-only transformer (Llama 3.x / Qwen2 / SmolLM2) in Flax NNX, used as pure functions.
+
+The module is built once per config and split (`nnx.split`) into a graph and a params
+pytree (nested dicts of arrays). Everything downstream calls `forward(params, cfg, ...)`,
+which merges them inside the traced function, so jitted code takes plain pytrees.
+
+Parameter layout (shapes; logical axes in brackets):
+  embed       [V, D]            (vocab, embed)
+  layers[i]   attn_norm [D], q [D, H, Dh], k/v [D, Hkv, Dh], o [H, Dh, D],
+              q_bias [H, Dh], k_bias/v_bias [Hkv, Dh] (qkv_bias only),
+              mlp_norm [D], gate/up [D, F], down [F, D]
+  final_norm  [D]
+  lm_head     [D, V]            (untied only)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1jax.mesh import constrain
+from r1jax.model.config import ModelConfig
+
+Params = dict[str, Any]
+
+
+class KVCache(NamedTuple):
+  """One K and one V buffer per layer, [B, S, Hkv, Dh], plus slot bookkeeping.
+
+  `mask[b, s]` says slot s holds a real token of row b (prompt padding stays False);
+  `index` is the next slot to write (shared by all rows: prompts are left-padded).
+  """
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  mask: jax.Array
+  index: jax.Array
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  shape = (batch, max_len, cfg.num_kv_heads, cfg.hd)
+  zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  return KVCache(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+                 jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+
+
+def _param(rngs: nnx.Rngs, shape, axes, cfg: ModelConfig, fan_in: int | None = None,
+           value: float | None = None) -> nnx.Param:
+  dtype = jnp.dtype(cfg.param_dtype)
+  if value is not None:
+    x = jnp.full(shape, value, dtype)
+  else:
+    std = 1.0 / math.sqrt(fan_in) if fan_in else 0.02
+    x = (std * jax.random.truncated_normal(rngs.params(), -2, 2, shape)).astype(dtype)
+  return nnx.Param(x, logical_axes=axes)
+
+
+class Block(nnx.Module):
+  """Pre-norm attention + SwiGLU MLP."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    d, h, kv, hd, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd, cfg.intermediate_size
+    self.attn_norm = _param(rngs, (d,), ("norm",), cfg, value=1.0)
+    self.q = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), cfg, d)
+    self.k = _param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), cfg, d)
+    self.v = _param(rngs, (d, kv, hd), ("embed", "kv_heads", "head_dim"), cfg, d)
+    self.o = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), cfg, h * hd)
+    if cfg.qkv_bias:
+      self.q_bias = _param(rngs, (h, hd), ("heads", "head_dim"), cfg, value=0.0)
+      self.k_bias = _param(rngs, (kv, hd), ("kv_heads", "head_dim"), cfg, value=0.0)
+      self.v_bias = _param(rngs, (kv, hd), ("kv_heads", "head_dim"), cfg, value=0.0)
+    self.mlp_norm = _param(rngs, (d,), ("norm",), cfg, value=1.0)
+    self.gate = _param(rngs, (d, f), ("embed", "mlp"), cfg, d)
+    self.up = _param(rngs, (d, f), ("embed", "mlp"), cfg, d)
+    self.down = _param(rngs, (f, d), ("mlp", "embed"), cfg, f)
+
+
+class Transformer(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = _param(rngs, (cfg.hidden_size,), ("norm",), cfg, value=1.0)
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg,
+                            cfg.hidden_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract(cfg: ModelConfig) -> tuple[Any, Any]:
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))
+  return graphdef, state
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array | int = 0) -> Params:
+  """Random-init params (a nested dict of arrays)."""
+  seed = rng if isinstance(rng, int) else jax.random.randint(rng, (), 0, 2**31 - 1)
+  _, state = nnx.split(Transformer(cfg, nnx.Rngs(params=seed)))
+  return state.to_pure_dict()
+
+
+def param_shapes(cfg: ModelConfig) -> Params:
+  """Params as `jax.ShapeDtypeStruct`s, without allocating."""
+  return _abstract(cfg)[1].to_pure_dict()
+
+
+def param_axes(cfg: ModelConfig) -> Params:
+  """Logical axis names of every param, a pytree of tuples matching `init_params`."""
+  state = _abstract(cfg)[1]
+  return jax.tree.map(lambda v: tuple(v.get_metadata()["logical_axes"]), state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable)).to_pure_dict()
+
+
+# ----------------------------------------------------------------------------- functions
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  xf = x.astype(jnp.float32)
+  y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  hd = cfg.hd
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+  rs = cfg.rope_scaling_dict
+  if rs and rs.get("rope_type", rs.get("type")) == "llama3":
+    factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+    old = rs["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    smooth = (old / wavelen - lo) / (hi - lo)
+    scaled = jnp.where(wavelen > old / lo, inv / factor, inv)
+    mid = (1 - smooth) * inv / factor + smooth * inv
+    is_mid = (wavelen <= old / lo) & (wavelen >= old / hi)
+    inv = jnp.where(is_mid, mid, scaled)
+  elif rs and rs.get("rope_type", rs.get("type")) not in (None, "default"):
+    raise NotImplementedError(f"rope_scaling type {rs!r} is not supported")
+  return inv
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """HF (non-interleaved, rotate-half) RoPE. x: [B, T, H, Dh], positions: [B, T]."""
+  ang = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
+  cos = jnp.concatenate([jnp.cos(ang)] * 2, -1)[:, :, None, :]
+  sin = jnp.concatenate([jnp.sin(ang)] * 2, -1)[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  x1, x2 = jnp.split(xf, 2, axis=-1)
+  rot = jnp.concatenate([-x2, x1], axis=-1)
+  return (xf * cos + rot * sin).astype(x.dtype)
+
+
+def _attention(q, k, v, allowed, dtype):
+  """q [B,T,H,Dh], k/v [B,S,Hkv,Dh], allowed [B,T,S] -> [B,T,H,Dh]."""
+  b, t, h, hd = q.shape
+  kvh = k.shape[2]
+  q = q.reshape(b, t, kvh, h // kvh, hd)
+  s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  s = s / math.sqrt(hd)
+  s = jnp.where(allowed[:, None, None], s, jnp.finfo(jnp.float32).min)
+  p = jax.nn.softmax(s, axis=-1).astype(dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", p, v)
+  return out.reshape(b, t, h, hd)
+
+
+def _block(x, layer, cfg: ModelConfig, positions, inv_freq, allowed, cache_kv, index):
+  dt = jnp.dtype(cfg.dtype)
+  c = lambda w: w.astype(dt)
+  hn = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
+  q = jnp.einsum("btd,dhk->bthk", hn, c(layer["q"]))
+  k = jnp.einsum("btd,dhk->bthk", hn, c(layer["k"]))
+  v = jnp.einsum("btd,dhk->bthk", hn, c(layer["v"]))
+  if cfg.qkv_bias:
+    q, k, v = q + c(layer["q_bias"]), k + c(layer["k_bias"]), v + c(layer["v_bias"])
+  q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
+  k = constrain(apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
+  v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+  if cache_kv is not None:
+    ck, cv = cache_kv
+    k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=1)
+    v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
+    new_kv = (k, v)
+  else:
+    new_kv = None
+  attn = _attention(q, k.astype(dt), v.astype(dt), allowed, dt)
+  x = x + jnp.einsum("bthk,hkd->btd", attn, c(layer["o"]))
+  x = constrain(x, ("batch", "length", "embed"))
+  hn = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
+  g = jnp.einsum("btd,df->btf", hn, c(layer["gate"]))
+  u = jnp.einsum("btd,df->btf", hn, c(layer["up"]))
+  mlp = constrain(jax.nn.silu(g) * u, ("batch", "length", "mlp"))
+  x = x + jnp.einsum("btf,fd->btd", mlp, c(layer["down"]))
+  return constrain(x, ("batch", "length", "embed")), new_kv
+
+
+def unembed_matrix(params: Params, cfg: ModelConfig) -> jax.Array:
+  """[D, V] output projection (the transposed embedding when tied)."""
+  return params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
+            mask: jax.Array | None = None, cache: KVCache | None = None, *,
+            return_hidden: bool = False) -> tuple[jax.Array, KVCache | None]:
+  """Run the transformer.
+
+  tokens, positions, mask: [B, T] (mask False marks padding, which no query attends to).
+  Without a cache attention is causal over the T tokens. With a cache the tokens are
+  written at slots [index, index+T) and attend to every valid earlier slot.
+  Returns (logits [B, T, V] float32, or final-normed hidden [B, T, D] if
+  `return_hidden`), and the updated cache (None without one).
+  """
+  b, t = tokens.shape
+  mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+  dt = jnp.dtype(cfg.dtype)
+  x = jnp.take(params["embed"], tokens, axis=0).astype(dt)
+  x = constrain(x, ("batch", "length", "embed"))
+  inv_freq = rope_inv_freq(cfg)
+  if cache is None:
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    allowed = causal[None] & mask[:, None, :]
+    index = None
+  else:
+    index = cache.index
+    s = cache.mask.shape[1]
+    slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, mask, index, axis=1)
+    q_slot = index + jnp.arange(t)
+    allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & slot_mask[:, None, :]
+  block = _block
+  if cfg.remat:
+    block = jax.checkpoint(_block, static_argnums=(2,))
+  new_k, new_v = [], []
+  for i in range(cfg.num_layers):
+    layer = params["layers"][i]
+    kv = (cache.k[i], cache.v[i]) if cache is not None else None
+    x, kv = block(x, layer, cfg, positions, inv_freq, allowed, kv, index)
+    if kv is not None:
+      new_k.append(kv[0])
+      new_v.append(kv[1])
+  x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+  new_cache = None
+  if cache is not None:
+    new_cache = KVCache(tuple(new_k), tuple(new_v), slot_mask, index + t)
+  if return_hidden:
+    return x, new_cache
+  logits = jnp.einsum("btd,dv->btv", x, unembed_matrix(params, cfg).astype(dt),
+                      preferred_element_type=jnp.float32)
+  return constrain(logits, ("batch", "length", "vocab")), new_cache
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """Positions for left-padded rows: 0 at each row's first real token."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
