@@ -1,0 +1,178 @@
+"""GRPO: group-relative advantages and the clipped objective with a k3 KL penalty.
+
+Pure functions on arrays (see MISSION.md 1.1):
+
+  A_i   = (r_i - mean(r_group)) / (std(r_group) + eps)          (advantage_norm="std")
+  rho   = exp(logp - old_logp)
+  obj   = min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A) - beta * k3
+  k3    = exp(ref_logp - logp) - (ref_logp - logp) - 1
+  loss  = -aggregate(obj)
+
+Aggregations (`loss_aggregation`):
+  seq-mean-token-mean       1/G sum_i 1/|o_i| sum_t  (the paper's form, default)
+  token-mean                sum_i,t / sum_i |o_i|    (DAPO)
+  seq-mean-token-sum-norm   1/G sum_i sum_t / L_max  (Dr. GRPO)
+Across several groups in one batch, the per-sequence mean runs over all sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.model import ModelConfig, forward, unembed_matrix
+
+AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+ADVANTAGE_NORMS = ("std", "none")
+KL_ESTIMATORS = ("k3", "k1", "k2")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  epsilon: float = 0.2  # clip low (and high unless epsilon_high is set)
+  epsilon_high: float | None = None  # DAPO clip-higher
+  beta: float = 0.04  # KL weight; 0 skips the reference model entirely
+  loss_aggregation: str = "seq-mean-token-mean"
+  advantage_norm: str = "std"
+  advantage_eps: float = 1e-6
+  std_ddof: int = 1  # unbiased std, as torch.std in TRL/verl; 0 for population std
+  kl_estimator: str = "k3"
+  max_completion_len: int = 0  # L_max for seq-mean-token-sum-norm; 0 = padded length
+  temperature: float = 1.0  # logits are divided by it, as in sampling
+  logprob_impl: str = "auto"  # kernels.token_logprobs implementation
+
+  def __post_init__(self):
+    if self.loss_aggregation not in AGGREGATIONS:
+      raise ValueError(f"loss_aggregation={self.loss_aggregation!r}; choose from {AGGREGATIONS}")
+    if self.advantage_norm not in ADVANTAGE_NORMS:
+      raise ValueError(f"advantage_norm={self.advantage_norm!r}; choose from {ADVANTAGE_NORMS}")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"kl_estimator={self.kl_estimator!r}; choose from {KL_ESTIMATORS}")
+    if not 0 <= self.epsilon < 1:
+      raise ValueError(f"epsilon must be in [0, 1), got {self.epsilon}")
+    if self.epsilon_high is not None and self.epsilon_high < 0:
+      raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
+    if self.beta < 0:
+      raise ValueError(f"beta must be >= 0, got {self.beta}")
+    if self.temperature <= 0:
+      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+def group_advantages(rewards: jax.Array | np.ndarray, group_size: int, norm: str = "std",
+                     eps: float = 1e-6, ddof: int = 1) -> jax.Array:
+  """rewards [B*G] (prompt-major) -> advantages [B*G], normalised within each group."""
+  r = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
+  centred = r - r.mean(axis=1, keepdims=True)
+  if norm == "std":
+    std = jnp.std(r, axis=1, ddof=ddof, keepdims=True) if group_size > ddof else jnp.zeros_like(r)
+    # A group with identical rewards carries no signal: advantage 0 (never NaN).
+    centred = jnp.where(std > 0, centred / (std + eps), 0.0)
+  elif norm != "none":
+    raise ValueError(f"advantage_norm={norm!r}; choose from {ADVANTAGE_NORMS}")
+  return centred.reshape(-1)
+
+
+def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:
+  """Per-token estimate of KL(pi_theta || pi_ref) from sampled tokens."""
+  log_ratio = ref_logp - logp
+  if estimator == "k3":
+    return jnp.exp(log_ratio) - log_ratio - 1.0
+  if estimator == "k2":
+    return 0.5 * log_ratio ** 2
+  return -log_ratio  # k1
+
+
+def aggregate(x: jax.Array, mask: jax.Array, how: str, max_len: int = 0) -> jax.Array:
+  """Reduce per-token values [B, N] to a scalar with one of AGGREGATIONS."""
+  mask = mask.astype(jnp.float32)
+  x = x * mask
+  if how == "seq-mean-token-mean":
+    per_seq = x.sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+    return per_seq.mean()
+  if how == "token-mean":
+    return x.sum() / jnp.maximum(mask.sum(), 1.0)
+  if how == "seq-mean-token-sum-norm":
+    return (x.sum(-1) / float(max_len or x.shape[-1])).mean()
+  raise ValueError(f"loss_aggregation={how!r}; choose from {AGGREGATIONS}")
+
+
+def grpo_objective(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None,
+                   advantages: jax.Array, mask: jax.Array, cfg: GRPOConfig
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The GRPO loss (to minimise) from per-token log-probs [B, N] and advantages [B]."""
+  eps_hi = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+  adv = advantages[:, None].astype(jnp.float32)
+  ratio = jnp.exp(logp - old_logp)
+  clipped = jnp.clip(ratio, 1.0 - cfg.epsilon, 1.0 + eps_hi)
+  surrogate = jnp.minimum(ratio * adv, clipped * adv)
+  per_token = surrogate
+  maskf = mask.astype(jnp.float32)
+  ntok = jnp.maximum(maskf.sum(), 1.0)
+  metrics = {}
+  if cfg.beta > 0:
+    if ref_logp is None:
+      raise ValueError("beta > 0 needs reference log-probs")
+    kl = kl_penalty(logp, ref_logp, cfg.kl_estimator)
+    per_token = per_token - cfg.beta * kl
+    metrics["kl"] = (kl * maskf).sum() / ntok
+  else:
+    metrics["kl"] = jnp.zeros(())
+  loss = -aggregate(per_token, mask, cfg.loss_aggregation, cfg.max_completion_len)
+  # A token is clipped when the clipped branch is the one the min picked (no gradient).
+  is_clipped = ((ratio > 1.0 + eps_hi) & (adv > 0)) | ((ratio < 1.0 - cfg.epsilon) & (adv < 0))
+  metrics["clip_frac"] = (is_clipped * maskf).sum() / ntok
+  metrics["ratio_mean"] = (ratio * maskf).sum() / ntok
+  return loss, metrics
+
+
+class Batch(NamedTuple):
+  """A training batch of B prompt+completion rows.
+
+  tokens/mask/positions are [B, P+N] (left-padded prompt then completion); the model
+  sees tokens[:, :-1]; completion token t sits at column P+t.
+  """
+  tokens: jax.Array
+  mask: jax.Array
+  positions: jax.Array
+  completion_mask: jax.Array  # [B, N]
+  advantages: jax.Array  # [B]
+  old_logp: jax.Array | None  # [B, N]; None: pi_old is the current params (mu = 1)
+  ref_logp: jax.Array | None  # [B, N]; None when beta == 0
+
+
+def completion_logprobs(params: Any, model_cfg: ModelConfig, tokens: jax.Array,
+                        mask: jax.Array, positions: jax.Array, num_completion: int,
+                        temperature: float = 1.0, impl: str = "auto",
+                        return_entropy: bool = False):
+  """log p(completion tokens) [B, N] via hidden states + fused unembedding log-prob."""
+  from r1jax.kernels import token_logprobs
+  b = tokens.shape[0]
+  hidden, _ = forward(params, model_cfg, tokens[:, :-1], positions[:, :-1], mask[:, :-1],
+                      return_hidden=True)
+  h = hidden[:, -num_completion:].reshape(b * num_completion, -1)
+  targets = tokens[:, -num_completion:].reshape(-1)
+  out = token_logprobs(h, unembed_matrix(params, model_cfg).astype(h.dtype), targets,
+                       temperature, return_entropy=return_entropy, impl=impl)
+  if return_entropy:
+    return out[0].reshape(b, num_completion), out[1].reshape(b, num_completion)
+  return out.reshape(b, num_completion)
+
+
+def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """GRPO loss of `params` on a batch; metrics include kl, clip_frac and entropy."""
+  n = batch.completion_mask.shape[1]
+  logp, ent = completion_logprobs(params, model_cfg, batch.tokens, batch.mask, batch.positions,
+                                  n, cfg.temperature, cfg.logprob_impl, return_entropy=True)
+  ent = jax.lax.stop_gradient(ent)
+  ref = batch.ref_logp if cfg.beta > 0 else None
+  old = jax.lax.stop_gradient(logp) if batch.old_logp is None else batch.old_logp
+  loss, metrics = grpo_objective(logp, old, ref, batch.advantages,
+                                 batch.completion_mask, cfg)
+  maskf = batch.completion_mask.astype(jnp.float32)
+  metrics["entropy"] = (ent * maskf).sum() / jnp.maximum(maskf.sum(), 1.0)
+  return loss, metrics
