@@ -1,0 +1,325 @@
+"""HF transformers naming <-> our params: config.json fields and per-tensor layout.
+
+HF Linear weights are [out, in]; ours are [in, ...heads...]. Every HF -> ours transform is
+"transpose a 2-D tensor (or not), then reshape", described once per tensor by a
+`TensorLayout`. Because of that, any rectangular slice of one of our params maps back to a
+rectangular slice of the HF tensor (`TensorLayout.hf_slice`), so a loader can build each
+device shard of a sharded param by reading only the rows/columns it needs.
+
+The functions here work on numpy arrays one tensor at a time, so loaders can stream shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.model.config import ModelConfig
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+SUPPORTED_ROPE_TYPES = ("default", "llama3")
+# Fields that are written to config.json and copied from a base config on export.
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+# ----------------------------------------------------------------------------- config.json
+
+
+def _rope_fields(hf: Mapping[str, Any]) -> tuple[float, dict | None]:
+  """(rope_theta, llama3 rope_scaling dict or None) from old or transformers-5 style fields."""
+  rp = dict(hf.get("rope_parameters") or {})  # transformers >= 5 nests theta + scaling here
+  rs = dict(hf.get("rope_scaling") or {})      # transformers < 5 (and Llama-3 checkpoints)
+  theta = hf.get("rope_theta", rp.get("rope_theta", rs.get("rope_theta", 10000.0)))
+  scaling = rs or rp
+  rope_type = scaling.get("rope_type", scaling.get("type", "default")) or "default"
+  if rope_type not in SUPPORTED_ROPE_TYPES:
+    raise ValueError(f"unsupported rope scaling type {rope_type!r} in config.json "
+                     f"(rope_scaling/rope_parameters = {scaling}); supported: {SUPPORTED_ROPE_TYPES}")
+  if rope_type == "default":
+    return float(theta), None
+  keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+  missing = [k for k in keys if k not in scaling]
+  if missing:
+    raise ValueError(f"llama3 rope scaling in config.json lacks {missing}: {scaling}")
+  out = {k: scaling[k] for k in keys}
+  out["rope_type"] = "llama3"
+  return float(theta), out
+
+
+def check_supported(hf: Mapping[str, Any]) -> None:
+  """Raise ValueError naming whatever in a HF config.json this implementation cannot run."""
+  archs = hf.get("architectures") or []
+  model_type = hf.get("model_type")
+  if archs and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+    raise ValueError(f"unsupported architecture {archs} (model_type={model_type!r}); "
+                     f"supported: {SUPPORTED_ARCHITECTURES}")
+  if not archs and model_type not in (None, "llama", "qwen2", "mistral"):
+    raise ValueError(f"unsupported model_type {model_type!r}; supported: llama, qwen2, mistral")
+  act = hf.get("hidden_act", "silu")
+  if act not in ("silu", "swish"):
+    raise ValueError(f"unsupported hidden_act {act!r} (only silu/SwiGLU MLPs are implemented)")
+  if hf.get("mlp_bias"):
+    raise ValueError("unsupported: mlp_bias=true (MLP projections with bias)")
+  is_qwen2 = model_type == "qwen2" or any(a.startswith("Qwen2") for a in archs)
+  if hf.get("attention_bias") and not is_qwen2:
+    # HF Llama's attention_bias also puts a bias on o_proj, which we do not have.
+    raise ValueError("unsupported: attention_bias=true for a Llama/Mistral model (o_proj bias)")
+  if hf.get("use_sliding_window"):
+    raise ValueError("unsupported: use_sliding_window=true (sliding-window attention)")
+  if model_type == "mistral" and hf.get("sliding_window"):
+    logging.warning("Mistral sliding_window=%s is ignored: attention is full causal, which is "
+                    "exact only for sequences up to the window", hf["sliding_window"])
+  _rope_fields(hf)
+
+
+def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
+  """ModelConfig from a HF `config.json` dict (transformers 4.x or 5.x layout).
+
+  `overrides` replace fields afterwards (e.g. dtype="bfloat16", remat=True).
+  """
+  check_supported(hf)
+  model_type = hf.get("model_type", "llama")
+  archs = hf.get("architectures") or []
+  is_qwen2 = model_type == "qwen2" or any(a.startswith("Qwen2") for a in archs)
+  missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                         "intermediate_size") if k not in hf]
+  if missing:
+    raise ValueError(f"config.json lacks required fields {missing}")
+  heads = hf["num_attention_heads"]
+  rope_theta, rope_scaling = _rope_fields(hf)
+  head_dim = hf.get("head_dim")
+  kw = dict(
+      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"], num_heads=heads,
+      num_kv_heads=hf.get("num_key_value_heads") or heads,
+      intermediate_size=hf["intermediate_size"],
+      head_dim=head_dim if head_dim not in (None, hf["hidden_size"] // heads) else None,
+      rope_theta=rope_theta, rope_scaling=rope_scaling,
+      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      # Every supported HF config class defaults to untied embeddings.
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      qkv_bias=is_qwen2,  # Qwen2 always has q/k/v biases; Llama attention_bias is rejected
+      max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
+  )
+  kw.update(overrides)
+  for k in ("dtype", "param_dtype"):  # accept jnp.bfloat16, np.dtype, "bfloat16"
+    if k in kw and kw[k] is not None:
+      kw[k] = jnp.dtype(kw[k]).name
+  return ModelConfig(**kw)
+
+
+def config_to_hf(cfg: ModelConfig, architecture: str | None = None,
+                 dtype: str | None = None) -> dict[str, Any]:
+  """HF config.json dict; readable by transformers 4.x and 5.x.
+
+  qkv_bias models are written as Qwen2 (HF Llama's attention_bias would add an o_proj bias).
+  """
+  arch = architecture or ("Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM")
+  if arch not in SUPPORTED_ARCHITECTURES:
+    raise ValueError(f"unsupported architecture {arch!r}; supported: {SUPPORTED_ARCHITECTURES}")
+  if cfg.qkv_bias and not arch.startswith("Qwen2"):
+    raise ValueError(f"{arch} cannot express q/k/v-only biases; use Qwen2ForCausalLM")
+  model_type = {"Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}.get(arch, "llama")
+  dtype = dtype or cfg.param_dtype
+  out: dict[str, Any] = {
+      "architectures": [arch], "model_type": model_type,
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+      "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+      "num_key_value_heads": cfg.num_kv_heads, "intermediate_size": cfg.intermediate_size,
+      "head_dim": cfg.hd, "rms_norm_eps": cfg.rms_norm_eps,
+      "tie_word_embeddings": cfg.tie_embeddings,
+      "max_position_embeddings": cfg.max_position_embeddings,
+      "hidden_act": "silu", "torch_dtype": dtype, "dtype": dtype,
+  }
+  # transformers 5 nests theta (+ scaling) under rope_parameters; 4.x reads rope_theta and
+  # rope_scaling. Write both, consistently.
+  rope = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+  out["rope_theta"] = cfg.rope_theta
+  if cfg.rope_scaling:
+    scaling = dict(cfg.rope_scaling)
+    out["rope_scaling"] = scaling
+    rope.update(scaling)
+  out["rope_parameters"] = rope
+  if model_type == "qwen2":
+    out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers)
+  else:
+    out.update(attention_bias=False, mlp_bias=False)
+  if model_type == "mistral":
+    out["sliding_window"] = None
+  return out
+
+
+# ----------------------------------------------------------------------------- tensor layout
+
+
+def _split_groups(shape: Sequence[int], t_shape: Sequence[int]) -> list[int]:
+  """Number of our axes in each axis of the transposed HF tensor (products must match)."""
+  groups, i = [], 0
+  for t in t_shape:
+    n, prod = 0, 1
+    while i + n < len(shape) and (prod < t or n == 0):
+      prod *= shape[i + n]
+      n += 1
+    if prod != t:
+      raise ValueError(f"shape {tuple(shape)} does not split {tuple(t_shape)}")
+    groups.append(n)
+    i += n
+  if i < len(shape):  # trailing size-1 axes go with the last group
+    if math.prod(shape[i:]) != 1:
+      raise ValueError(f"shape {tuple(shape)} does not split {tuple(t_shape)}")
+    groups[-1] += len(shape) - i
+  return groups
+
+
+def transpose2d(a: np.ndarray, block: int = 256) -> np.ndarray:
+  """Contiguous a.T; tiled for large arrays (2-3x faster than numpy's strided copy)."""
+  a = np.asarray(a)
+  if a.ndim != 2 or a.size < (1 << 16):
+    return np.ascontiguousarray(a.T)
+  r, c = a.shape
+  out = np.empty((c, r), a.dtype)
+  for i in range(0, r, block):
+    for j in range(0, c, block):
+      out[j:j + block, i:i + block] = a[i:i + block, j:j + block].T
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorLayout:
+  """One param: ours = (hf.T if transpose else hf).reshape(shape)."""
+  path: tuple
+  hf_name: str
+  hf_shape: tuple[int, ...]
+  shape: tuple[int, ...]
+  transpose: bool = False
+
+  def to_ours(self, w: np.ndarray) -> np.ndarray:
+    w = np.asarray(w)
+    if w.shape != self.hf_shape:
+      raise ValueError(f"{self.hf_name}: expected shape {self.hf_shape}, got {w.shape}")
+    return (transpose2d(w) if self.transpose else w).reshape(self.shape)
+
+  def to_hf(self, w: np.ndarray) -> np.ndarray:
+    w = np.asarray(w)
+    if w.shape != self.shape:
+      raise ValueError(f"{self.path}: expected shape {self.shape}, got {w.shape}")
+    t = w.reshape(self.hf_shape[::-1] if self.transpose else self.hf_shape)
+    return transpose2d(t) if self.transpose else t
+
+  def hf_slice(self, index: Sequence[slice]) -> tuple[tuple[slice, ...], Callable[[np.ndarray], np.ndarray]]:
+    """Map a slice of our param to (slice of the HF tensor, fn turning that block into ours).
+
+    Each axis of the (transposed) HF tensor is split into a group of our axes; the slice of
+    the group's outermost axis selects a contiguous range of it. Slices of inner axes of a group
+    (never produced by the default rules) are applied after reading full inner extents.
+    """
+    index = tuple(index) + (slice(None),) * (len(self.shape) - len(index))
+    bounds = [s.indices(n)[:2] for s, n in zip(index, self.shape)]
+    for s in index:
+      if s.step not in (None, 1):
+        raise ValueError(f"strided slice {s} is not supported")
+    t_shape = self.hf_shape[::-1] if self.transpose else self.hf_shape
+    groups = _split_groups(self.shape, t_shape)
+    t_index, block_shape, post = [], [], []
+    ax = 0
+    for n in groups:
+      (lo, hi), inner = bounds[ax], self.shape[ax + 1: ax + n]
+      m = math.prod(inner)
+      t_index.append(slice(lo * m, hi * m))
+      block_shape += [hi - lo, *inner]
+      post += [slice(None)] + [slice(*b) for b in bounds[ax + 1: ax + n]]
+      ax += n
+    hf_index = tuple(t_index[::-1] if self.transpose else t_index)
+    needs_post = any(p != slice(None) for p in post)
+
+    def finish(block: np.ndarray) -> np.ndarray:
+      out = (transpose2d(block) if self.transpose else block).reshape(block_shape)
+      return out[tuple(post)] if needs_post else out
+
+    return hf_index, finish
+
+
+def param_layout(cfg: ModelConfig) -> list[TensorLayout]:
+  """Every param of `cfg`, in HF checkpoint order."""
+  d, h, kv, hd, f, v = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd,
+                        cfg.intermediate_size, cfg.vocab_size)
+  out = [TensorLayout(("embed",), "model.embed_tokens.weight", (v, d), (v, d))]
+  for i in range(cfg.num_layers):
+    p = f"model.layers.{i}."
+    L = lambda leaf, name, hf_shape, shape, tr=False: TensorLayout(
+        ("layers", i, leaf), p + name, tuple(hf_shape), tuple(shape), tr)
+    out += [
+        L("attn_norm", "input_layernorm.weight", (d,), (d,)),
+        L("q", "self_attn.q_proj.weight", (h * hd, d), (d, h, hd), True),
+        L("k", "self_attn.k_proj.weight", (kv * hd, d), (d, kv, hd), True),
+        L("v", "self_attn.v_proj.weight", (kv * hd, d), (d, kv, hd), True),
+    ]
+    if cfg.qkv_bias:
+      out += [
+          L("q_bias", "self_attn.q_proj.bias", (h * hd,), (h, hd)),
+          L("k_bias", "self_attn.k_proj.bias", (kv * hd,), (kv, hd)),
+          L("v_bias", "self_attn.v_proj.bias", (kv * hd,), (kv, hd)),
+      ]
+    out += [
+        L("o", "self_attn.o_proj.weight", (d, h * hd), (h, hd, d), True),
+        L("mlp_norm", "post_attention_layernorm.weight", (d,), (d,)),
+        L("gate", "mlp.gate_proj.weight", (f, d), (d, f), True),
+        L("up", "mlp.up_proj.weight", (f, d), (d, f), True),
+        L("down", "mlp.down_proj.weight", (d, f), (f, d), True),
+    ]
+  out.append(TensorLayout(("final_norm",), "model.norm.weight", (d,), (d,)))
+  if not cfg.tie_embeddings:
+    out.append(TensorLayout(("lm_head",), "lm_head.weight", (v, d), (d, v), True))
+  return out
+
+
+def param_name_map(cfg: ModelConfig) -> Iterator[tuple[tuple, str, Callable, Callable]]:
+  """Yield (our path tuple, hf name, hf->ours, ours->hf) for every parameter."""
+  for t in param_layout(cfg):
+    yield t.path, t.hf_name, t.to_ours, t.to_hf
+
+
+def set_path(tree: dict, path: tuple, value: Any) -> None:
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+def get_path(tree: Mapping, path: tuple) -> Any:
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def params_from_hf(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray],
+                   names: set[str] | None = None, dtype: Any = None,
+                   place: Callable[[tuple, np.ndarray], Any] | None = None) -> dict:
+  """Build our params by pulling HF tensors one by one with `get_tensor(name)`.
+
+  `place(path, array)` turns each converted numpy tensor into the stored leaf (e.g. a
+  sharded device array); by default the numpy array itself is kept. For loading straight
+  into shards without materialising whole tensors see `r1jax.model.checkpoint_io`.
+  """
+  dtype = jnp.dtype(dtype or cfg.param_dtype)  # ml_dtypes covers bfloat16 in numpy
+  layout = param_layout(cfg)
+  if names is not None:
+    missing = [t.hf_name for t in layout if t.hf_name not in names]
+    if missing:
+      raise ValueError(f"checkpoint is missing {len(missing)} tensors: {missing[:8]}")
+  out: dict = {}
+  for t in layout:
+    w = t.to_ours(np.asarray(get_tensor(t.hf_name))).astype(dtype)
+    set_path(out, t.path, place(t.path, w) if place else w)
+  return out
+
+
+def params_to_hf(params: Mapping, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+  """Yield (hf name, numpy tensor) for every parameter, in the params' dtype."""
+  for t in param_layout(cfg):
+    w = np.asarray(get_path(params, t.path))
+    yield t.hf_name, np.ascontiguousarray(t.to_hf(w))
