@@ -201,7 +201,8 @@ def train(c, workdir: str) -> list[dict]:
       # 2. Rewards on the host.
       t0 = time.time()
       texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
-      row_examples = [dict(examples[i // g], prefill=prefill) for i in range(len(texts))]
+      row_examples = [dict(examples[i // g], prefill=prefill,
+                           completion_tokens=int(out.lengths[i])) for i in range(len(texts))]
       res = pool.score(texts, row_examples)
       t_reward = time.time() - t0
 

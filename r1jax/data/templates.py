@@ -8,7 +8,7 @@ so the reward layer can prepend it to the completion before checking the format;
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 # Verbatim from the paper (MISSION.md 1.2), as one line.
 R1_ZERO_TEMPLATE = (
@@ -65,12 +65,29 @@ def prefill_text(template: str, think_prefill: bool = True) -> str:
   return "<think>"
 
 
-def _chat(chat_template: ChatTemplateFn, user: str, system_prompt: str | None) -> str:
+def _chat(chat_template: ChatTemplateFn, user: str, system_prompt: str | None,
+          demos: list[tuple[str, str]] = ()) -> str:
   messages = []
   if system_prompt is not None:
     messages.append({"role": "system", "content": system_prompt})
+  for q, a in demos:
+    messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
   messages.append({"role": "user", "content": user})
   return chat_template(messages)
+
+
+def _demos(few_shot: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
+  out = []
+  for d in few_shot:
+    if "question" not in d or "completion" not in d:
+      raise ValueError(f"few_shot entries need 'question' and 'completion' keys, got {dict(d)!r}")
+    out.append((d["question"].strip(), d["completion"].strip()))
+  return out
+
+
+def _sentence(question: str) -> str:
+  """The paper's template adds '.' after the prompt: drop one the question already has."""
+  return question[:-1] if question.endswith(".") else question
 
 
 def render_prompt(
@@ -80,6 +97,7 @@ def render_prompt(
   chat_template: ChatTemplateFn | None = None,
   system_prompt: str | None = None,
   think_prefill: bool = True,
+  few_shot: Sequence[Mapping[str, str]] = (),
 ) -> str:
   """Renders `question` as a prompt string.
 
@@ -95,6 +113,10 @@ def render_prompt(
       add_generation_prompt=True. Required by "chat".
     system_prompt: optional system turn; only for chat-template renderings.
     think_prefill: prefill the opening reasoning tag (see `prefill_text`).
+    few_shot: demonstrations ({"question", "completion"}) shown before the question: as
+      earlier User/Assistant exchanges in the template's own words, or as earlier chat
+      turns. Small base models rarely produce the tags unprompted; one demonstration
+      gives GRPO non-zero rewards to start from.
   """
   _check_template(template)
   question = question.strip()
@@ -106,13 +128,17 @@ def render_prompt(
   prefill = prefill_text(template, think_prefill)
   if template == "plain":
     return question
+  demos = _demos(few_shot)
   if template == "r1_zero":
-    text = R1_ZERO_TEMPLATE.format(prompt=question)
+    shots = "".join(f"{_sentence(q)}. Assistant: {a}\nUser: " for q, a in demos)
+    text = R1_ZERO_TEMPLATE.format(prompt=shots + _sentence(question))
     return f"{text} {prefill}" if prefill else text
   if template == "chat":
     if chat_template is None:
       raise ValueError("template 'chat' needs chat_template (messages -> text)")
-    return _chat(chat_template, f"{question}\n\n{CHAT_INSTRUCTION}", system_prompt) + prefill
+    demos = [(f"{q}\n\n{CHAT_INSTRUCTION}", a) for q, a in demos]
+    return _chat(chat_template, f"{question}\n\n{CHAT_INSTRUCTION}", system_prompt,
+                 demos) + prefill
   # cold_start
   if chat_template is not None:
     user = f"{question}\n\n{COLD_START_INSTRUCTION}"

