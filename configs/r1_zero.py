@@ -25,16 +25,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2,
                               operators=("+", "-"))),
       template="chat", think_prefill=True, system_prompt="",
+      # One demonstration of the tags: SmolLM2-135M then starts at ~80% format and ~15%
+      # accuracy instead of ~0%, so GRPO has signal within the first steps on a CPU.
+      few_shot=[dict(question="Calculate 3 + 4.",
+                     completion="<think> 3 + 4 = 7 </think> <answer> 7 </answer>")],
       num_eval=32, prompt_bucket=32)
 
-  c.sampling = dict(num_samples=8, max_new_tokens=96, temperature=1.0, top_p=1.0, top_k=0)
+  c.sampling = dict(num_samples=8, max_new_tokens=64, temperature=0.7, top_p=1.0, top_k=0)
 
   c.grpo = dict(epsilon=0.2, epsilon_high=None, beta=0.0, loss_aggregation="seq-mean-token-mean",
                 advantage_norm="std", advantage_eps=1e-6, std_ddof=1, kl_estimator="k3",
                 logprob_impl="auto", mu=1, prompts_per_step=4, micro_batch_size=8)
   c.grpo.epsilon_high = ml_collections.config_dict.placeholder(float)
 
-  c.optim = dict(learning_rate=2e-6, warmup_steps=3, schedule="constant", weight_decay=0.0,
+  c.optim = dict(learning_rate=1e-5, warmup_steps=2, schedule="constant", weight_decay=0.0,
                  b1=0.9, b2=0.99, max_grad_norm=1.0)
 
   # Reward name -> weight (names from r1jax.rewards.REWARDS).
@@ -51,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.source = dict(kind="reasoning_gym", task="basic_arithmetic", size=64, seed=0,
                          config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1))
     c.data.template = "r1_zero"
+    c.data.few_shot = []
     c.data.num_eval = 4
     c.data.prompt_bucket = 16
     c.sampling.num_samples = 4

@@ -71,7 +71,8 @@ def make_renderer(c, tokenizer):
   chat = functools.partial(tokenizer.apply_chat_template, add_generation_prompt=True)
   return lambda ex: data_lib.render_prompt(
       ex["question"], c.data.template, chat_template=chat,
-      system_prompt=c.data.system_prompt or None, think_prefill=c.data.think_prefill)
+      system_prompt=c.data.system_prompt or None, think_prefill=c.data.think_prefill,
+      few_shot=[dict(d) for d in c.data.few_shot])
 
 
 def build_batch(prompt_tokens, prompt_mask, out, advantages, g: int) -> grpo.Batch:
