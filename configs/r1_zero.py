@@ -23,9 +23,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = dict(
       source=dict(kind="reasoning_gym", task="basic_arithmetic", size=2000, seed=0,
                   config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2,
-                              operators=("+", "-"))),
+                              operators=("+", "-"), allow_negation=False,
+                              allow_parentheses=False)),
       template="chat", think_prefill=True, system_prompt="",
-      # One demonstration of the tags: SmolLM2-135M then starts at ~80% format and ~15%
+      # One demonstration of the tags: SmolLM2-135M then starts at ~80% format and ~40%
       # accuracy instead of ~0%, so GRPO has signal within the first steps on a CPU.
       few_shot=[dict(question="Calculate 3 + 4.",
                      completion="<think> 3 + 4 = 7 </think> <answer> 7 </answer>")],

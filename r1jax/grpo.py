@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.model import ModelConfig, forward, unembed_matrix
+from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
 
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 ADVANTAGE_NORMS = ("std", "none")
@@ -130,44 +130,81 @@ def grpo_objective(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | N
 
 
 class Batch(NamedTuple):
-  """A training batch of B prompt+completion rows.
+  """A training batch: B prompts and their G completions each (prompt-major rows).
 
-  tokens/mask/positions are [B, P+N] (left-padded prompt then completion); the model
-  sees tokens[:, :-1]; completion token t sits at column P+t.
+  The prompt is run once per group and its keys/values are shared by the group's G
+  completions (the same computation as running each full sequence, G times cheaper in
+  the prompt; gradients through the shared prompt sum over the group).
   """
-  tokens: jax.Array
-  mask: jax.Array
-  positions: jax.Array
-  completion_mask: jax.Array  # [B, N]
-  advantages: jax.Array  # [B]
-  old_logp: jax.Array | None  # [B, N]; None: pi_old is the current params (mu = 1)
-  ref_logp: jax.Array | None  # [B, N]; None when beta == 0
+  prompt_tokens: jax.Array  # [B, P] left-padded
+  prompt_mask: jax.Array  # [B, P]
+  completion_tokens: jax.Array  # [B*G, N]
+  completion_mask: jax.Array  # [B*G, N]
+  advantages: jax.Array  # [B*G]
+  old_logp: jax.Array | None  # [B*G, N]; None: pi_old is the current params (mu = 1)
+  ref_logp: jax.Array | None  # [B*G, N]; None when beta == 0
 
 
-def completion_logprobs(params: Any, model_cfg: ModelConfig, tokens: jax.Array,
-                        mask: jax.Array, positions: jax.Array, num_completion: int,
-                        temperature: float = 1.0, impl: str = "auto",
-                        return_entropy: bool = False):
-  """log p(completion tokens) [B, N] via hidden states + fused unembedding log-prob."""
+def completion_hidden(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Array,
+                      prompt_mask: jax.Array, completion_tokens: jax.Array,
+                      completion_mask: jax.Array) -> jax.Array:
+  """Final hidden states that predict each completion token: [B*G, N, D].
+
+  Row r of the completions belongs to prompt r // G. Position t of the output is the
+  hidden state after the prompt and completion tokens < t.
+  """
+  b, p = prompt_tokens.shape
+  rows, n = completion_tokens.shape
+  g = rows // b
+  prompt_mask = prompt_mask.astype(bool)
+  pos = positions_from_mask(prompt_mask)
+  cache = init_cache(model_cfg, b, p + n - 1) if n > 1 else init_cache(model_cfg, b, p)
+  h_prompt, cache = forward(params, model_cfg, prompt_tokens, pos, prompt_mask, cache,
+                            return_hidden=True)
+  h_first = jnp.repeat(h_prompt[:, -1:], g, axis=0)  # predicts completion token 0
+  if n == 1:
+    return h_first
+  rep = lambda x: jnp.repeat(x, g, axis=0)
+  cache = cache._replace(k=tuple(map(rep, cache.k)), v=tuple(map(rep, cache.v)),
+                         mask=rep(cache.mask))
+  start = rep(pos[:, -1] + 1)[:, None]
+  cpos = start + jnp.arange(n - 1)[None, :]
+  h_rest, _ = forward(params, model_cfg, completion_tokens[:, :-1], cpos,
+                      completion_mask[:, :-1].astype(bool), cache, return_hidden=True)
+  return jnp.concatenate([h_first, h_rest], axis=1)
+
+
+def completion_logprobs(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Array,
+                        prompt_mask: jax.Array, completion_tokens: jax.Array,
+                        completion_mask: jax.Array, temperature: float = 1.0,
+                        impl: str = "auto", return_entropy: bool = False):
+  """log p(completion tokens) [B*G, N] (and entropy) via the fused unembedding log-prob."""
   from r1jax.kernels import token_logprobs
-  b = tokens.shape[0]
-  hidden, _ = forward(params, model_cfg, tokens[:, :-1], positions[:, :-1], mask[:, :-1],
-                      return_hidden=True)
-  h = hidden[:, -num_completion:].reshape(b * num_completion, -1)
-  targets = tokens[:, -num_completion:].reshape(-1)
-  out = token_logprobs(h, unembed_matrix(params, model_cfg).astype(h.dtype), targets,
-                       temperature, return_entropy=return_entropy, impl=impl)
+  h = completion_hidden(params, model_cfg, prompt_tokens, prompt_mask, completion_tokens,
+                        completion_mask)
+  rows, n, d = h.shape
+  out = token_logprobs(h.reshape(rows * n, d), unembed_matrix(params, model_cfg).astype(h.dtype),
+                       completion_tokens.reshape(-1), temperature,
+                       return_entropy=return_entropy, impl=impl)
   if return_entropy:
-    return out[0].reshape(b, num_completion), out[1].reshape(b, num_completion)
-  return out.reshape(b, num_completion)
+    return out[0].reshape(rows, n), out[1].reshape(rows, n)
+  return out.reshape(rows, n)
+
+
+def batch_logprobs(params: Any, batch: Batch, model_cfg: ModelConfig, temperature: float = 1.0,
+                   impl: str = "auto") -> jax.Array:
+  """No-grad log-probs of a batch's completions (for pi_old and the reference)."""
+  return jax.lax.stop_gradient(completion_logprobs(
+      params, model_cfg, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
+      batch.completion_mask, temperature, impl))
 
 
 def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """GRPO loss of `params` on a batch; metrics include kl, clip_frac and entropy."""
-  n = batch.completion_mask.shape[1]
-  logp, ent = completion_logprobs(params, model_cfg, batch.tokens, batch.mask, batch.positions,
-                                  n, cfg.temperature, cfg.logprob_impl, return_entropy=True)
+  logp, ent = completion_logprobs(params, model_cfg, batch.prompt_tokens, batch.prompt_mask,
+                                  batch.completion_tokens, batch.completion_mask,
+                                  cfg.temperature, cfg.logprob_impl, return_entropy=True)
   ent = jax.lax.stop_gradient(ent)
   ref = batch.ref_logp if cfg.beta > 0 else None
   old = jax.lax.stop_gradient(logp) if batch.old_logp is None else batch.old_logp

@@ -28,7 +28,6 @@ from r1jax import grpo, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import make_mesh, named_sharding, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
-from r1jax.model import positions_from_mask
 from r1jax.model.loader import load_model
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
@@ -43,10 +42,11 @@ def validate(c) -> None:
   for name in c.rewards.weights:
     if name not in REWARDS:
       raise ValueError(f"rewards.weights has unknown reward {name!r}; known: {sorted(REWARDS)}")
-  rows = c.grpo.prompts_per_step * c.sampling.num_samples
-  if c.grpo.micro_batch_size <= 0 or rows % c.grpo.micro_batch_size:
-    raise ValueError(f"grpo.micro_batch_size={c.grpo.micro_batch_size} must divide "
-                     f"prompts_per_step * num_samples = {rows}")
+  rows, g = c.grpo.prompts_per_step * c.sampling.num_samples, c.sampling.num_samples
+  mb = c.grpo.micro_batch_size
+  if mb <= 0 or rows % mb or mb % g:
+    raise ValueError(f"grpo.micro_batch_size={mb} must divide prompts_per_step * num_samples "
+                     f"= {rows} and be a multiple of num_samples = {g} (whole groups)")
   if c.sampling.num_samples < 2:
     raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
   if c.grpo.mu < 1:
@@ -75,15 +75,13 @@ def make_renderer(c, tokenizer):
       few_shot=[dict(d) for d in c.data.few_shot])
 
 
-def build_batch(prompt_tokens, prompt_mask, out, advantages, g: int) -> grpo.Batch:
-  """Prompt rows repeated G times + completions -> a training batch (host numpy)."""
-  ptoks = np.repeat(prompt_tokens, g, axis=0)
-  pmask = np.repeat(prompt_mask, g, axis=0)
-  tokens = np.concatenate([ptoks, out.tokens], axis=1)
-  mask = np.concatenate([pmask, out.mask], axis=1)
-  return grpo.Batch(tokens=tokens, mask=mask, positions=np.asarray(positions_from_mask(mask)),
-                    completion_mask=out.mask, advantages=np.asarray(advantages),
-                    old_logp=None, ref_logp=None)
+def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
+  """Host numpy training batch; completion columns trimmed to the longest row (bucketed)."""
+  n = out.tokens.shape[1]
+  keep = min(n, max(bucket, -(-int(out.lengths.max()) // bucket) * bucket))
+  return grpo.Batch(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
+                    completion_tokens=out.tokens[:, :keep], completion_mask=out.mask[:, :keep],
+                    advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None)
 
 
 def main(argv) -> None:
@@ -144,9 +142,8 @@ def train(c, workdir: str) -> list[dict]:
   loss_fn = functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
   train_step = jax.jit(steps.make_train_step(loss_fn, tx, n_micro), donate_argnums=0)
-  logp_fn = jax.jit(functools.partial(
-      grpo.completion_logprobs, model_cfg=model_cfg, num_completion=scfg.max_new_tokens,
-      temperature=gcfg.temperature, impl=gcfg.logprob_impl))
+  logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
+                                      temperature=gcfg.temperature, impl=gcfg.logprob_impl))
   batch_sharding = named_sharding(mesh, ("batch",))
 
   state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
@@ -211,13 +208,11 @@ def train(c, workdir: str) -> list[dict]:
       t0 = time.time()
       adv = grpo.group_advantages(res.total, g, gcfg.advantage_norm, gcfg.advantage_eps,
                                   gcfg.std_ddof)
-      batch = shard_batch(build_batch(ptoks, pmask, out, adv, g))
+      batch = shard_batch(build_batch(ptoks, pmask, out, adv))
       if gcfg.beta > 0:
-        batch = batch._replace(ref_logp=logp_fn(ref_params, tokens=batch.tokens,
-                                                mask=batch.mask, positions=batch.positions))
+        batch = batch._replace(ref_logp=logp_fn(ref_params, batch))
       if c.grpo.mu > 1:
-        batch = batch._replace(old_logp=logp_fn(state.params, tokens=batch.tokens,
-                                                mask=batch.mask, positions=batch.positions))
+        batch = batch._replace(old_logp=logp_fn(state.params, batch))
       for _ in range(c.grpo.mu):
         state, m = train_step(state, batch)
       m = jax.device_get(m)

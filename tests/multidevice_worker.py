@@ -299,10 +299,13 @@ def check_grad_step(ctx: Context) -> dict:
 def _grpo_batch(ctx: Context):
   from r1jax import grpo
   b, t = ctx.tokens.shape
-  n = 4  # the last 4 columns are the completion
-  adv = np.linspace(-1.0, 1.0, b).astype(np.float32)
-  cmask = ctx.mask[:, -n:].astype(np.int32)
-  return grpo.Batch(tokens=ctx.tokens, mask=ctx.mask, positions=ctx.positions,
+  g, n = 2, 4  # 2 completions of 4 tokens for each of the b prompts
+  rng = np.random.RandomState(1)
+  comp = rng.randint(0, ctx.cfg.vocab_size, (b * g, n)).astype(np.int32)
+  cmask = np.ones((b * g, n), np.int32)
+  cmask[3, 2:] = 0
+  adv = np.linspace(-1.0, 1.0, b * g).astype(np.float32)
+  return grpo.Batch(prompt_tokens=ctx.tokens, prompt_mask=ctx.mask, completion_tokens=comp,
                     completion_mask=cmask, advantages=adv, old_logp=None, ref_logp=None)
 
 
@@ -330,6 +333,7 @@ def check_grpo_step(ctx: Context) -> dict:
   with mesh_lib.use_mesh(ctx.mesh):
     state, m = run(jax.tree.map(jnp.copy, ctx.params),
                    lambda x: ctx.put_batch(x, ("batch",) + (None,) * (np.ndim(x) - 1)))
+  assert abs(float(ref_m["loss"])) > 1e-3, "advantages should make the loss non-zero"
   for k in ("loss", "grad_norm"):
     assert abs(float(m[k]) - float(ref_m[k])) <= 1e-5 * max(1.0, abs(float(ref_m[k]))), (
         k, float(m[k]), float(ref_m[k]))

@@ -101,19 +101,23 @@ def init_params(cfg: ModelConfig, rng: jax.Array | int = 0) -> Params:
   """Random-init params (a nested dict of arrays)."""
   seed = rng if isinstance(rng, int) else jax.random.randint(rng, (), 0, 2**31 - 1)
   _, state = nnx.split(Transformer(cfg, nnx.Rngs(params=seed)))
-  return state.to_pure_dict()
+  return nnx.to_pure_dict(state)
 
 
 def param_shapes(cfg: ModelConfig) -> Params:
   """Params as `jax.ShapeDtypeStruct`s, without allocating."""
-  return _abstract(cfg)[1].to_pure_dict()
+  return nnx.to_pure_dict(_abstract(cfg)[1])
 
 
 def param_axes(cfg: ModelConfig) -> Params:
   """Logical axis names of every param, a pytree of tuples matching `init_params`."""
-  state = _abstract(cfg)[1]
-  return jax.tree.map(lambda v: tuple(v.get_metadata()["logical_axes"]), state,
-                      is_leaf=lambda x: isinstance(x, nnx.Variable)).to_pure_dict()
+  out: dict = {}
+  for path, var in nnx.to_flat_state(_abstract(cfg)[1]):
+    node = out
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = tuple(var.get_metadata()["logical_axes"])
+  return out
 
 
 # ----------------------------------------------------------------------------- functions
