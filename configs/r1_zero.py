@@ -42,8 +42,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = dict(learning_rate=1e-5, warmup_steps=2, schedule="constant", weight_decay=0.0,
                  b1=0.9, b2=0.99, max_grad_norm=1.0)
 
-  # Reward name -> weight (names from r1jax.rewards.REWARDS).
-  c.rewards = dict(weights=dict(accuracy=1.0, format=0.2), timeout_s=10.0, num_workers=2)
+  # Reward name -> weight (r1jax.rewards.REWARDS); 0 turns a reward off (accuracy and
+  # format are still measured for the metrics). All are listed so that the command line
+  # can switch any on: --config.rewards.weights.format_partial=0.5
+  c.rewards = dict(weights=dict(accuracy=1.0, format=0.2, format_partial=0.0, reasoning_gym=0.0,
+                                language=0.0, code=0.0, overlong=0.0, cosine=0.0),
+                   timeout_s=10.0, num_workers=2)
 
   c.train = dict(num_steps=200, log_every=1, sample_every=5, num_logged_samples=4,
                  eval_every=10, eval_samples=4, eval_temperature=0.6, eval_top_p=0.95,

@@ -66,11 +66,14 @@ def group_advantages(rewards: jax.Array | np.ndarray, group_size: int, norm: str
                      eps: float = 1e-6, ddof: int = 1) -> jax.Array:
   """rewards [B*G] (prompt-major) -> advantages [B*G], normalised within each group."""
   r = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
-  centred = r - r.mean(axis=1, keepdims=True)
+  # A group whose rewards are all equal carries no signal: its advantage is exactly 0.
+  # (Tested on the rewards themselves: float error in the mean would otherwise leave
+  # ~1e-7 residues that the std division blows up to O(0.1) advantages.)
+  varied = (r.max(axis=1, keepdims=True) > r.min(axis=1, keepdims=True))
+  centred = jnp.where(varied, r - r.mean(axis=1, keepdims=True), 0.0)
   if norm == "std":
-    std = jnp.std(r, axis=1, ddof=ddof, keepdims=True) if group_size > ddof else jnp.zeros_like(r)
-    # A group with identical rewards carries no signal: advantage 0 (never NaN).
-    centred = jnp.where(std > 0, centred / (std + eps), 0.0)
+    std = jnp.std(r, axis=1, ddof=ddof, keepdims=True) if group_size > ddof else jnp.ones_like(r)
+    centred = jnp.where(varied, centred / (std + eps), 0.0)
   elif norm != "none":
     raise ValueError(f"advantage_norm={norm!r}; choose from {ADVANTAGE_NORMS}")
   return centred.reshape(-1)

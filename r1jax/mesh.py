@@ -127,3 +127,25 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   if mesh.size == 1:
     return x
   return jax.lax.with_sharding_constraint(x, named_sharding(mesh, axes, x.shape, rules))
+
+
+def shard_batch(tree: Any, mesh: Mesh, rules=None) -> Any:
+  """Place host arrays on `mesh`, leading dim over the `batch` axes, the rest replicated.
+
+  Every process passes the same global values (the trainer works on one global batch
+  on every host), so this is valid on multi-host meshes too.
+  """
+  def put(x):
+    if x is None:
+      return None
+    axes = ("batch",) + (None,) * (np.ndim(x) - 1)
+    return jax.device_put(x, named_sharding(mesh, axes, np.shape(x), rules))
+  return jax.tree.map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+  """Fully gather (possibly multi-host) arrays into host numpy arrays."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -26,7 +26,7 @@ from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
 from r1jax import grpo, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
-from r1jax.mesh import make_mesh, named_sharding, use_mesh
+from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model.loader import load_model
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
@@ -34,6 +34,8 @@ from r1jax.sampling import SamplingConfig, generate, pad_prompts
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, samples, checkpoints).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() (multi-host TPU/GPU).")
 
 
 def validate(c) -> None:
@@ -89,6 +91,8 @@ def main(argv) -> None:
   c, workdir = _CONFIG.value, _WORKDIR.value
   if c is None or workdir is None:
     raise app.UsageError("--config and --workdir are required")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
   validate(c)
@@ -116,14 +120,17 @@ def train(c, workdir: str) -> list[dict]:
   # Data: held-out split, checkpointable iterator over the rest.
   source = data_lib.make_source(dict(c.data.source))
   train_src, eval_src = data_lib.train_eval_split(source, c.data.num_eval, seed=c.seed)
-  data_it = data_lib.batch_iterator(train_src, c.grpo.prompts_per_step, seed=c.seed)
+  # Every process reads the same global batch (shard_count=1): sampling and training are
+  # global computations on the mesh, and host work (rewards) is repeated per process.
+  data_it = data_lib.batch_iterator(train_src, c.grpo.prompts_per_step, seed=c.seed,
+                                    shard_index=0, shard_count=1)
   eval_examples = [eval_src[i] for i in range(len(eval_src))]
   render = make_renderer(c, tokenizer)
   prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
 
   # Rewards run on the host, in worker processes with a per-completion deadline.
   from r1jax.rewards import RewardPool
-  weights = dict(c.rewards.weights)
+  weights = {k: float(w) for k, w in c.rewards.weights.items() if w}
   for always in ("accuracy", "format"):  # measured every step, weight 0 if not rewarded
     weights.setdefault(always, 0.0)
   pool = RewardPool(weights, timeout_s=c.rewards.timeout_s, num_workers=c.rewards.num_workers)
@@ -144,7 +151,6 @@ def train(c, workdir: str) -> list[dict]:
   train_step = jax.jit(steps.make_train_step(loss_fn, tx, n_micro), donate_argnums=0)
   logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
                                       temperature=gcfg.temperature, impl=gcfg.logprob_impl))
-  batch_sharding = named_sharding(mesh, ("batch",))
 
   state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
   del params
@@ -159,10 +165,6 @@ def train(c, workdir: str) -> list[dict]:
   writer = MetricsWriter(workdir, enabled=is_main)
   progress = Progress(c.train.num_steps, start)
   rows = []
-
-  def shard_batch(tree):
-    return jax.tree.map(lambda x: jax.device_put(x, named_sharding(mesh, ("batch",) + (None,) * (
-        np.ndim(x) - 1), np.shape(x))), tree)
 
   def run_eval(step_rng, step):
     t0 = time.time()
@@ -191,9 +193,8 @@ def train(c, workdir: str) -> list[dict]:
 
       # 1. Rollouts.
       t0 = time.time()
-      out = generate(state.params, model_cfg, jax.device_put(ptoks, batch_sharding),
-                     jax.device_put(pmask, batch_sharding), sample_rng, scfg)
-      out = jax.device_get(out)
+      dev_ptoks, dev_pmask = shard_batch((ptoks, pmask), mesh)
+      out = to_host(generate(state.params, model_cfg, dev_ptoks, dev_pmask, sample_rng, scfg))
       t_sample = time.time() - t0
 
       # 2. Rewards on the host.
@@ -208,14 +209,14 @@ def train(c, workdir: str) -> list[dict]:
       t0 = time.time()
       adv = grpo.group_advantages(res.total, g, gcfg.advantage_norm, gcfg.advantage_eps,
                                   gcfg.std_ddof)
-      batch = shard_batch(build_batch(ptoks, pmask, out, adv))
+      batch = shard_batch(build_batch(ptoks, pmask, out, adv), mesh)
       if gcfg.beta > 0:
         batch = batch._replace(ref_logp=logp_fn(ref_params, batch))
       if c.grpo.mu > 1:
         batch = batch._replace(old_logp=logp_fn(state.params, batch))
       for _ in range(c.grpo.mu):
         state, m = train_step(state, batch)
-      m = jax.device_get(m)
+      m = to_host(m)
       t_train = time.time() - t0
 
       # 4. Metrics, samples, evaluation, checkpoints.

@@ -30,6 +30,16 @@ def test_group_advantages_hand_computed():
   np.testing.assert_allclose(adv, [0.5, -0.5, 0.0, 0.0])
 
 
+def test_constant_groups_get_exactly_zero_advantage():
+  # 1.2 is not exact in float32: the group mean differs from the members by rounding,
+  # which std-normalisation must not amplify into a spurious signal.
+  r = np.array([1.2] * 8 + [0.2] * 7 + [1.2], np.float32)
+  adv = np.asarray(grpo.group_advantages(r, 8, eps=1e-6))
+  assert (adv[:8] == 0).all()
+  assert adv[8:].sum() == pytest.approx(0.0, abs=1e-5)
+  np.testing.assert_allclose(adv[15], (1.0 - 1 / 8) / np.std([0.2] * 7 + [1.2], ddof=1), rtol=1e-5)
+
+
 def test_identity_policy_ratio_one_kl_zero():
   adv = jnp.asarray([1.0, -1.0, 0.5, -0.5])
   loss, m = grpo.grpo_objective(jnp.asarray(LOGP), jnp.asarray(LOGP), jnp.asarray(LOGP), adv,
