@@ -1,16 +1,32 @@
 """The paper's evaluation protocol: k samples per problem, pass@1, pass@k, cons@k.
 
+    python -m r1jax.evaluate --config=configs/r1_zero.py --checkpoint=WORKDIR_OR_STEP_DIR
+    python -m r1jax.evaluate --config=configs/r1_zero.py            # the base model
+    python -m r1jax.evaluate --config=configs/r1_zero.py --checkpoint=/tmp/r1z \\
+        --num_samples=16 --source='{"kind": "jsonl", "path": "aime.jsonl"}' --output_dir=/tmp/ev
+
 pass@1 = mean correctness over the k samples of a problem (then over problems);
 pass@k uses the unbiased estimator 1 - C(n-c, k) / C(n, k); cons@k is correctness of
 the majority answer among the k samples (answers normalised as the accuracy reward
-parses them; ties go to the answer seen first).
+parses them: `rewards.extract_answer` + `normalize_answer`; ties go to the answer seen
+first). Sampling follows the paper: temperature 0.6, top-p 0.95 (configurable).
+
+Settings come from the config's `eval` section when it has one (`--config.eval.x=...`),
+else from `EVAL_DEFAULTS`; the flags below override both. Data: the config's held-out
+split (the trainer's `train_eval_split`, same seed) unless a source spec is given.
+Writes `samples.jsonl` (every sample) and `metrics.json` (protocol metrics, per-task
+breakdown, response-length distribution, reflection share) to the output directory
+(default: WORKDIR/eval/step_N with a checkpoint, ./eval_base without).
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import math
+import os
 import re
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -18,6 +34,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
+
+# Used when the config has no `eval` section (and as the fallback for missing keys).
+EVAL_DEFAULTS = dict(
+    source=None,  # None: the held-out split of config.data.source; else a source spec
+    num_problems=0,  # 0: all
+    num_samples=16,  # k
+    ks=(1, 2, 4, 8, 16, 32, 64),  # pass@k reported for each k <= num_samples
+    temperature=0.6, top_p=0.95, top_k=0,
+    max_new_tokens=0,  # 0: config.sampling.max_new_tokens
+    batch_prompts=16,  # prompts per sampler call (x num_samples rows)
+    reflection_words=None,  # None: config.train.reflection_words
+    percentiles=(10, 25, 50, 75, 90, 99),
+    seed=0,
+)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -43,7 +73,7 @@ def majority_vote(answers: Sequence[str | None], correct: Sequence[float]) -> fl
 
 def reflection_rate(texts: Sequence[str], words: Sequence[str]) -> float:
   """Share of texts containing any reflection phrase (case-insensitive, word-bounded)."""
-  if not texts:
+  if not texts or not words:
     return 0.0
   pat = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
   return float(np.mean([bool(pat.search(t)) for t in texts]))
@@ -65,11 +95,14 @@ def summarize(correct: np.ndarray, answers: Sequence[Sequence[str | None]],
 def sample_and_score(params: Any, model_cfg, tokenizer, examples: Sequence[Mapping[str, Any]],
                      render: Callable[[Mapping[str, Any]], str], reward_pool, scfg: SamplingConfig,
                      rng: jax.Array, *, batch_prompts: int = 16, prompt_bucket: int = 32,
-                     prefill: str = "") -> list[dict]:
+                     prefill: str = "",
+                     on_records: Callable[[list[dict]], None] | None = None) -> list[dict]:
   """Generate `scfg.num_samples` completions per example and score them.
 
-  Returns one record per sample: example id, task, prompt, completion, answer,
-  extracted answer, per-reward scores, total reward, length.
+  Returns one record per sample (k consecutive records per example): example id, task,
+  sample index, prompt, completion, reference, extracted and normalised answer,
+  per-reward scores, total reward, length, truncated. `on_records` sees each batch's
+  records as they are made (e.g. to stream them to a JSONL file).
   """
   from r1jax.rewards import extract_answer, normalize_answer
   records = []
@@ -80,40 +113,274 @@ def sample_and_score(params: Any, model_cfg, tokenizer, examples: Sequence[Mappi
     ids = [tokenizer.encode(p) for p in prompts]
     toks, mask = pad_prompts(ids, tokenizer.pad_id, prompt_bucket)
     rng, sub = jax.random.split(rng)
-    out = jax.device_get(generate(params, model_cfg, jnp.asarray(toks), jnp.asarray(mask), sub,
-                                  scfg))
+    out = jax.device_get(generate(params, model_cfg, toks, mask, sub, scfg))
     texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
     row_examples = [dict(chunk[i // g], prefill=prefill) for i in range(len(texts))]
     res = reward_pool.score(texts, row_examples)
+    batch = []
     for i, text in enumerate(texts):
       ex = chunk[i // g]
       ans = extract_answer(prefill + text)
-      records.append({
-          "id": ex.get("id", str(start + i // g)), "task": ex.get("task", ""),
+      batch.append({
+          "id": ex.get("id", str(start + i // g)), "task": ex.get("task", ""), "sample": i % g,
           "prompt": prompts[i // g], "completion": text, "reference": ex.get("answer"),
           "extracted": ans, "normalized": normalize_answer(ans) if ans else None,
           "reward": float(res.total[i]), "length": int(out.lengths[i]),
+          "truncated": bool(out.lengths[i] >= scfg.max_new_tokens and
+                            not set(out.tokens[i, :out.lengths[i]].tolist()) & set(scfg.eos_ids)),
           **{f"reward/{k}": float(v[i]) for k, v in res.per_reward.items()}})
+    if on_records is not None:
+      on_records(batch)
+    records.extend(batch)
   return records
 
 
+def _length_stats(lengths: np.ndarray, percentiles: Sequence[float]) -> dict[str, float]:
+  out = {"completion_len_mean": float(lengths.mean()), "completion_len_max": int(lengths.max())}
+  for q in percentiles:
+    out[f"completion_len_p{q:g}"] = float(np.percentile(lengths, q))
+  return out
+
+
 def records_metrics(records: Sequence[Mapping[str, Any]], k: int,
-                    reflection_words: Sequence[str] = ()) -> dict[str, float]:
-  """Protocol metrics from `sample_and_score` records (k consecutive records per problem)."""
+                    reflection_words: Sequence[str] = (), *, ks: Sequence[int] | None = None,
+                    percentiles: Sequence[float] = (50, 90)) -> dict[str, float]:
+  """Protocol metrics from `sample_and_score` records (k consecutive records per problem).
+
+  pass@1, pass@j for each j in `ks` (default: k) with 1 < j <= k, cons@k; response length
+  mean, max and percentiles; format rate and truncation rate when recorded; reflection
+  share; with several tasks, pass@1 / cons@k / pass@k per task (`pass@1/TASK`, ...).
+  """
   if not records:
     return {}
-  correct = np.asarray([r.get("reward/accuracy", 0.0) for r in records]).reshape(-1, k)
+  if len(records) % k:
+    raise ValueError(f"{len(records)} records are not groups of k={k}")
+  ks = (k,) if ks is None else tuple(ks)
+  correct = np.asarray([r.get("reward/accuracy", 0.0) for r in records]).reshape(-1, k) > 0.5
   answers = [[r["normalized"] for r in records[i:i + k]] for i in range(0, len(records), k)]
-  out = summarize(correct > 0.5, answers, ks=(k,))
-  lengths = np.asarray([r["length"] for r in records])
-  out["completion_len_mean"] = float(lengths.mean())
+  out = summarize(correct, answers, ks=ks)
+  out["num_problems"] = len(answers)
+  out.update(_length_stats(np.asarray([r["length"] for r in records]), percentiles))
   if "reward/format" in records[0]:
     out["format_rate"] = float(np.mean([r["reward/format"] for r in records]))
+  if "truncated" in records[0]:
+    out["truncated_rate"] = float(np.mean([r["truncated"] for r in records]))
+  out["reward_mean"] = float(np.mean([r.get("reward", 0.0) for r in records]))
   if reflection_words:
     out["reflection_rate"] = reflection_rate([r["completion"] for r in records], reflection_words)
   tasks = sorted({r["task"] for r in records})
   if len(tasks) > 1:
+    group_task = [records[i]["task"] for i in range(0, len(records), k)]
     for t in tasks:
-      sel = [r.get("reward/accuracy", 0.0) for r in records if r["task"] == t]
-      out[f"pass@1/{t}"] = float(np.mean(sel))
+      sel = [i for i, gt in enumerate(group_task) if gt == t]
+      m = summarize(correct[sel], [answers[i] for i in sel], ks=ks)
+      for name, v in m.items():
+        out[f"{name}/{t}"] = v
+      out[f"num_problems/{t}"] = len(sel)
   return out
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def eval_settings(c, **overrides) -> dict:
+  """EVAL_DEFAULTS <- config.eval (if any) <- overrides (None values ignored)."""
+  s = dict(EVAL_DEFAULTS)
+  if "eval" in c:
+    ev = c.eval.to_dict() if hasattr(c.eval, "to_dict") else dict(c.eval)
+    unknown = set(ev) - set(EVAL_DEFAULTS)
+    if unknown:
+      raise ValueError(f"config.eval has unknown keys {sorted(unknown)}; "
+                       f"known: {sorted(EVAL_DEFAULTS)}")
+    s.update(ev)
+  s.update({k: v for k, v in overrides.items() if v is not None})
+  if not s["max_new_tokens"]:
+    s["max_new_tokens"] = c.sampling.max_new_tokens
+  if s["reflection_words"] is None:
+    s["reflection_words"] = tuple(c.train.reflection_words)
+  if s["num_samples"] < 1:
+    raise ValueError(f"eval.num_samples={s['num_samples']} must be >= 1")
+  if s["temperature"] < 0 or not 0 < s["top_p"] <= 1:
+    raise ValueError(f"bad eval.temperature={s['temperature']} or eval.top_p={s['top_p']}")
+  return s
+
+
+def resolve_checkpoint(path: str) -> tuple[str, int | None, str]:
+  """WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/STEP -> (manager dir, step, workdir).
+
+  step None means the latest.
+  """
+  path = os.path.abspath(path)
+  base = os.path.basename(path.rstrip("/"))
+  if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
+    ckpt_dir = os.path.dirname(path)
+    return ckpt_dir, int(base), _workdir_of(ckpt_dir)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None, path
+  if os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path)):
+    return path, None, _workdir_of(path)
+  raise FileNotFoundError(f"no checkpoint at {path} (want a workdir, its checkpoints/ "
+                          "directory, or one step directory inside it)")
+
+
+def _workdir_of(ckpt_dir: str) -> str:
+  return os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
+
+
+def restore_params(path: str, like: Any) -> tuple[Any, int]:
+  """Params of a trainer checkpoint (only the `params` of its TrainState is read), placed
+  like the arrays of `like` (a params pytree of the same structure). Returns (params, step)."""
+  import orbax.checkpoint as ocp
+  ckpt_dir, step, _ = resolve_checkpoint(path)
+  mngr = ocp.CheckpointManager(ckpt_dir)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no finished checkpoint under {ckpt_dir}")
+    abstract = {"params": jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=restore_args, partial_restore=True)))
+  finally:
+    mngr.close()
+  return out["state"]["params"], int(step)
+
+
+def load_examples(c, source: Mapping[str, Any] | None, num_problems: int = 0) -> list[dict]:
+  """The config's held-out split (as the trainer makes it), or all of `source`."""
+  from r1jax import data as data_lib
+  if source is None:
+    full = data_lib.make_source(dict(c.data.source))
+    _, ds = data_lib.train_eval_split(full, c.data.num_eval, seed=c.seed)
+  else:
+    ds = data_lib.make_source(dict(source))
+  n = len(ds) if not num_problems else min(num_problems, len(ds))
+  return [ds[i] for i in range(n)]
+
+
+def make_renderer(c, tokenizer) -> Callable[[Mapping[str, Any]], str]:
+  """Example -> prompt text, as the trainer renders it (`train.make_renderer`; not imported
+  from there because importing r1jax.train defines its command-line flags)."""
+  import functools
+
+  from r1jax import data as data_lib
+  chat = functools.partial(tokenizer.apply_chat_template, add_generation_prompt=True)
+  return lambda ex: data_lib.render_prompt(
+      ex["question"], c.data.template, chat_template=chat,
+      system_prompt=c.data.system_prompt or None, think_prefill=c.data.think_prefill)
+
+
+def run(c, checkpoint: str | None = None, output_dir: str | None = None,
+        **overrides) -> dict[str, Any]:
+  """Evaluate the base model or a checkpoint; writes samples.jsonl and metrics.json."""
+  from r1jax import data as data_lib
+  from r1jax.mesh import make_mesh, use_mesh
+  from r1jax.model.loader import load_model
+  from r1jax.rewards import RewardPool
+
+  s = eval_settings(c, **overrides)
+  mesh = make_mesh(tuple(c.mesh.shape))
+  model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
+  step = None
+  if checkpoint:
+    params, step = restore_params(checkpoint, params)
+    if output_dir is None:
+      output_dir = os.path.join(resolve_checkpoint(checkpoint)[2], "eval", f"step_{step}")
+  output_dir = output_dir or os.path.abspath("eval_base")
+  os.makedirs(output_dir, exist_ok=True)
+
+  examples = load_examples(c, s["source"], s["num_problems"])
+  render = make_renderer(c, tokenizer)
+  prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
+  scfg = SamplingConfig(max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
+                        top_p=s["top_p"], top_k=s["top_k"], num_samples=s["num_samples"],
+                        eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
+  weights = dict(c.rewards.weights)
+  for always in ("accuracy", "format"):
+    weights.setdefault(always, 0.0)
+
+  samples_path = os.path.join(output_dir, "samples.jsonl")
+  t0 = time.time()
+  done = [0]
+  with open(samples_path, "w") as f, RewardPool(weights, timeout_s=c.rewards.timeout_s,
+                                                num_workers=c.rewards.num_workers) as pool:
+    def write(batch):
+      for r in batch:
+        f.write(json.dumps({"step": step, **r}, ensure_ascii=False) + "\n")
+      f.flush()
+      done[0] += len(batch) // s["num_samples"]
+      print(f"  {done[0]}/{len(examples)} problems, {time.time() - t0:.0f}s", flush=True)
+
+    with use_mesh(mesh):
+      records = sample_and_score(params, model_cfg, tokenizer, examples, render, pool, scfg,
+                                 jax.random.key(s["seed"]), batch_prompts=s["batch_prompts"],
+                                 prompt_bucket=c.data.prompt_bucket, prefill=prefill,
+                                 on_records=write)
+  k = s["num_samples"]
+  metrics = records_metrics(records, k, s["reflection_words"],
+                            ks=[j for j in s["ks"] if j <= k], percentiles=s["percentiles"])
+  metrics["eval_time_s"] = time.time() - t0
+  result = {"checkpoint": checkpoint, "step": step, "settings": _jsonable(s),
+            "num_samples_total": len(records), "metrics": metrics}
+  with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
+def _jsonable(x):
+  return json.loads(json.dumps(x, default=lambda o: o.to_dict() if hasattr(o, "to_dict")
+                               else list(o) if isinstance(o, (tuple, set)) else str(o)))
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+  """A readable block: overall numbers first, then per-task ones."""
+  overall = {k: v for k, v in metrics.items() if "/" not in k}
+  per_task = {k: v for k, v in metrics.items() if "/" in k}
+  lines = [f"{k:>24s}  {v:.4g}" for k, v in sorted(overall.items())]
+  tasks = sorted({k.split("/", 1)[1] for k in per_task})
+  for t in tasks:
+    vals = " ".join(f"{k.split('/')[0]}={v:.4g}" for k, v in sorted(per_task.items())
+                    if k.split("/", 1)[1] == t)
+    lines.append(f"  [{t}] {vals}")
+  return "\n".join(lines)
+
+
+def main(argv) -> None:
+  from absl import app
+  del argv
+  c = _CONFIG.value
+  if c is None:
+    raise app.UsageError("--config is required")
+  source = _SOURCE.value
+  if source:
+    import ast
+    try:
+      source = json.loads(source)
+    except json.JSONDecodeError:
+      source = ast.literal_eval(source)
+  res = run(c, _CHECKPOINT.value or None, _OUTPUT.value or None, source=source or None,
+            num_samples=_NUM_SAMPLES.value, num_problems=_NUM_PROBLEMS.value,
+            temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+            max_new_tokens=_MAX_NEW_TOKENS.value)
+  print(f"step {res['step']}: {res['num_samples_total']} samples")
+  print(format_metrics(res["metrics"]))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                            lock_config=True)
+  _CHECKPOINT = flags.DEFINE_string(
+      "checkpoint", "", "Trainer workdir, its checkpoints/ dir, or one step dir in it; "
+      "empty: evaluate the config's base model.")
+  _OUTPUT = flags.DEFINE_string("output_dir", "", "Where samples.jsonl and metrics.json go.")
+  _SOURCE = flags.DEFINE_string("source", "", "A data source spec (JSON or Python dict "
+                                "literal); default: the config's held-out split.")
+  _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "k samples per problem.")
+  _NUM_PROBLEMS = flags.DEFINE_integer("num_problems", None, "Evaluate the first N only.")
+  _TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature.")
+  _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus mass.")
+  _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "Completion length cap.")
+  app.run(main)

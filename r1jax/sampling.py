@@ -2,22 +2,47 @@
 
 `generate(params, cfg, prompt_tokens, prompt_mask, rng, scfg)` takes left-padded
 prompts [B, P] and returns G completions per prompt (rows ordered prompt-major:
-row b*G + g is sample g of prompt b). The prompt's KV cache is computed once and
-broadcast to its G samples. Rows stop at their first EOS; the loop exits early once
-every row is done. Everything stays on device: no host synchronisation inside.
+row b*G + g is sample g of prompt b). Everything stays on device: no host
+synchronisation inside the decode loop, which exits early once every row is done.
+
+Where the time goes, and what is done about it (SmolLM2-135M on CPU; `python -m
+r1jax.bench.sampling` measures it):
+- Shapes are bucketed so a new batch does not recompile: prompt length by `pad_prompts`
+  (and `prefill_chunk`), batch size by padding with dummy prompt rows (`batch_bucket`)
+  that start finished and are dropped from the output.
+- The prompt's prefill runs once (the model's `forward`, into a cache of exactly the
+  prompt's length) and is shared by its G samples.
+- Decoding uses its own one-token step over a head-major cache `[R, Hkv, S, Dh]`, so the
+  attention dots read K/V in place; with the model's `[R, S, Hkv, Dh]` layout XLA
+  transposes the whole cache of every layer at every step (the largest cost after the
+  weight matmuls, growing with the cache length). The step reuses the model's building
+  blocks (`rms_norm`, RoPE, `unembed_matrix`) and is checked against `forward`.
+- The cache is split into `cache_chunks` segments of static length: segment j runs its own
+  decode loop attending over the first P + (j+1)*N/cache_chunks slots only.
+- Sampling never sorts the vocabulary (a [32, 49152] sort costs more than the model's decode
+  step on CPU) and draws few Gumbels: top-p / top-k sample among `lax.top_k` candidates;
+  when those do not cover the nucleus (`lax.cond`), the exact nucleus cut-off is found by
+  bisection over the float order and the token is drawn block-wise; unfiltered sampling
+  draws a vocabulary block by its mass, then a token inside it (exact); greedy is max +
+  first index (XLA's variadic argmax reduce is slow on CPU).
+- Random draws are per row (`fold_in(rng, step, row)`), so a row's sample does not depend
+  on the batch it was padded into.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax.mesh import constrain, current_mesh, named_sharding
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
+from r1jax.model.transformer import rms_norm, rope_inv_freq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +54,21 @@ class SamplingConfig:
   num_samples: int = 1  # G completions per prompt
   eos_ids: tuple[int, ...] = ()
   pad_id: int = 0
+  # Speed knobs (results do not depend on them, up to float rounding):
+  # batch_bucket: 0 pads the prompt batch to the next of 1..8, 10, 12, 14, 16, 20, 24, 28,
+  # 32, 40, ... (<= 25% dummy rows); 1 disables; k > 1 pads to a multiple of k. Buckets are
+  # also multiples of the mesh's data-parallel size.
+  batch_bucket: int = 0
+  # cache_chunks: decode in this many segments, each attending over the filled part of the
+  # cache only (more segments, more compiled loops); 0: one per 64 new tokens, at most 4.
+  cache_chunks: int = 0
+  # prefill_chunk: prefill prompts longer than this in chunks of this many tokens (0: at once).
+  prefill_chunk: int = 0
+  # top_p_candidates: top-p samples among this many top logits when they cover the nucleus.
+  top_p_candidates: int = 64
+  # fuse_weights: concatenate q/k/v and gate/up for decoding (a copy of the weights per call);
+  # None: on the CPU backend only.
+  fuse_weights: bool | None = None
 
   def __post_init__(self):
     if self.max_new_tokens <= 0:
@@ -39,6 +79,12 @@ class SamplingConfig:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
     if self.top_k < 0 or self.num_samples < 1:
       raise ValueError(f"bad top_k={self.top_k} or num_samples={self.num_samples}")
+    if self.batch_bucket < 0 or self.prefill_chunk < 0:
+      raise ValueError(f"bad batch_bucket={self.batch_bucket} or "
+                       f"prefill_chunk={self.prefill_chunk}")
+    if self.cache_chunks < 0 or self.top_p_candidates < 1:
+      raise ValueError(f"bad cache_chunks={self.cache_chunks} or "
+                       f"top_p_candidates={self.top_p_candidates}")
 
 
 class SampleOutput(NamedTuple):
@@ -48,92 +94,419 @@ class SampleOutput(NamedTuple):
   lengths: jax.Array  # [B*G] number of generated tokens
 
 
+# ----------------------------------------------------------------------------- token choice
+
+
 def filter_logits(logits: jax.Array, top_p: float, top_k: int) -> jax.Array:
-  """Mask logits outside the top-k and outside the top-p nucleus with -inf."""
+  """Mask logits outside the top-k and outside the top-p nucleus with -inf.
+
+  The nucleus is the smallest prefix of the descending order whose probability mass
+  (under softmax of all the logits) reaches `top_p`, always at least one token; tokens tied
+  with the cut-off value are kept. No sort: the top-k cut-off comes from `lax.top_k`, the
+  nucleus cut-off from `_nucleus_cutoff` (an exact search over the float order).
+  """
   if top_k <= 0 and top_p >= 1.0:
     return logits
-  neg = jnp.finfo(logits.dtype).min
-  sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
   v = logits.shape[-1]
-  cutoff = jnp.full(logits.shape[:-1] + (1,), neg, logits.dtype)
-  if top_k > 0:
-    cutoff = jnp.maximum(cutoff, sorted_logits[..., min(top_k, v) - 1:min(top_k, v)])
+  keep = jnp.ones(logits.shape, bool)
+  if 0 < top_k < v:
+    keep = logits >= jax.lax.top_k(logits, top_k)[0][..., -1:]
   if top_p < 1.0:
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-    before = jnp.cumsum(probs, axis=-1) - probs
-    keep = before < top_p
-    idx = jnp.sum(keep, axis=-1, keepdims=True) - 1
-    cutoff = jnp.maximum(cutoff, jnp.take_along_axis(sorted_logits, idx, axis=-1))
-  return jnp.where(logits < cutoff, -jnp.inf, logits)
+    keep &= _ordered_key(logits) >= _nucleus_cutoff(logits, top_p)
+  return jnp.where(keep, logits, -jnp.inf)
 
 
-def _sample(logits: jax.Array, rng: jax.Array, scfg: SamplingConfig):
-  """logits [B, V] float32 -> (token [B], logprob [B] under softmax(logits / T))."""
+def _ordered_key(x: jax.Array) -> jax.Array:
+  """float32 -> uint32 with the same order (for bisection over float values)."""
+  u = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.where(u >> 31 == 1, ~u, u | jnp.uint32(1 << 31))
+
+
+def _nucleus_cutoff(logits: jax.Array, top_p: float) -> jax.Array:
+  """The ordered key of the smallest kept logit of the top-p nucleus, [..., 1].
+
+  A token is in the nucleus iff the mass of the tokens above it is < top_p; that mass only
+  decreases with the threshold, so 32 bisection steps over the 2^32 float keys find the
+  exact cut-off (each step one masked sum over the vocabulary, no sort).
+  """
+  x = logits.astype(jnp.float32)
+  p = jax.nn.softmax(x, axis=-1)
+  key = _ordered_key(x)
+  hi = jnp.max(key, axis=-1, keepdims=True)  # mass above: 0 < top_p
+  lo = jnp.min(key, axis=-1, keepdims=True) - 1  # mass above: 1 >= top_p
+
+  def body(_, c):
+    lo, hi = c
+    mid = lo + (hi - lo) // 2
+    above = jnp.sum(jnp.where(key > mid, p, 0.0), axis=-1, keepdims=True)
+    small = above < top_p
+    return jnp.where(small, lo, mid), jnp.where(small, mid, hi)
+
+  _, hi = jax.lax.fori_loop(0, 32, body, (lo, hi))
+  return hi
+
+
+def _first_argmax(x: jax.Array) -> jax.Array:
+  """argmax over the last axis (first index among ties), as two vectorisable reductions."""
+  v = x.shape[-1]
+  m = jnp.max(x, axis=-1, keepdims=True)
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  return jnp.min(jnp.where(x == m, iota, v), axis=-1)
+
+
+def _row_categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
+  """One categorical draw per row, row i using keys[i]; logits [R, K] -> [R] int32."""
+  return jax.vmap(lambda k, l: jax.random.categorical(k, l))(keys, logits).astype(jnp.int32)
+
+
+_BLOCK = 256
+
+
+def _blocked_categorical(keys: jax.Array, logits: jax.Array, m: jax.Array,
+                         e: jax.Array) -> jax.Array:
+  """Exact sample from softmax(logits) [R, V]: a block of `_BLOCK` tokens by its mass, then a
+  token inside it. Draws R * (V/_BLOCK + _BLOCK) Gumbels instead of R * V.
+
+  m: row max [R, 1]; e: exp(logits - m) [R, V].
+  """
+  r, v = logits.shape
+  nb = -(-v // _BLOCK)
+  pad = nb * _BLOCK - v
+  if pad:
+    logits = jnp.pad(logits, ((0, 0), (0, pad)), constant_values=-jnp.inf)
+    e = jnp.pad(e, ((0, 0), (0, pad)))
+  mass = e.reshape(r, nb, _BLOCK).sum(-1)
+  k1, k2 = jax.vmap(jax.random.split, out_axes=1)(keys)
+  block = _row_categorical(k1, jnp.log(mass))
+  within = jnp.take_along_axis(logits.reshape(r, nb, _BLOCK), block[:, None, None], axis=1)[:, 0]
+  return block * _BLOCK + _row_categorical(k2, within)
+
+
+def _choose(logits: jax.Array, keys: jax.Array, scfg: SamplingConfig):
+  """logits [R, V] float32, keys [R] -> (token [R], logp [R] under softmax(logits / T))."""
   if scfg.temperature == 0.0:
-    tok = jnp.argmax(logits, axis=-1)
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    tok = _first_argmax(logits)
+    scaled = logits
+    m = jnp.max(scaled, axis=-1, keepdims=True)
+    e = jnp.exp(scaled - m)
   else:
     scaled = logits / scfg.temperature
-    logp = jax.nn.log_softmax(scaled, axis=-1)
-    tok = jax.random.categorical(rng, filter_logits(scaled, scfg.top_p, scfg.top_k), axis=-1)
-  return tok.astype(jnp.int32), jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+    m = jnp.max(scaled, axis=-1, keepdims=True)
+    e = jnp.exp(scaled - m)
+    if scfg.top_k <= 0 and scfg.top_p >= 1.0:
+      tok = _blocked_categorical(keys, scaled, m, e)
+    else:
+      tok = _filtered_sample(scaled, m, e, keys, scfg)
+  log_z = jnp.log(jnp.sum(e, axis=-1))
+  picked = jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0]
+  return tok, (picked - m[:, 0]) - log_z
+
+
+def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
+  """Top-k / top-p sample among `lax.top_k` candidates, or over the whole filtered vocabulary
+  (`filter_logits`, no sort) when the candidates do not cover the nucleus."""
+  v = scaled.shape[-1]
+  k = min(scfg.top_k if scfg.top_k > 0 else scfg.top_p_candidates, v)
+
+  def full(_):
+    f = filter_logits(scaled, scfg.top_p, scfg.top_k)
+    mf = jnp.max(f, axis=-1, keepdims=True)
+    return _blocked_categorical(keys, f, mf, jnp.exp(f - mf))
+
+  if k >= v:
+    return full(None)
+  vals, idx = jax.lax.top_k(scaled, k)
+  keep = jnp.ones(vals.shape, bool)
+  covered = jnp.asarray(True)
+  if scfg.top_p < 1.0:
+    probs = jnp.exp(vals - m) / jnp.sum(e, axis=-1, keepdims=True)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    keep = before < scfg.top_p
+    # The nucleus ends inside the candidates iff the last one is already outside it; with
+    # top_k <= k the top-k cut bounds it anyway.
+    if not 0 < scfg.top_k <= k:
+      covered = jnp.all(~keep[:, -1])
+  # Tokens tied with the cut-off value stay in (as filter_logits keeps them).
+  cut = jnp.min(jnp.where(keep, vals, jnp.inf), axis=-1, keepdims=True)
+  keep = vals >= cut
+
+  def cand(_):
+    j = _row_categorical(keys, jnp.where(keep, vals, -jnp.inf))
+    return jnp.take_along_axis(idx, j[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+  if scfg.top_k > 0 and scfg.top_p >= 1.0:
+    return cand(None)
+  return jax.lax.cond(covered, cand, full, None)
+
+
+# ----------------------------------------------------------------------------- decode step
+
+
+class _Cache(NamedTuple):
+  """Decode cache: per layer K transposed [R, Hkv, Dh, S] and V [R, Hkv, S, Dh] (both
+  attention dots are then plain batched matmuls over contiguous slabs), slot validity [R, S]."""
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  mask: jax.Array
+
+
+_K_AXES = ("batch", "kv_heads", "head_dim", "length")
+_V_AXES = ("batch", "kv_heads", "length", "head_dim")
+
+
+def _fuse_default() -> bool:
+  mesh = current_mesh()
+  return jax.default_backend() == "cpu" and (mesh is None or mesh.shape.get("tensor", 1) == 1)
+
+
+def _decode_weights(params, cfg: ModelConfig, fuse: bool) -> dict:
+  """Weights in the layout the decode step wants, made once per `generate` call.
+
+  With `fuse`, q/k/v and gate/up are concatenated into one matmul each (fewer, wider dots:
+  faster on CPU; skipped under tensor parallelism, where it would reshard); the unembedding
+  is materialised as [D, V] (a transposed tied embedding makes the dot much slower).
+  """
+  dt = jnp.dtype(cfg.dtype)
+  d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd
+  layers = []
+  for i in range(cfg.num_layers):
+    layer = params["layers"][i]
+    w = {k: layer[k] for k in ("attn_norm", "mlp_norm")}
+    w.update({k: layer[k].astype(dt) for k in ("o", "down")})
+    if fuse:
+      w["qkv"] = jnp.concatenate([layer["q"].reshape(d, h * hd), layer["k"].reshape(d, kvh * hd),
+                                  layer["v"].reshape(d, kvh * hd)], axis=1).astype(dt)
+      w["gate_up"] = jnp.concatenate([layer["gate"], layer["up"]], axis=1).astype(dt)
+      if cfg.qkv_bias:
+        w["qkv_bias"] = jnp.concatenate([layer["q_bias"].reshape(-1), layer["k_bias"].reshape(-1),
+                                         layer["v_bias"].reshape(-1)]).astype(dt)
+    else:
+      for k in ("q", "k", "v", "gate", "up") + (("q_bias", "k_bias", "v_bias") if cfg.qkv_bias
+                                                 else ()):
+        w[k] = layer[k].astype(dt)
+    layers.append(w)
+  unembed = unembed_matrix(params, cfg).astype(dt)
+  if fuse and cfg.tie_embeddings:
+    unembed = jnp.copy(unembed)
+  return {"embed": params["embed"], "layers": layers, "final_norm": params["final_norm"],
+          "unembed": unembed}
+
+
+def _rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """`transformer.apply_rope` for one token per row: x [R, H, Dh], cos/sin [R, 1, Dh]."""
+  xf = x.astype(jnp.float32)
+  x1, x2 = jnp.split(xf, 2, axis=-1)
+  return (xf * cos + jnp.concatenate([-x2, x1], axis=-1) * sin).astype(x.dtype)
+
+
+def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live: jax.Array,
+                 cache: _Cache, slot: jax.Array) -> tuple[jax.Array, _Cache]:
+  """One token per row at cache slot `slot` -> (logits [R, V] float32, cache).
+
+  The same math as `transformer.forward` with a cache, for T = 1 (`w` from `_decode_weights`).
+  """
+  dt = jnp.dtype(cfg.dtype)
+  r = tok.shape[0]
+  h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.hd
+  ang = pos[:, None].astype(jnp.float32) * rope_inv_freq(cfg)  # [R, Dh/2]
+  cos = jnp.concatenate([jnp.cos(ang)] * 2, -1)[:, None, :]
+  sin = jnp.concatenate([jnp.sin(ang)] * 2, -1)[:, None, :]
+  slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, live[:, None], slot, axis=1)
+  allowed = slot_mask & (jnp.arange(slot_mask.shape[1]) <= slot)[None]
+  x = constrain(jnp.take(w["embed"], tok, axis=0).astype(dt), ("batch", "embed"))
+  new_k, new_v = [], []
+  for i, layer in enumerate(w["layers"]):
+    hn = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
+    if "qkv" in layer:
+      qkv = hn @ layer["qkv"]
+      if cfg.qkv_bias:
+        qkv = qkv + layer["qkv_bias"]
+      q = qkv[:, :h * hd].reshape(r, h, hd)
+      k = qkv[:, h * hd:(h + kvh) * hd].reshape(r, kvh, hd)
+      v = qkv[:, (h + kvh) * hd:].reshape(r, kvh, hd)
+    else:
+      q = jnp.einsum("rd,dhk->rhk", hn, layer["q"])
+      k = jnp.einsum("rd,dhk->rhk", hn, layer["k"])
+      v = jnp.einsum("rd,dhk->rhk", hn, layer["v"])
+      if cfg.qkv_bias:
+        q, k, v = q + layer["q_bias"], k + layer["k_bias"], v + layer["v_bias"]
+    q = constrain(_rope(q, cos, sin), ("batch", "heads", "head_dim"))
+    k = _rope(k, cos, sin)
+    ck = jax.lax.dynamic_update_slice_in_dim(cache.k[i], k[..., None].astype(cache.k[i].dtype),
+                                             slot, axis=3)
+    cv = jax.lax.dynamic_update_slice_in_dim(cache.v[i], v[:, :, None].astype(cache.v[i].dtype),
+                                             slot, axis=2)
+    ck, cv = constrain(ck, _K_AXES), constrain(cv, _V_AXES)
+    new_k.append(ck)
+    new_v.append(cv)
+    qg = q.reshape(r, kvh, h // kvh, hd)
+    s = jnp.einsum("rkgd,rkds->rkgs", qg, ck.astype(dt), preferred_element_type=jnp.float32)
+    s = s / math.sqrt(hd)
+    s = jnp.where(allowed[:, None, None], s, jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(s, axis=-1).astype(dt)
+    attn = jnp.einsum("rkgs,rksd->rkgd", p, cv.astype(dt)).reshape(r, h, hd)
+    x = x + jnp.einsum("rhk,hkd->rd", attn, layer["o"])
+    x = constrain(x, ("batch", "embed"))
+    hn = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
+    if "gate_up" in layer:
+      gu = hn @ layer["gate_up"]
+      g, u = gu[:, :cfg.intermediate_size], gu[:, cfg.intermediate_size:]
+    else:
+      g, u = hn @ layer["gate"], hn @ layer["up"]
+    mlp = constrain(jax.nn.silu(g) * u, ("batch", "mlp"))
+    x = constrain(x + mlp @ layer["down"], ("batch", "embed"))
+  x = rms_norm(x, w["final_norm"], cfg.rms_norm_eps)
+  logits = jnp.einsum("rd,dv->rv", x, w["unembed"], preferred_element_type=jnp.float32)
+  return constrain(logits, ("batch", "vocab")), _Cache(tuple(new_k), tuple(new_v), slot_mask)
+
+
+# ----------------------------------------------------------------------------- generate
 
 
 def _repeat_rows(x: jax.Array, g: int) -> jax.Array:
   return jnp.repeat(x, g, axis=0) if g > 1 else x
 
 
+def _row_keys(rng: jax.Array, t: jax.Array, rows: int) -> jax.Array:
+  step = jax.random.fold_in(rng, t)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step, jnp.arange(rows, dtype=jnp.uint32))
+
+
+def _prefill(params, cfg: ModelConfig, tokens, mask, positions, chunk: int):
+  """Prompt -> (last hidden [B, D], KVCache of exactly P slots), in chunks if `chunk`."""
+  b, p = tokens.shape
+  cache = init_cache(cfg, b, p)
+  if not chunk or chunk >= p:
+    hidden, cache = forward(params, cfg, tokens, positions, mask, cache, return_hidden=True)
+    return hidden[:, -1], cache
+  n = p // chunk
+  split = lambda x: x.reshape(b, n, chunk).swapaxes(0, 1)
+
+  def body(cache, xs):
+    t, m, ps = xs
+    hidden, cache = forward(params, cfg, t, ps, m, cache, return_hidden=True)
+    return cache, hidden[:, -1]
+
+  cache, last = jax.lax.scan(body, cache, (split(tokens), split(mask), split(positions)))
+  return last[-1], cache
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg"))
-def generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-             rng: jax.Array, scfg: SamplingConfig) -> SampleOutput:
-  """Sample `scfg.num_samples` completions for each left-padded prompt."""
+def _generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+              num_prompts: jax.Array, rng: jax.Array, scfg: SamplingConfig) -> SampleOutput:
+  """`generate` on a bucketed batch: prompt rows >= num_prompts are dummies (start done)."""
   b, p = prompt_tokens.shape
   g, n = scfg.num_samples, scfg.max_new_tokens
+  rows = b * g
+  dt = jnp.dtype(cfg.dtype)
   prompt_mask = prompt_mask.astype(bool)
   positions = positions_from_mask(prompt_mask)
-  cache = init_cache(cfg, b, p + n)
-  hidden, cache = forward(params, cfg, prompt_tokens, positions, prompt_mask, cache,
-                          return_hidden=True)
-  last = jnp.einsum("bd,dv->bv", hidden[:, -1], unembed_matrix(params, cfg).astype(hidden.dtype),
+  last, pcache = _prefill(params, cfg, prompt_tokens, prompt_mask, positions, scfg.prefill_chunk)
+  last = jnp.einsum("bd,dv->bv", last, unembed_matrix(params, cfg).astype(last.dtype),
                     preferred_element_type=jnp.float32)
-  # Share the prefill among the G samples of each prompt.
-  rep = functools.partial(_repeat_rows, g=g)
-  cache = cache._replace(k=tuple(map(rep, cache.k)), v=tuple(map(rep, cache.v)),
-                         mask=rep(cache.mask))
-  last = _repeat_rows(last, g)
-  next_pos = _repeat_rows(positions[:, -1] + 1, g)
-  rows = b * g
-  eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
 
-  rng, sub = jax.random.split(rng)
-  tok, lp = _sample(last, sub, scfg)
-  done = jnp.isin(tok, eos)
+  # Share the prefill among the G samples of each prompt; head-major, room for N tokens.
+  chunks = scfg.cache_chunks or min(4, max(1, n // 64))
+  seg = -(-n // min(chunks, n))  # decode tokens per cache segment
+  bounds = list(range(0, n, seg))[1:] + [n]
+
+  def to_decode(x, extra, perm, axes):  # [B, P, Hkv, Dh] -> [R, ...] with P + extra slots
+    x = x.astype(dt).transpose(perm)
+    x = jnp.pad(x, [(0, extra if a == "length" else 0) for a in axes])
+    return constrain(_repeat_rows(x, g), axes)
+
+  e0 = bounds[0]
+  cache = _Cache(tuple(to_decode(x, e0, (0, 2, 3, 1), _K_AXES) for x in pcache.k),
+                 tuple(to_decode(x, e0, (0, 2, 1, 3), _V_AXES) for x in pcache.v),
+                 jnp.pad(_repeat_rows(pcache.mask, g), ((0, 0), (0, e0))))
+  fuse = _fuse_default() if scfg.fuse_weights is None else scfg.fuse_weights
+  w = _decode_weights(params, cfg, fuse)
+  last = constrain(_repeat_rows(last, g), ("batch", "vocab"))
+  next_pos = _repeat_rows(positions[:, -1] + 1, g)
+  eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
+  real = jnp.arange(rows) < num_prompts * g
+
+  tok, lp = _choose(last, _row_keys(rng, jnp.asarray(0, jnp.int32), rows), scfg)
+  done = jnp.isin(tok, eos) | ~real
   tokens = jnp.full((rows, n), scfg.pad_id, jnp.int32).at[:, 0].set(tok)
   logps = jnp.zeros((rows, n), jnp.float32).at[:, 0].set(lp)
   mask = jnp.zeros((rows, n), bool).at[:, 0].set(True)
 
-  def cond(carry):
-    t, _, _, _, _, done, _, _ = carry
-    return (t < n) & ~jnp.all(done)
-
   def body(carry):
-    t, tok, cache, tokens, logps, done, mask, rng = carry
-    pos = (next_pos + t - 1)[:, None]
-    logits, cache = forward(params, cfg, tok[:, None], pos, (~done)[:, None], cache)
-    rng, sub = jax.random.split(rng)
-    new_tok, lp = _sample(logits[:, -1], sub, scfg)
+    t, tok, cache, tokens, logps, done, mask = carry
     live = ~done
+    logits, cache = _decode_step(w, cfg, tok, next_pos + t - 1, live, cache, p + t - 1)
+    new_tok, lp = _choose(logits, _row_keys(rng, t, rows), scfg)
     new_tok = jnp.where(live, new_tok, scfg.pad_id)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new_tok[:, None], t, axis=1)
     logps = jax.lax.dynamic_update_slice_in_dim(logps, jnp.where(live, lp, 0.0)[:, None], t, 1)
     mask = jax.lax.dynamic_update_slice_in_dim(mask, live[:, None], t, axis=1)
     done = done | jnp.isin(new_tok, eos)
-    return t + 1, new_tok, cache, tokens, logps, done, mask, rng
+    return t + 1, new_tok, cache, tokens, logps, done, mask
 
-  carry = (jnp.asarray(1, jnp.int32), tok, cache, tokens, logps, done, mask, rng)
-  _, _, _, tokens, logps, _, mask, _ = jax.lax.while_loop(cond, body, carry)
+  carry = (jnp.asarray(1, jnp.int32), tok, cache, tokens, logps, done, mask)
+  for j, end in enumerate(bounds):
+    if j:  # grow the cache to the next segment's length
+      extra = end - bounds[j - 1]
+      grow_k = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+      grow_v = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
+      c_ = carry[2]
+      carry = carry[:2] + (_Cache(tuple(map(grow_k, c_.k)), tuple(map(grow_v, c_.v)),
+                                  jnp.pad(c_.mask, ((0, 0), (0, extra)))),) + carry[3:]
+    carry = jax.lax.while_loop(lambda c, end=end: (c[0] < end) & ~jnp.all(c[5]), body, carry)
+  _, _, _, tokens, logps, _, mask = carry
   return SampleOutput(tokens, mask.astype(jnp.int32), logps, mask.sum(-1).astype(jnp.int32))
+
+
+def batch_bucket(b: int, bucket: int = 0, multiple: int = 1) -> int:
+  """The padded batch size for `b` prompts (see `SamplingConfig.batch_bucket`)."""
+  if bucket == 1:
+    size = b
+  elif bucket > 1:
+    size = -(-b // bucket) * bucket
+  elif b <= 8:
+    size = b
+  else:  # m * 2^e with m in {4, 5, 6, 7}: at most 25% padding, O(log b) distinct sizes
+    e = 1 << (b.bit_length() - 3)
+    size = -(-b // e) * e
+  return -(-size // multiple) * multiple
+
+
+def _data_parallel_size() -> int:
+  mesh = current_mesh()
+  if mesh is None:
+    return 1
+  spec = named_sharding(mesh, ("batch",)).spec[0]
+  axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+             rng: jax.Array, scfg: SamplingConfig) -> SampleOutput:
+  """Sample `scfg.num_samples` completions for each left-padded prompt.
+
+  Pads the batch to its bucket (and the prompt to a multiple of `scfg.prefill_chunk`)
+  before calling the jitted sampler, so that batches of one bucket share a compilation;
+  the padding rows are dropped from the result.
+  """
+  b, p = prompt_tokens.shape
+  bb = batch_bucket(b, scfg.batch_bucket, _data_parallel_size())
+  pc = scfg.prefill_chunk
+  pp = -(-p // pc) * pc if pc and p > pc else p
+  toks, mask = prompt_tokens, prompt_mask
+  if (bb, pp) != (b, p):
+    xp = np if isinstance(toks, np.ndarray) and isinstance(mask, np.ndarray) else jnp
+    widths = ((0, bb - b), (pp - p, 0))
+    toks = xp.pad(toks, widths, constant_values=scfg.pad_id)
+    mask = xp.pad(mask, widths)
+  mesh = current_mesh()
+  if mesh is not None:
+    put = lambda x: jax.device_put(x, named_sharding(mesh, ("batch", None), np.shape(x)))
+    toks, mask = put(toks), put(mask)
+  out = _generate(params, cfg, toks, mask, jnp.asarray(b, jnp.int32), rng, scfg)
+  if bb != b:
+    out = SampleOutput(*(x[:b * scfg.num_samples] for x in out))
+  return out
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int = 0, bucket: int = 32,

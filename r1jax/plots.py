@@ -1,0 +1,180 @@
+"""Training and evaluation curves of a run as PNGs (the paper's Figures 2 and 3 for our runs).
+
+    python -m r1jax.plots --workdir=/tmp/r1z [--out=/tmp/r1z/plots] [--smooth=0.8]
+
+Reads WORKDIR/metrics.jsonl (one row per logged training step) and WORKDIR/eval.jsonl
+(the trainer's periodic held-out evaluation) and writes:
+  training_curves.png      reward, accuracy, format rate, response length, KL and
+                           reflection share over steps (raw and smoothed)
+  fig2_heldout_pass1.png   held-out pass@1 (and cons@k) over steps (paper, Figure 2)
+  fig3_response_length.png mean response length over steps (paper, Figure 3)
+  reflection_share.png     share of responses with reflection phrases over steps
+Metrics a run did not log are left out. Needs matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+TRAIN_PANELS = (  # (key, title), first key found wins
+    (("reward_mean",), "reward (mean)"),
+    (("accuracy", "reward/accuracy"), "accuracy"),
+    (("format_rate", "reward/format"), "format rate"),
+    (("completion_len_mean",), "response length (tokens)"),
+    (("kl",), "KL to reference"),
+    (("reflection_rate",), "reflection share"),
+)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Rows of a JSONL file (missing file: []); later rows of a step replace earlier ones
+  (a resumed run re-logs the steps after its last checkpoint)."""
+  if not os.path.exists(path):
+    return []
+  by_step: dict[int, dict] = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        row = json.loads(line)
+        by_step[int(row.get("step", len(by_step)))] = row
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def series(rows: Sequence[dict], keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray, str] | None:
+  for k in keys:
+    pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+    if pts:
+      s, v = zip(*pts)
+      return np.asarray(s), np.asarray(v, np.float64), k
+  return None
+
+
+def ema(v: np.ndarray, alpha: float) -> np.ndarray:
+  """Debiased exponential moving average (TensorBoard-style smoothing); alpha=0 is raw."""
+  out, acc, norm = np.empty_like(v), 0.0, 0.0
+  for i, x in enumerate(v):
+    acc = alpha * acc + (1 - alpha) * x
+    norm = alpha * norm + (1 - alpha)
+    out[i] = acc / norm
+  return out
+
+
+def _plot_series(ax, s, v, smooth: float, label: str | None = None, color=None):
+  if smooth > 0 and len(v) > 3:
+    line = ax.plot(s, v, alpha=0.25, color=color)[0]
+    ax.plot(s, ema(v, smooth), color=line.get_color(), label=label)
+  else:
+    ax.plot(s, v, marker="o" if len(v) < 30 else None, ms=3, color=color, label=label)
+
+
+def plot_run(workdir: str, out_dir: str | None = None, smooth: float = 0.8) -> list[str]:
+  """Write the PNGs for the run in `workdir`; returns their paths."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  out_dir = out_dir or os.path.join(workdir, "plots")
+  os.makedirs(out_dir, exist_ok=True)
+  train = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  evals = read_jsonl(os.path.join(workdir, "eval.jsonl"))
+  name = os.path.basename(os.path.abspath(workdir))
+  written = []
+
+  def save(fig, fname):
+    path = os.path.join(out_dir, fname)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+
+  panels = [(series(train, keys), title) for keys, title in TRAIN_PANELS]
+  panels = [(s, t) for s, t in panels if s is not None]
+  if panels:
+    cols = 3
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, ((s, v, key), title) in zip(axes.flat, panels):
+      _plot_series(ax, s, v, smooth)
+      ax.set_title(title)
+      ax.set_xlabel("step")
+      ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+      ax.axis("off")
+    fig.suptitle(f"{name}: training")
+    save(fig, "training_curves.png")
+
+  if evals:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plotted = False
+    keys = sorted({k for r in evals for k in r if k.startswith(("pass@", "cons@"))
+                   and "/" not in k}, key=lambda k: (k.split("@")[0] != "pass", int(k.split("@")[1])))
+    for k in keys:
+      s = series(evals, (k,))
+      if s is not None:
+        _plot_series(ax, s[0], s[1], 0.0, label=k)
+        plotted = True
+    if plotted:
+      ax.set_xlabel("step")
+      ax.set_ylabel("held-out accuracy")
+      ax.set_title(f"{name}: held-out pass@1 during training (cf. R1 Figure 2)")
+      ax.grid(alpha=0.3)
+      ax.legend()
+      save(fig, "fig2_heldout_pass1.png")
+    else:
+      plt.close(fig)
+
+  length_train = series(train, ("completion_len_mean",))
+  length_eval = series(evals, ("completion_len_mean",))
+  if length_train or length_eval:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if length_train:
+      _plot_series(ax, length_train[0], length_train[1], smooth, label="training rollouts")
+    if length_eval:
+      _plot_series(ax, length_eval[0], length_eval[1], 0.0, label="held-out evaluation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("average length per response (tokens)")
+    ax.set_title(f"{name}: response length (cf. R1 Figure 3)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save(fig, "fig3_response_length.png")
+
+  refl_train = series(train, ("reflection_rate",))
+  refl_eval = series(evals, ("reflection_rate",))
+  if refl_train or refl_eval:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if refl_train:
+      _plot_series(ax, refl_train[0], refl_train[1], smooth, label="training rollouts")
+    if refl_eval:
+      _plot_series(ax, refl_eval[0], refl_eval[1], 0.0, label="held-out evaluation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("share of responses")
+    ax.set_title(f"{name}: responses with reflection phrases")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save(fig, "reflection_share.png")
+  return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--workdir", required=True)
+  ap.add_argument("--out", default="", help="default: WORKDIR/plots")
+  ap.add_argument("--smooth", type=float, default=0.8, help="EMA weight in [0, 1); 0: raw")
+  args = ap.parse_args(argv)
+  if not 0 <= args.smooth < 1:
+    ap.error(f"--smooth must be in [0, 1), got {args.smooth}")
+  paths = plot_run(args.workdir, args.out or None, args.smooth)
+  if not paths:
+    raise SystemExit(f"nothing to plot: no metrics.jsonl / eval.jsonl rows in {args.workdir}")
+  for p in paths:
+    print(p)
+
+
+if __name__ == "__main__":
+  main()
