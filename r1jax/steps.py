@@ -98,7 +98,7 @@ def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
       loss, metrics, grads = jax.tree.map(lambda x: x / n_micro, (loss, metrics, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree_utils.tree_l2_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree_utils.tree_norm(grads))
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
