@@ -162,12 +162,11 @@ def _row_categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
 _BLOCK = 256
 
 
-def _blocked_categorical(keys: jax.Array, logits: jax.Array, m: jax.Array,
-                         e: jax.Array) -> jax.Array:
+def _blocked_categorical(keys: jax.Array, logits: jax.Array, e: jax.Array) -> jax.Array:
   """Exact sample from softmax(logits) [R, V]: a block of `_BLOCK` tokens by its mass, then a
   token inside it. Draws R * (V/_BLOCK + _BLOCK) Gumbels instead of R * V.
 
-  m: row max [R, 1]; e: exp(logits - m) [R, V].
+  e: exp(logits - row max) [R, V] (shared with the log-prob computation).
   """
   r, v = logits.shape
   nb = -(-v // _BLOCK)
@@ -194,7 +193,7 @@ def _choose(logits: jax.Array, keys: jax.Array, scfg: SamplingConfig):
     m = jnp.max(scaled, axis=-1, keepdims=True)
     e = jnp.exp(scaled - m)
     if scfg.top_k <= 0 and scfg.top_p >= 1.0:
-      tok = _blocked_categorical(keys, scaled, m, e)
+      tok = _blocked_categorical(keys, scaled, e)
     else:
       tok = _filtered_sample(scaled, m, e, keys, scfg)
   log_z = jnp.log(jnp.sum(e, axis=-1))
@@ -211,7 +210,7 @@ def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
   def full(_):
     f = filter_logits(scaled, scfg.top_p, scfg.top_k)
     mf = jnp.max(f, axis=-1, keepdims=True)
-    return _blocked_categorical(keys, f, mf, jnp.exp(f - mf))
+    return _blocked_categorical(keys, f, jnp.exp(f - mf))
 
   if k >= v:
     return full(None)

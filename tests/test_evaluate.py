@@ -177,3 +177,22 @@ def test_plots_from_run_logs(tmp_path):
   assert [r["step"] for r in plots.read_jsonl(str(tmp_path / "metrics.jsonl"))] == list(
       range(1, 41))
   np.testing.assert_allclose(plots.ema(np.array([1.0, 1.0, 1.0]), 0.9), [1.0, 1.0, 1.0])
+
+
+def test_eval_settings_layering():
+  import ml_collections
+  c = _tiny_config()
+  s = ev.eval_settings(c)
+  assert s["num_samples"] == ev.EVAL_DEFAULTS["num_samples"] and s["temperature"] == 0.6
+  assert s["max_new_tokens"] == c.sampling.max_new_tokens
+  assert s["reflection_words"] == tuple(c.train.reflection_words)
+  c.eval = ml_collections.ConfigDict(dict(
+      num_samples=8, temperature=0.7, source=ml_collections.config_dict.placeholder(dict),
+      reflection_words=("wait",)))
+  s = ev.eval_settings(c, num_samples=None, top_p=0.9)
+  assert (s["num_samples"], s["temperature"], s["top_p"], s["source"]) == (8, 0.7, 0.9, None)
+  assert s["reflection_words"] == ("wait",)
+  assert ev.eval_settings(c, num_samples=32)["num_samples"] == 32
+  c.eval.bogus = 1
+  with pytest.raises(ValueError, match="bogus"):
+    ev.eval_settings(c)
