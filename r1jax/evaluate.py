@@ -259,18 +259,6 @@ def load_examples(c, source: Mapping[str, Any] | None, num_problems: int = 0) ->
   return [ds[i] for i in range(n)]
 
 
-def make_renderer(c, tokenizer) -> Callable[[Mapping[str, Any]], str]:
-  """Example -> prompt text, as the trainer renders it (`train.make_renderer`; not imported
-  from there because importing r1jax.train defines its command-line flags)."""
-  import functools
-
-  from r1jax import data as data_lib
-  chat = functools.partial(tokenizer.apply_chat_template, add_generation_prompt=True)
-  return lambda ex: data_lib.render_prompt(
-      ex["question"], c.data.template, chat_template=chat,
-      system_prompt=c.data.system_prompt or None, think_prefill=c.data.think_prefill)
-
-
 def run(c, checkpoint: str | None = None, output_dir: str | None = None,
         **overrides) -> dict[str, Any]:
   """Evaluate the base model or a checkpoint; writes samples.jsonl and metrics.json."""
@@ -291,7 +279,7 @@ def run(c, checkpoint: str | None = None, output_dir: str | None = None,
   os.makedirs(output_dir, exist_ok=True)
 
   examples = load_examples(c, s["source"], s["num_problems"])
-  render = make_renderer(c, tokenizer)
+  render = data_lib.make_renderer(c.data, tokenizer)
   prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
   scfg = SamplingConfig(max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
                         top_p=s["top_p"], top_k=s["top_k"], num_samples=s["num_samples"],

@@ -69,14 +69,6 @@ def grpo_config(c) -> grpo.GRPOConfig:
       logprob_impl=g.logprob_impl)
 
 
-def make_renderer(c, tokenizer):
-  chat = functools.partial(tokenizer.apply_chat_template, add_generation_prompt=True)
-  return lambda ex: data_lib.render_prompt(
-      ex["question"], c.data.template, chat_template=chat,
-      system_prompt=c.data.system_prompt or None, think_prefill=c.data.think_prefill,
-      few_shot=[dict(d) for d in c.data.few_shot])
-
-
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
   """Host numpy training batch; completion columns trimmed to the longest row (bucketed)."""
   n = out.tokens.shape[1]
@@ -125,7 +117,7 @@ def train(c, workdir: str) -> list[dict]:
   data_it = data_lib.batch_iterator(train_src, c.grpo.prompts_per_step, seed=c.seed,
                                     shard_index=0, shard_count=1)
   eval_examples = [eval_src[i] for i in range(len(eval_src))]
-  render = make_renderer(c, tokenizer)
+  render = data_lib.make_renderer(c.data, tokenizer)
   prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
 
   # Rewards run on the host, in worker processes with a per-completion deadline.

@@ -147,13 +147,19 @@ def test_cli_end_to_end(tmp_path):
   assert recomputed["pass@1"] == m["pass@1"] and recomputed["cons@4"] == m["cons@4"]
 
 
-def test_prompts_rendered_as_the_trainer_renders_them():
-  from r1jax import train
+def test_config_renderer_uses_every_data_knob():
+  """Trainer and evaluation render through data.make_renderer: few-shot included."""
+  from r1jax import data
   from r1jax.tokenizer import Tokenizer
   c = _tiny_config()
+  c.unlock()
+  c.data.few_shot = [dict(question="Calculate 1 + 1.", completion="<think> 2 </think> <answer> 2 </answer>")]
   tok = Tokenizer.byte_level(256)
-  ex = {"question": "What is 2 + 3?", "answer": "5"}
-  assert ev.make_renderer(c, tok)(ex) == train.make_renderer(c, tok)(ex)
+  got = data.make_renderer(c.data, tok)({"question": "What is 2 + 3?", "answer": "5"})
+  want = data.render_prompt("What is 2 + 3?", "r1_zero", think_prefill=True,
+                            few_shot=[dict(c.data.few_shot[0])])
+  assert got == want
+  assert "User: Calculate 1 + 1. Assistant: <think> 2 </think> <answer> 2 </answer>" in got
 
 
 def test_plots_from_run_logs(tmp_path):

@@ -24,6 +24,7 @@ from r1jax.data.templates import (
   COLD_START_TOKEN,
   R1_ZERO_TEMPLATE,
   TEMPLATES,
+  make_renderer,
   prefill_text,
   render_prompt,
 )
@@ -31,7 +32,7 @@ from r1jax.data.templates import (
 __all__ = [
   "COLD_START_TOKEN", "R1_ZERO_TEMPLATE", "TEMPLATES", "batch_iterator", "extract_answer",
   "extract_boxed", "extract_gsm8k_answer", "hf_disk_source", "humaneval_source",
-  "jsonl_source", "make_source", "mixture", "normalize_record", "parquet_source",
+  "jsonl_source", "make_renderer", "make_source", "mixture", "normalize_record", "parquet_source",
   "prefill_text", "reasoning_gym_source", "render_prompt", "restore_iterator_state",
   "save_iterator_state", "tfds_source", "train_eval_split",
 ]

@@ -145,3 +145,18 @@ def render_prompt(
     return _chat(chat_template, user, system_prompt) + prefill
   text = COLD_START_TEMPLATE.format(prompt=question)
   return f"{text} {prefill}" if prefill else text
+
+
+def make_renderer(data_cfg: Mapping, tokenizer) -> Callable[[Mapping], str]:
+  """Example -> prompt text from an experiment config's `data` section.
+
+  The trainer and the evaluation CLI both render through this, so a checkpoint is
+  evaluated on exactly the prompts it was trained with.
+  """
+  def chat(messages):
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+  few_shot = [dict(d) for d in data_cfg.get("few_shot", ())]
+  return lambda ex: render_prompt(
+    ex["question"], data_cfg["template"], chat_template=chat,
+    system_prompt=data_cfg.get("system_prompt") or None,
+    think_prefill=data_cfg.get("think_prefill", True), few_shot=few_shot)
