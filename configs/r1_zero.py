@@ -32,7 +32,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      completion="<think> 3 + 4 = 7 </think> <answer> 7 </answer>")],
       num_eval=32, prompt_bucket=32)
 
-  c.sampling = dict(num_samples=8, max_new_tokens=64, temperature=0.7, top_p=1.0, top_k=0)
+  # decode_dtype: "" decodes in the model's dtype; "bfloat16" keeps the decode weights and KV
+  # cache in bf16 (float32 accumulation): about 1.4x the rollout speed on CPU, at the price
+  # of sampling from a bf16-rounded policy (log-probs for the loss are recomputed in fp32).
+  c.sampling = dict(num_samples=8, max_new_tokens=64, temperature=0.7, top_p=1.0, top_k=0,
+                    decode_dtype="")
 
   c.grpo = dict(epsilon=0.2, epsilon_high=None, beta=0.0, loss_aggregation="seq-mean-token-mean",
                 advantage_norm="std", advantage_eps=1e-6, std_ddof=1, kl_estimator="k3",

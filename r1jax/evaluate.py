@@ -283,7 +283,8 @@ def run(c, checkpoint: str | None = None, output_dir: str | None = None,
   prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
   scfg = SamplingConfig(max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
                         top_p=s["top_p"], top_k=s["top_k"], num_samples=s["num_samples"],
-                        eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
+                        eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
+                        decode_dtype=c.sampling.get("decode_dtype", ""))
   weights = dict(c.rewards.weights)
   for always in ("accuracy", "format"):
     weights.setdefault(always, 0.0)

@@ -69,6 +69,12 @@ class SamplingConfig:
   # fuse_weights: concatenate q/k/v and gate/up for decoding (a copy of the weights per call);
   # None: on the CPU backend only.
   fuse_weights: bool | None = None
+  # decode_dtype: storage dtype of the decode weights and the KV cache ("" = the model's
+  # compute dtype). "bfloat16" under a float32 model halves the bytes read per token and
+  # uses the CPU's/accelerator's bf16 dot units; dots still accumulate and return float32
+  # and the residual stream stays in the model's dtype. Sampler log-probs then come from
+  # the bf16 model (the trainer recomputes pi_old when it needs it: grpo.mu > 1).
+  decode_dtype: str = ""
 
   def __post_init__(self):
     if self.max_new_tokens <= 0:
@@ -82,6 +88,9 @@ class SamplingConfig:
     if self.batch_bucket < 0 or self.prefill_chunk < 0:
       raise ValueError(f"bad batch_bucket={self.batch_bucket} or "
                        f"prefill_chunk={self.prefill_chunk}")
+    if self.decode_dtype and self.decode_dtype not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"decode_dtype must be '', float32, bfloat16 or float16, "
+                       f"got {self.decode_dtype!r}")
     if self.cache_chunks < 0 or self.top_p_candidates < 1:
       raise ValueError(f"bad cache_chunks={self.cache_chunks} or "
                        f"top_p_candidates={self.top_p_candidates}")
@@ -242,8 +251,9 @@ def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
 
 
 class _Cache(NamedTuple):
-  """Decode cache: per layer K transposed [R, Hkv, Dh, S] and V [R, Hkv, S, Dh] (both
-  attention dots are then plain batched matmuls over contiguous slabs), slot validity [R, S]."""
+  """Decode cache: per layer K and V [R, Hkv, S, Dh], K transposed to [R, Hkv, Dh, S] for
+  32-bit caches (`_k_transposed`; both attention dots are then plain batched matmuls over
+  contiguous slabs), slot validity [R, S]."""
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
   mask: jax.Array
@@ -258,14 +268,15 @@ def _fuse_default() -> bool:
   return jax.default_backend() == "cpu" and (mesh is None or mesh.shape.get("tensor", 1) == 1)
 
 
-def _decode_weights(params, cfg: ModelConfig, fuse: bool) -> dict:
+def _decode_weights(params, cfg: ModelConfig, fuse: bool, wdt: Any) -> dict:
   """Weights in the layout the decode step wants, made once per `generate` call.
 
   With `fuse`, q/k/v and gate/up are concatenated into one matmul each (fewer, wider dots:
   faster on CPU; skipped under tensor parallelism, where it would reshard); the unembedding
   is materialised as [D, V] (a transposed tied embedding makes the dot much slower).
+  Matrices are stored in `wdt`; norms and biases stay as they are.
   """
-  dt = jnp.dtype(cfg.dtype)
+  dt = jnp.dtype(wdt)
   d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd
   layers = []
   for i in range(cfg.num_layers):
@@ -278,11 +289,12 @@ def _decode_weights(params, cfg: ModelConfig, fuse: bool) -> dict:
       w["gate_up"] = jnp.concatenate([layer["gate"], layer["up"]], axis=1).astype(dt)
       if cfg.qkv_bias:
         w["qkv_bias"] = jnp.concatenate([layer["q_bias"].reshape(-1), layer["k_bias"].reshape(-1),
-                                         layer["v_bias"].reshape(-1)]).astype(dt)
+                                         layer["v_bias"].reshape(-1)])
     else:
-      for k in ("q", "k", "v", "gate", "up") + (("q_bias", "k_bias", "v_bias") if cfg.qkv_bias
-                                                 else ()):
+      for k in ("q", "k", "v", "gate", "up"):
         w[k] = layer[k].astype(dt)
+      if cfg.qkv_bias:
+        w.update({k: layer[k] for k in ("q_bias", "k_bias", "v_bias")})
     layers.append(w)
   unembed = unembed_matrix(params, cfg).astype(dt)
   if fuse and cfg.tie_embeddings:
@@ -296,6 +308,19 @@ def _rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   xf = x.astype(jnp.float32)
   x1, x2 = jnp.split(xf, 2, axis=-1)
   return (xf * cos + jnp.concatenate([-x2, x1], axis=-1) * sin).astype(x.dtype)
+
+
+def _k_transposed(kv_dtype: Any) -> bool:
+  """Whether K is cached as [R, Hkv, Dh, S] (fastest for float32 on CPU) rather than like V,
+  [R, Hkv, S, Dh] (fastest for 16-bit caches: XLA's CPU backend writes a bf16 slot of the
+  transposed layout by rewriting the whole cache)."""
+  return jnp.dtype(kv_dtype).itemsize > 2
+
+
+def _mm(x: jax.Array, w: jax.Array, spec: str = "rd,dn->rn") -> jax.Array:
+  """x @ w in w's dtype with float32 accumulation and result, cast back to x's dtype (a bf16
+  dot that returns bf16 takes a much slower path on CPU than one that returns float32)."""
+  return jnp.einsum(spec, x.astype(w.dtype), w, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
 def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live: jax.Array,
@@ -317,45 +342,47 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
   for i, layer in enumerate(w["layers"]):
     hn = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
     if "qkv" in layer:
-      qkv = hn @ layer["qkv"]
+      qkv = _mm(hn, layer["qkv"])
       if cfg.qkv_bias:
-        qkv = qkv + layer["qkv_bias"]
+        qkv = qkv + layer["qkv_bias"].astype(dt)
       q = qkv[:, :h * hd].reshape(r, h, hd)
       k = qkv[:, h * hd:(h + kvh) * hd].reshape(r, kvh, hd)
       v = qkv[:, (h + kvh) * hd:].reshape(r, kvh, hd)
     else:
-      q = jnp.einsum("rd,dhk->rhk", hn, layer["q"])
-      k = jnp.einsum("rd,dhk->rhk", hn, layer["k"])
-      v = jnp.einsum("rd,dhk->rhk", hn, layer["v"])
+      q, k, v = (_mm(hn, layer[n], "rd,dhk->rhk") for n in ("q", "k", "v"))
       if cfg.qkv_bias:
-        q, k, v = q + layer["q_bias"], k + layer["k_bias"], v + layer["v_bias"]
+        q, k, v = (a + layer[n + "_bias"].astype(dt) for a, n in ((q, "q"), (k, "k"), (v, "v")))
     q = constrain(_rope(q, cos, sin), ("batch", "heads", "head_dim"))
     k = _rope(k, cos, sin)
-    ck = jax.lax.dynamic_update_slice_in_dim(cache.k[i], k[..., None].astype(cache.k[i].dtype),
-                                             slot, axis=3)
+    kt = _k_transposed(cache.k[i].dtype)
+    ck = jax.lax.dynamic_update_slice_in_dim(
+        cache.k[i], (k[..., None] if kt else k[:, :, None]).astype(cache.k[i].dtype), slot,
+        axis=3 if kt else 2)
     cv = jax.lax.dynamic_update_slice_in_dim(cache.v[i], v[:, :, None].astype(cache.v[i].dtype),
                                              slot, axis=2)
-    ck, cv = constrain(ck, _K_AXES), constrain(cv, _V_AXES)
+    ck, cv = constrain(ck, _K_AXES if kt else _V_AXES), constrain(cv, _V_AXES)
     new_k.append(ck)
     new_v.append(cv)
-    qg = q.reshape(r, kvh, h // kvh, hd)
-    s = jnp.einsum("rkgd,rkds->rkgs", qg, ck.astype(dt), preferred_element_type=jnp.float32)
+    qg = q.reshape(r, kvh, h // kvh, hd).astype(ck.dtype)
+    s = jnp.einsum("rkgd,rkds->rkgs" if kt else "rkgd,rksd->rkgs", qg, ck,
+                   preferred_element_type=jnp.float32)
     s = s / math.sqrt(hd)
     s = jnp.where(allowed[:, None, None], s, jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(dt)
-    attn = jnp.einsum("rkgs,rksd->rkgd", p, cv.astype(dt)).reshape(r, h, hd)
-    x = x + jnp.einsum("rhk,hkd->rd", attn, layer["o"])
+    p = jax.nn.softmax(s, axis=-1).astype(cv.dtype)
+    attn = jnp.einsum("rkgs,rksd->rkgd", p, cv, preferred_element_type=jnp.float32)
+    x = x + _mm(attn.reshape(r, h, hd).astype(dt), layer["o"], "rhk,hkd->rd")
     x = constrain(x, ("batch", "embed"))
     hn = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
     if "gate_up" in layer:
-      gu = hn @ layer["gate_up"]
+      gu = _mm(hn, layer["gate_up"])
       g, u = gu[:, :cfg.intermediate_size], gu[:, cfg.intermediate_size:]
     else:
-      g, u = hn @ layer["gate"], hn @ layer["up"]
+      g, u = _mm(hn, layer["gate"]), _mm(hn, layer["up"])
     mlp = constrain(jax.nn.silu(g) * u, ("batch", "mlp"))
-    x = constrain(x + mlp @ layer["down"], ("batch", "embed"))
+    x = constrain(x + _mm(mlp, layer["down"]), ("batch", "embed"))
   x = rms_norm(x, w["final_norm"], cfg.rms_norm_eps)
-  logits = jnp.einsum("rd,dv->rv", x, w["unembed"], preferred_element_type=jnp.float32)
+  logits = jnp.einsum("rd,dv->rv", x.astype(w["unembed"].dtype), w["unembed"],
+                      preferred_element_type=jnp.float32)
   return constrain(logits, ("batch", "vocab")), _Cache(tuple(new_k), tuple(new_v), slot_mask)
 
 
@@ -397,7 +424,8 @@ def _generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_ma
   b, p = prompt_tokens.shape
   g, n = scfg.num_samples, scfg.max_new_tokens
   rows = b * g
-  dt = jnp.dtype(cfg.dtype)
+  wdt = jnp.dtype(scfg.decode_dtype or cfg.dtype)
+  fuse = _fuse_default() if scfg.fuse_weights is None else scfg.fuse_weights
   prompt_mask = prompt_mask.astype(bool)
   positions = positions_from_mask(prompt_mask)
   last, pcache = _prefill(params, cfg, prompt_tokens, prompt_mask, positions, scfg.prefill_chunk)
@@ -410,16 +438,17 @@ def _generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_ma
   bounds = list(range(0, n, seg))[1:] + [n]
 
   def to_decode(x, extra, perm, axes):  # [B, P, Hkv, Dh] -> [R, ...] with P + extra slots
-    x = x.astype(dt).transpose(perm)
+    x = x.astype(wdt).transpose(perm)
     x = jnp.pad(x, [(0, extra if a == "length" else 0) for a in axes])
     return constrain(_repeat_rows(x, g), axes)
 
   e0 = bounds[0]
-  cache = _Cache(tuple(to_decode(x, e0, (0, 2, 3, 1), _K_AXES) for x in pcache.k),
+  kt = _k_transposed(wdt)
+  k_perm, k_axes = ((0, 2, 3, 1), _K_AXES) if kt else ((0, 2, 1, 3), _V_AXES)
+  cache = _Cache(tuple(to_decode(x, e0, k_perm, k_axes) for x in pcache.k),
                  tuple(to_decode(x, e0, (0, 2, 1, 3), _V_AXES) for x in pcache.v),
                  jnp.pad(_repeat_rows(pcache.mask, g), ((0, 0), (0, e0))))
-  fuse = _fuse_default() if scfg.fuse_weights is None else scfg.fuse_weights
-  w = _decode_weights(params, cfg, fuse)
+  w = _decode_weights(params, cfg, fuse, wdt)
   last = constrain(_repeat_rows(last, g), ("batch", "vocab"))
   next_pos = _repeat_rows(positions[:, -1] + 1, g)
   eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
@@ -447,7 +476,8 @@ def _generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_ma
   for j, end in enumerate(bounds):
     if j:  # grow the cache to the next segment's length
       extra = end - bounds[j - 1]
-      grow_k = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+      grow_k = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)) if kt else
+                                 ((0, 0), (0, 0), (0, extra), (0, 0)))
       grow_v = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
       c_ = carry[2]
       carry = carry[:2] + (_Cache(tuple(map(grow_k, c_.k)), tuple(map(grow_v, c_.v)),

@@ -51,6 +51,9 @@ def validate(c) -> None:
                      f"= {rows} and be a multiple of num_samples = {g} (whole groups)")
   if c.sampling.num_samples < 2:
     raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
+  SamplingConfig(max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
+                 top_p=c.sampling.top_p, top_k=c.sampling.top_k, num_samples=g,
+                 decode_dtype=c.sampling.get("decode_dtype", ""))  # raises on a bad value
   if c.grpo.mu < 1:
     raise ValueError(f"grpo.mu={c.grpo.mu} must be >= 1")
   for key in ("num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every"):
@@ -131,7 +134,8 @@ def train(c, workdir: str) -> list[dict]:
   scfg = SamplingConfig(max_new_tokens=c.sampling.max_new_tokens,
                         temperature=c.sampling.temperature, top_p=c.sampling.top_p,
                         top_k=c.sampling.top_k, num_samples=g,
-                        eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
+                        eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
+                        decode_dtype=c.sampling.get("decode_dtype", ""))
   eval_scfg = dataclasses.replace(scfg, num_samples=c.train.eval_samples,
                                   temperature=c.train.eval_temperature, top_p=c.train.eval_top_p)
 

@@ -83,6 +83,29 @@ def test_greedy_matches_uncached_reference(params, reference_fn):
   assert out.lengths.min() < n, "an EOS should end at least one row early"
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_bf16_decode_matches_rounded_fp32_reference(params, fuse):
+  """decode_dtype=bfloat16: teacher-forced through an fp32 forward of the bf16-rounded
+  weights, every sampled token's log-prob agrees and every greedy pick is (near) the argmax."""
+  prompts, n = _prompts(3, 3), 12
+  out = _run(params, prompts, max_new_tokens=n, decode_dtype="bfloat16", fuse_weights=fuse)
+  rounded = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(x.dtype), params)
+  for i, p in enumerate(prompts):
+    seq = np.asarray(p + out.tokens[i].tolist(), np.int32)[None]
+    logits = np.asarray(forward(rounded, CFG, jnp.asarray(seq), jnp.arange(seq.shape[1])[None],
+                                jnp.ones(seq.shape, bool))[0][0], np.float64)
+    logits = logits[len(p) - 1:-1]  # the logits that chose each completion token
+    lsm = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                                                                             keepdims=True))
+    lsm -= logits.max(-1, keepdims=True)
+    picked = lsm[np.arange(n), out.tokens[i]]
+    np.testing.assert_allclose(out.logprobs[i], picked, atol=0.03)
+    gap = logits.max(-1) - logits[np.arange(n), out.tokens[i]]
+    assert gap.max() < 0.03 * max(1.0, np.abs(logits).max()), gap
+  with pytest.raises(ValueError, match="decode_dtype"):
+    SamplingConfig(decode_dtype="int8")
+
+
 def test_batch_bucketing_same_tokens_and_no_recompile(params):
   assert [sampling.batch_bucket(b) for b in (1, 7, 9, 13, 17, 33, 100)] == [
       1, 7, 10, 14, 20, 40, 112]

@@ -74,3 +74,8 @@ def test_bad_config_is_named():
   c.rewards.weights = {"acuracy": 1.0}
   with pytest.raises(ValueError, match="acuracy"):
     train_lib.validate(c)
+  for field, bad in (("decode_dtype", "fp8"), ("top_p", 1.5)):
+    c = _cfg(1)
+    c.sampling[field] = bad
+    with pytest.raises(ValueError, match=field):
+      train_lib.validate(c)

