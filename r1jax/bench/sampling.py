@@ -258,6 +258,48 @@ class TunixRunner:
 # ----------------------------------------------------------------------------- main
 
 
+def flops_per_token(cfg, prompt_len: int, new_tokens: int) -> float:
+  """Decode FLOPs per generated token: 2 x the matmul weights (unembedding included) plus the
+  attention dots over the average context."""
+  d, h, kvh, hd, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd,
+                      cfg.intermediate_size)
+  layer = d * (h + 2 * kvh) * hd + h * hd * d + 3 * d * f
+  ctx = prompt_len + (new_tokens + 1) / 2
+  return 2.0 * (cfg.num_layers * layer + d * cfg.vocab_size) + 4.0 * cfg.num_layers * h * hd * ctx
+
+
+# HBM bandwidth in GB/s, matched against jax's device_kind.
+HBM_GBS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "L4": 300.0, "B200": 8000.0}
+
+
+def bytes_per_step(cfg, batch: int, prompt_len: int, new_tokens: int, weight_bytes: int) -> float:
+  """HBM bytes one decode step must read: every matmul weight once plus the batch's K/V cache
+  over the average context (bf16 / fp32 as the weights)."""
+  d, h, kvh, hd, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd,
+                      cfg.intermediate_size)
+  weights = cfg.num_layers * (d * (h + 2 * kvh) * hd + h * hd * d + 3 * d * f) + d * cfg.vocab_size
+  ctx = prompt_len + (new_tokens + 1) / 2
+  kv = batch * cfg.num_layers * 2 * kvh * hd * ctx
+  return float(weight_bytes * (weights + kv))
+
+
+def dot_ceiling(cfg, rows: int, dtype: str) -> float:
+  """GFLOP/s of one XLA dot the size of the unembedding ([rows, D] x [D, V], float32 result):
+  what this machine's XLA gives the decode step's largest matmul."""
+  import jax
+  import jax.numpy as jnp
+  x = jnp.ones((rows, cfg.hidden_size), dtype)
+  w = jnp.ones((cfg.hidden_size, cfg.vocab_size), dtype)
+  f = jax.jit(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32))
+  f(x, w).block_until_ready()
+  best = float("inf")
+  for _ in range(5):
+    t0 = time.perf_counter()
+    f(x, w).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * rows * cfg.hidden_size * cfg.vocab_size / best / 1e9
+
+
 def machine() -> str:
   cpu = platform.processor() or ""
   try:
@@ -281,6 +323,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--temperature", type=float, default=0.0)
   ap.add_argument("--top_p", type=float, default=1.0)
   ap.add_argument("--top_k", type=int, default=0)
+  ap.add_argument("--mem_bw_gbs", type=float, default=0.0,
+                  help="memory bandwidth for the roofline column (default: known GPUs only)")
   ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                   help="weights (and KV cache) dtype of all implementations")
   ap.add_argument("--torch_threads", type=int, default=0,
@@ -347,6 +391,12 @@ def main(argv=None) -> dict:
       info[f"{name} torch threads"] = r.threads
   if "tunix" in runners:
     info["tunix"] = runners["tunix"].version
+  if "r1jax" in runners:
+    info["xla dot GFLOP/s (32 rows)"] = round(dot_ceiling(cfg, 32, args.dtype), 1)
+  kind = jax.devices()[0].device_kind
+  bw = args.mem_bw_gbs or next((v for k, v in HBM_GBS.items() if k in kind), 0.0)
+  if bw:
+    info["memory GB/s (roofline)"] = bw
   print("# " + json.dumps(info), flush=True)
   rng = np.random.RandomState(0)
 
@@ -366,6 +416,7 @@ def main(argv=None) -> dict:
   header = f"{'batch':>5} {'new':>4} " + " ".join(f"{n + ' tok/s':>18}" for n in runners)
   if "r1jax" in runners:
     header += " " + " ".join(f"{'vs ' + n:>16}" for n in runners if n != "r1jax")
+    header += f" {'r1jax GFLOP/s':>14}"
   print(header, flush=True)
   for n in [int(x) for x in args.new_tokens.split(",")]:
     for b in [int(x) for x in args.batches.split(",")]:
@@ -386,6 +437,14 @@ def main(argv=None) -> dict:
         line += " " + " ".join(
             f"{row['r1jax']['tok_s'] / row[k]['tok_s']:15.2f}x" if "tok_s" in row[k] else
             f"{'-':>16}" for k in runners if k != "r1jax")
+        gflops = row["r1jax"]["tok_s"] * flops_per_token(cfg, args.prompt_len, n) / 1e9
+        row["r1jax"]["gflop_s"] = gflops
+        line += f" {gflops:14.1f}"
+        if bw:  # a decode step is bandwidth-bound: tokens/s at best = bw / bytes * batch
+          wb = 2 if args.dtype == "bfloat16" else 4
+          best = bw * 1e9 / bytes_per_step(cfg, b, args.prompt_len, n, wb) * b
+          row["r1jax"]["roofline_fraction"] = row["r1jax"]["tok_s"] / best
+          line += f" {100 * row['r1jax']['tok_s'] / best:6.1f}% of roofline"
       print(line, flush=True)
   if "tunix" in runners:
     runners["tunix"].close()
