@@ -103,6 +103,15 @@ def aggregate(x: jax.Array, mask: jax.Array, how: str, max_len: int = 0) -> jax.
   raise ValueError(f"loss_aggregation={how!r}; choose from {AGGREGATIONS}")
 
 
+def micro_batch_weight(cfg: "GRPOConfig"):
+  """How micro-batch losses combine into the batch loss (`steps.make_train_step`): by
+  completion-token count for token-mean (one global token mean), equally otherwise (every
+  micro-batch holds the same number of sequences)."""
+  if cfg.loss_aggregation == "token-mean":
+    return lambda batch: batch.completion_mask.sum()
+  return None
+
+
 def grpo_objective(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None,
                    advantages: jax.Array, mask: jax.Array, cfg: GRPOConfig
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -72,11 +72,14 @@ def _split_micro(tree: Any, n_micro: int) -> Any:
 
 
 def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
-                    tx: optax.GradientTransformation, n_micro: int = 1) -> Callable:
+                    tx: optax.GradientTransformation, n_micro: int = 1,
+                    micro_weight: Callable[[Any], jax.Array] | None = None) -> Callable:
   """`loss_fn(params, batch) -> (loss, metrics)`; returns an un-jitted train step.
 
-  The loss of each micro-batch is averaged (equal-sized micro-batches), so the update
-  equals the full-batch one for per-sequence-mean aggregations.
+  With micro-batches, each micro-batch's loss, metrics and gradients are weighted by
+  `micro_weight(micro_batch)` / the batch total (None: equally), so the update equals the
+  full-batch one: equal weights for per-sequence means (equal-sized micro-batches), the
+  completion-token count for a global token mean (DAPO's token-mean).
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -85,17 +88,23 @@ def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
       (loss, metrics), grads = grad_fn(state.params, batch)
     else:
       micro = _split_micro(batch, n_micro)
+      if micro_weight is None:
+        weights = jnp.full((n_micro,), 1.0 / n_micro, jnp.float32)
+      else:
+        sizes = jax.vmap(micro_weight)(micro).astype(jnp.float32)
+        total = sizes.sum()
+        weights = jnp.where(total > 0, sizes / jnp.where(total > 0, total, 1.0), 1.0 / n_micro)
 
-      def body(acc, mb):
+      def body(acc, xs):
+        mb, wt = xs
         (l, m), g = grad_fn(state.params, mb)
-        return jax.tree.map(jnp.add, acc, (l, m, g)), None
+        return jax.tree.map(lambda a, x: a + wt * x, acc, (l, m, g)), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro))
       init = (jnp.zeros(()), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0][1]),
               zeros)
-      (loss, metrics, grads), _ = jax.lax.scan(body, init, micro)
-      loss, metrics, grads = jax.tree.map(lambda x: x / n_micro, (loss, metrics, grads))
+      (loss, metrics, grads), _ = jax.lax.scan(body, init, (micro, weights))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree_utils.tree_norm(grads))

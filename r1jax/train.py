@@ -144,7 +144,8 @@ def train(c, workdir: str) -> list[dict]:
   tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
   loss_fn = functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
-  train_step = jax.jit(steps.make_train_step(loss_fn, tx, n_micro), donate_argnums=0)
+  train_step = jax.jit(steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg)),
+                       donate_argnums=0)
   logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
                                       temperature=gcfg.temperature, impl=gcfg.logprob_impl))
 
