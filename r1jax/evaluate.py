@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax.mesh import to_host
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
 # Used when the config has no `eval` section (and as the fallback for missing keys).
@@ -113,7 +114,7 @@ def sample_and_score(params: Any, model_cfg, tokenizer, examples: Sequence[Mappi
     ids = [tokenizer.encode(p) for p in prompts]
     toks, mask = pad_prompts(ids, tokenizer.pad_id, prompt_bucket)
     rng, sub = jax.random.split(rng)
-    out = jax.device_get(generate(params, model_cfg, toks, mask, sub, scfg))
+    out = to_host(generate(params, model_cfg, toks, mask, sub, scfg))
     texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
     row_examples = [dict(chunk[i // g], prefill=prefill) for i in range(len(texts))]
     res = reward_pool.score(texts, row_examples)

@@ -79,3 +79,36 @@ def test_bad_config_is_named():
     c.sampling[field] = bad
     with pytest.raises(ValueError, match=field):
       train_lib.validate(c)
+
+
+def test_two_processes_match_one(tmp_path):
+  """The multi-host path: two jax.distributed processes (2 CPU devices each) train the same
+  run as one process with 4 devices, on the same (2, 2, 1) mesh."""
+  import socket
+  import subprocess
+  import sys
+  worker = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  procs = [subprocess.Popen([sys.executable, worker, str(i), "2", str(port), "2", multi],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  out = subprocess.run([sys.executable, worker, "0", "1", "0", "4", single], env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+  a = _read(os.path.join(multi, "metrics.jsonl"))
+  b = _read(os.path.join(single, "metrics.jsonl"))
+  assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2]
+  for x, y in zip(a, b):
+    for key in ("reward_mean", "accuracy", "completion_len_mean"):
+      assert x[key] == pytest.approx(y[key]), key
+    assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-6)
+  assert ([s["completion"] for s in _read(os.path.join(multi, "samples.jsonl"))] ==
+          [s["completion"] for s in _read(os.path.join(single, "samples.jsonl"))])
+  assert os.path.isdir(os.path.join(multi, "checkpoints"))
