@@ -302,7 +302,9 @@ def _decode_weights(params, cfg: ModelConfig, fuse: bool, wdt: Any) -> dict:
   unembed = unembed_matrix(params, cfg).astype(dt)
   if fuse and cfg.tie_embeddings:
     unembed = jnp.copy(unembed)
-  return {"embed": params["embed"], "layers": layers, "final_norm": params["final_norm"],
+  # Whole along `embed` for the token lookup (see `transformer.forward`).
+  embed = constrain(params["embed"], ("vocab", None))
+  return {"embed": embed, "layers": layers, "final_norm": params["final_norm"],
           "unembed": unembed}
 
 

@@ -111,3 +111,14 @@ def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
+
+
+def jit_train_step(train_step: Callable, state: TrainState) -> Callable:
+  """jit `train_step` with the state donated and the new state pinned to `state`'s shardings.
+
+  Left to sharding propagation, an updated parameter can come back laid out differently from
+  the one that went in (e.g. a replicated norm scale sharded over fsdp), so the layout would
+  drift from the logical-axis rules and the next call would recompile.
+  """
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  return jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, None))

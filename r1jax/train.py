@@ -144,8 +144,7 @@ def train(c, workdir: str) -> list[dict]:
   tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
   loss_fn = functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
-  train_step = jax.jit(steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg)),
-                       donate_argnums=0)
+
   logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
                                       temperature=gcfg.temperature, impl=gcfg.logprob_impl))
 
@@ -158,6 +157,14 @@ def train(c, workdir: str) -> list[dict]:
     data_lib.restore_iterator_state(data_it, data_state)
     print(f"resumed from step {int(state.step)} of {workdir}", flush=True)
   start = int(state.step)
+  dp = mesh.shape["data"] * mesh.shape["fsdp"]
+  if (c.grpo.micro_batch_size // g) % dp:
+    logging.warning("grpo.micro_batch_size=%d holds %d prompts, not a multiple of the %d "
+                    "data-parallel devices (mesh data x fsdp): XLA will reshard every "
+                    "micro-batch the slow way", c.grpo.micro_batch_size,
+                    c.grpo.micro_batch_size // g, dp)
+  train_step = steps.jit_train_step(
+      steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg)), state)
 
   writer = MetricsWriter(workdir, enabled=is_main)
   progress = Progress(c.train.num_steps, start)

@@ -304,29 +304,33 @@ def _grpo_batch(ctx: Context):
   comp = rng.randint(0, ctx.cfg.vocab_size, (b * g, n)).astype(np.int32)
   cmask = np.ones((b * g, n), np.int32)
   cmask[3, 2:] = 0
-  adv = np.linspace(-1.0, 1.0, b * g).astype(np.float32)
+  adv = np.linspace(-1.0, 2.0, b * g).astype(np.float32)  # non-zero mean: a non-zero loss
   return grpo.Batch(prompt_tokens=ctx.tokens, prompt_mask=ctx.mask, completion_tokens=comp,
                     completion_mask=cmask, advantages=adv, old_logp=None, ref_logp=None)
 
 
 @check
 def check_grpo_step(ctx: Context) -> dict:
-  """The trainer's jitted GRPO step (2 micro-batches, donated) matches 1 device.
+  """The trainer's jitted GRPO step (token-mean, micro-batched, donated) matches 1 device.
 
   SGD rather than AdamW: Adam's normalisation turns reduction-order noise in near-zero
   gradients into lr-sized differences, which would hide real errors in the tolerance.
   """
   import optax
   from r1jax import grpo, steps
-  gcfg = grpo.GRPOConfig(beta=0.0, logprob_impl="xla")
+  gcfg = grpo.GRPOConfig(beta=0.0, logprob_impl="xla", loss_aggregation="token-mean")
   tx = optax.sgd(0.5)
   loss_fn = lambda p, batch: grpo.grpo_loss(p, batch, gcfg, ctx.cfg)
-  step = jax.jit(steps.make_train_step(loss_fn, tx, n_micro=2), donate_argnums=0)
   batch = _grpo_batch(ctx)
+  # 2 micro-batches where each still splits over the data-parallel devices (with fewer
+  # prompts than devices XLA reshards by full rematerialisation; the trainer warns).
+  dp = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
+  n_micro = 2 if (batch.prompt_tokens.shape[0] // 2) % dp == 0 else 1
+  train_step = steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg))
 
   def run(params, put):
     state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
-    state, m = step(state, jax.tree.map(put, batch))
+    state, m = steps.jit_train_step(train_step, state)(state, jax.tree.map(put, batch))
     return state, m
 
   ref_state, ref_m = _reference(ctx, "grpo_step", lambda p: run(p, jnp.asarray))
@@ -342,7 +346,7 @@ def check_grpo_step(ctx: Context) -> dict:
   assert perr <= 1e-5, f"updated params differ by {perr}"
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ctx.params)):
     assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
-  return {"loss": float(m["loss"]), "param_max_abs_diff": perr}
+  return {"loss": float(m["loss"]), "param_max_abs_diff": perr, "n_micro": n_micro}
 
 
 @check

@@ -18,7 +18,7 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 from r1jax import mesh as mesh_lib
 
 WORKER = os.path.join(os.path.dirname(__file__), "multidevice_worker.py")
-CHECKS = ("load", "shardings", "save", "forward", "grad_step")
+CHECKS = ("load", "shardings", "save", "forward", "grad_step", "grpo_step", "sample")
 # (mesh, model); split over two processes that run at the same time.
 GROUPS = (
     ("8,1,1/2,2,2/1,2,4@odd", [((8, 1, 1), "even"), ((2, 2, 2), "even"), ((1, 2, 4), "odd")]),
@@ -120,3 +120,11 @@ def test_multidevice_sharded_sizes(worker_results):
     ways = m[1] * m[2]
     # Norms (and a few undividable dims) stay replicated, so a little above full / ways.
     assert full[0] / ways <= per[0] < 1.1 * full[0] / ways, (m, per, full)
+
+
+def test_no_involuntary_full_rematerialization(worker_results):
+  """No sharding on any mesh makes XLA replicate a whole tensor to reshard it (the embedding
+  lookup used to, with the table's embed dim and the batch both over fsdp)."""
+  _, log = worker_results
+  assert "Involuntary full rematerialization" not in log, next(
+      l for l in log.splitlines() if "Involuntary full rematerialization" in l)

@@ -220,7 +220,11 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   b, t = tokens.shape
   mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
   dt = jnp.dtype(cfg.dtype)
-  x = jnp.take(params["embed"], tokens, axis=0).astype(dt)
+  # Gather from a table whole along `embed` (FSDP all-gathers it here, as it does every
+  # weight): a gather from an fsdp-sharded embed dim would come out sharded the wrong way
+  # for the fsdp-sharded batch, and XLA reshards that by full rematerialisation.
+  table = constrain(params["embed"], ("vocab", None))
+  x = jnp.take(table, tokens, axis=0).astype(dt)
   x = constrain(x, ("batch", "length", "embed"))
   inv_freq = rope_inv_freq(cfg)
   if cache is None:
