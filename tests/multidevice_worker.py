@@ -367,6 +367,26 @@ def check_sample(ctx: Context) -> dict:
   return {"tokens_spec": str(out.tokens.sharding.spec)}
 
 
+@check
+def check_sample_bf16(ctx: Context) -> dict:
+  """bf16 decode weights and KV cache on the mesh: the sampled tokens' log-probs match 1 device
+  (greedy picks may flip only on bf16-level near-ties)."""
+  from r1jax.sampling import SamplingConfig, generate
+  scfg = SamplingConfig(max_new_tokens=6, temperature=0.0, num_samples=2,
+                        decode_dtype="bfloat16")
+  tokens, mask = ctx.tokens, ctx.mask
+  ref = _reference(ctx, "sample_bf16", lambda p: generate(
+      p, ctx.cfg, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0), scfg))
+  with mesh_lib.use_mesh(ctx.mesh):
+    out = generate(ctx.params, ctx.cfg, ctx.put_batch(tokens), ctx.put_batch(mask),
+                   jax.random.key(0), scfg)
+  agree = float(np.mean(np.asarray(out.tokens) == np.asarray(ref.tokens)))
+  assert agree >= 0.9, agree
+  first = np.abs(np.asarray(out.logprobs)[:, 0] - np.asarray(ref.logprobs)[:, 0]).max()
+  assert first <= 0.02, first  # the first token comes from the same prompt, no flips yet
+  return {"token_agreement": agree, "first_logprob_max_abs_diff": float(first)}
+
+
 # ----------------------------------------------------------------------------- main
 
 

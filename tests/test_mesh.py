@@ -18,7 +18,8 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 from r1jax import mesh as mesh_lib
 
 WORKER = os.path.join(os.path.dirname(__file__), "multidevice_worker.py")
-CHECKS = ("load", "shardings", "save", "forward", "grad_step", "grpo_step", "sample")
+CHECKS = ("load", "shardings", "save", "forward", "grad_step", "grpo_step", "sample",
+          "sample_bf16")
 # (mesh, model); split over two processes that run at the same time.
 GROUPS = (
     ("8,1,1/2,2,2/1,2,4@odd", [((8, 1, 1), "even"), ((2, 2, 2), "even"), ((1, 2, 4), "odd")]),
