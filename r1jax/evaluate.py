@@ -266,7 +266,7 @@ def run(c, checkpoint: str | None = None, output_dir: str | None = None,
   from r1jax import data as data_lib
   from r1jax.mesh import make_mesh, use_mesh
   from r1jax.model.loader import load_model
-  from r1jax.rewards import RewardPool
+  from r1jax.rewards import RewardPool, scored_weights
 
   s = eval_settings(c, **overrides)
   mesh = make_mesh(tuple(c.mesh.shape))
@@ -286,15 +286,13 @@ def run(c, checkpoint: str | None = None, output_dir: str | None = None,
                         top_p=s["top_p"], top_k=s["top_k"], num_samples=s["num_samples"],
                         eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
                         decode_dtype=c.sampling.get("decode_dtype", ""))
-  weights = dict(c.rewards.weights)
-  for always in ("accuracy", "format"):
-    weights.setdefault(always, 0.0)
 
   samples_path = os.path.join(output_dir, "samples.jsonl")
   t0 = time.time()
   done = [0]
-  with open(samples_path, "w") as f, RewardPool(weights, timeout_s=c.rewards.timeout_s,
-                                                num_workers=c.rewards.num_workers) as pool:
+  pool = RewardPool(scored_weights(c.rewards.weights), timeout_s=c.rewards.timeout_s,
+                    num_workers=c.rewards.num_workers)
+  with open(samples_path, "w") as f, pool:
     def write(batch):
       for r in batch:
         f.write(json.dumps({"step": step, **r}, ensure_ascii=False) + "\n")

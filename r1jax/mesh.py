@@ -129,6 +129,15 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, named_sharding(mesh, axes, x.shape, rules))
 
 
+def batch_parallel_size(mesh: Mesh | None, rules=None) -> int:
+  """How many ways the `batch` axis is split on `mesh` (1 without a mesh)."""
+  if mesh is None:
+    return 1
+  spec = named_sharding(mesh, ("batch",), rules=rules).spec[0]
+  axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+  return math.prod(mesh.shape[a] for a in axes)
+
+
 def shard_batch(tree: Any, mesh: Mesh, rules=None) -> Any:
   """Place host arrays on `mesh`, leading dim over the `batch` axes, the rest replicated.
 

@@ -129,35 +129,27 @@ def plot_run(workdir: str, out_dir: str | None = None, smooth: float = 0.8) -> l
     else:
       plt.close(fig)
 
-  length_train = series(train, ("completion_len_mean",))
-  length_eval = series(evals, ("completion_len_mean",))
-  if length_train or length_eval:
+  def train_and_eval(key, ylabel, title, fname):
+    """One metric from the training rollouts (smoothed) and the held-out evaluation."""
+    tr, ev = series(train, (key,)), series(evals, (key,))
+    if not (tr or ev):
+      return
     fig, ax = plt.subplots(figsize=(6, 4))
-    if length_train:
-      _plot_series(ax, length_train[0], length_train[1], smooth, label="training rollouts")
-    if length_eval:
-      _plot_series(ax, length_eval[0], length_eval[1], 0.0, label="held-out evaluation")
+    if tr:
+      _plot_series(ax, tr[0], tr[1], smooth, label="training rollouts")
+    if ev:
+      _plot_series(ax, ev[0], ev[1], 0.0, label="held-out evaluation")
     ax.set_xlabel("step")
-    ax.set_ylabel("average length per response (tokens)")
-    ax.set_title(f"{name}: response length (cf. R1 Figure 3)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{name}: {title}")
     ax.grid(alpha=0.3)
     ax.legend()
-    save(fig, "fig3_response_length.png")
+    save(fig, fname)
 
-  refl_train = series(train, ("reflection_rate",))
-  refl_eval = series(evals, ("reflection_rate",))
-  if refl_train or refl_eval:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if refl_train:
-      _plot_series(ax, refl_train[0], refl_train[1], smooth, label="training rollouts")
-    if refl_eval:
-      _plot_series(ax, refl_eval[0], refl_eval[1], 0.0, label="held-out evaluation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("share of responses")
-    ax.set_title(f"{name}: responses with reflection phrases")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    save(fig, "reflection_share.png")
+  train_and_eval("completion_len_mean", "average length per response (tokens)",
+                 "response length (cf. R1 Figure 3)", "fig3_response_length.png")
+  train_and_eval("reflection_rate", "share of responses", "responses with reflection phrases",
+                 "reflection_share.png")
   return written
 
 

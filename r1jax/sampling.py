@@ -43,9 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.mesh import constrain, current_mesh, named_sharding
+from r1jax.mesh import batch_parallel_size, constrain, current_mesh, named_sharding
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
-from r1jax.model.transformer import rms_norm, rope_inv_freq
+from r1jax.model.transformer import apply_rope, rms_norm, rope_inv_freq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,13 +308,6 @@ def _decode_weights(params, cfg: ModelConfig, fuse: bool, wdt: Any) -> dict:
           "unembed": unembed}
 
 
-def _rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """`transformer.apply_rope` for one token per row: x [R, H, Dh], cos/sin [R, 1, Dh]."""
-  xf = x.astype(jnp.float32)
-  x1, x2 = jnp.split(xf, 2, axis=-1)
-  return (xf * cos + jnp.concatenate([-x2, x1], axis=-1) * sin).astype(x.dtype)
-
-
 def _k_transposed(kv_dtype: Any) -> bool:
   """Whether K is cached as [R, Hkv, Dh, S] (fastest for float32 on CPU) rather than like V,
   [R, Hkv, S, Dh] (fastest for 16-bit caches: XLA's CPU backend writes a bf16 slot of the
@@ -337,9 +330,8 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
   dt = jnp.dtype(cfg.dtype)
   r = tok.shape[0]
   h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.hd
-  ang = pos[:, None].astype(jnp.float32) * rope_inv_freq(cfg)  # [R, Dh/2]
-  cos = jnp.concatenate([jnp.cos(ang)] * 2, -1)[:, None, :]
-  sin = jnp.concatenate([jnp.sin(ang)] * 2, -1)[:, None, :]
+  inv_freq = rope_inv_freq(cfg)
+  rope = lambda x: apply_rope(x[:, None], pos[:, None], inv_freq)[:, 0]  # T = 1
   slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, live[:, None], slot, axis=1)
   allowed = slot_mask & (jnp.arange(slot_mask.shape[1]) <= slot)[None]
   x = constrain(jnp.take(w["embed"], tok, axis=0).astype(dt), ("batch", "embed"))
@@ -357,8 +349,8 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
       q, k, v = (_mm(hn, layer[n], "rd,dhk->rhk") for n in ("q", "k", "v"))
       if cfg.qkv_bias:
         q, k, v = (a + layer[n + "_bias"].astype(dt) for a, n in ((q, "q"), (k, "k"), (v, "v")))
-    q = constrain(_rope(q, cos, sin), ("batch", "heads", "head_dim"))
-    k = _rope(k, cos, sin)
+    q = constrain(rope(q), ("batch", "heads", "head_dim"))
+    k = rope(k)
     kt = _k_transposed(cache.k[i].dtype)
     ck = jax.lax.dynamic_update_slice_in_dim(
         cache.k[i], (k[..., None] if kt else k[:, :, None]).astype(cache.k[i].dtype), slot,
@@ -506,15 +498,6 @@ def batch_bucket(b: int, bucket: int = 0, multiple: int = 1) -> int:
   return -(-size // multiple) * multiple
 
 
-def _data_parallel_size() -> int:
-  mesh = current_mesh()
-  if mesh is None:
-    return 1
-  spec = named_sharding(mesh, ("batch",)).spec[0]
-  axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
-  return math.prod(mesh.shape[a] for a in axes)
-
-
 def generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
              rng: jax.Array, scfg: SamplingConfig) -> SampleOutput:
   """Sample `scfg.num_samples` completions for each left-padded prompt.
@@ -524,7 +507,7 @@ def generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mas
   the padding rows are dropped from the result.
   """
   b, p = prompt_tokens.shape
-  bb = batch_bucket(b, scfg.batch_bucket, _data_parallel_size())
+  bb = batch_bucket(b, scfg.batch_bucket, batch_parallel_size(current_mesh()))
   pc = scfg.prefill_chunk
   pp = -(-p // pc) * pc if pc and p > pc else p
   toks, mask = prompt_tokens, prompt_mask

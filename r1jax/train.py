@@ -26,7 +26,7 @@ from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
 from r1jax import grpo, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
-from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
+from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model.loader import load_model
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
@@ -51,15 +51,21 @@ def validate(c) -> None:
                      f"= {rows} and be a multiple of num_samples = {g} (whole groups)")
   if c.sampling.num_samples < 2:
     raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
-  SamplingConfig(max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
-                 top_p=c.sampling.top_p, top_k=c.sampling.top_k, num_samples=g,
-                 decode_dtype=c.sampling.get("decode_dtype", ""))  # raises on a bad value
+  sampling_config(c)  # raises on a bad value
   if c.grpo.mu < 1:
     raise ValueError(f"grpo.mu={c.grpo.mu} must be >= 1")
   for key in ("num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every"):
     if c.train[key] < 0:
       raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
   data_lib.prefill_text(c.data.template, c.data.think_prefill)  # validates the template name
+
+
+def sampling_config(c, **extra) -> SamplingConfig:
+  """The rollout SamplingConfig of config `c` (its `sampling` section) plus `extra` fields."""
+  s = c.sampling
+  return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                        top_p=s.top_p, top_k=s.top_k, num_samples=s.num_samples,
+                        decode_dtype=s.get("decode_dtype", ""), **extra)
 
 
 def grpo_config(c) -> grpo.GRPOConfig:
@@ -124,18 +130,12 @@ def train(c, workdir: str) -> list[dict]:
   prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
 
   # Rewards run on the host, in worker processes with a per-completion deadline.
-  from r1jax.rewards import RewardPool
-  weights = {k: float(w) for k, w in c.rewards.weights.items() if w}
-  for always in ("accuracy", "format"):  # measured every step, weight 0 if not rewarded
-    weights.setdefault(always, 0.0)
-  pool = RewardPool(weights, timeout_s=c.rewards.timeout_s, num_workers=c.rewards.num_workers)
+  from r1jax.rewards import RewardPool, scored_weights
+  pool = RewardPool(scored_weights(c.rewards.weights), timeout_s=c.rewards.timeout_s,
+                    num_workers=c.rewards.num_workers)
 
   g = c.sampling.num_samples
-  scfg = SamplingConfig(max_new_tokens=c.sampling.max_new_tokens,
-                        temperature=c.sampling.temperature, top_p=c.sampling.top_p,
-                        top_k=c.sampling.top_k, num_samples=g,
-                        eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
-                        decode_dtype=c.sampling.get("decode_dtype", ""))
+  scfg = sampling_config(c, eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
   eval_scfg = dataclasses.replace(scfg, num_samples=c.train.eval_samples,
                                   temperature=c.train.eval_temperature, top_p=c.train.eval_top_p)
 
@@ -144,7 +144,6 @@ def train(c, workdir: str) -> list[dict]:
   tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
   loss_fn = functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
-
   logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
                                       temperature=gcfg.temperature, impl=gcfg.logprob_impl))
 
@@ -157,10 +156,10 @@ def train(c, workdir: str) -> list[dict]:
     data_lib.restore_iterator_state(data_it, data_state)
     print(f"resumed from step {int(state.step)} of {workdir}", flush=True)
   start = int(state.step)
-  dp = mesh.shape["data"] * mesh.shape["fsdp"]
+  dp = batch_parallel_size(mesh)
   if (c.grpo.micro_batch_size // g) % dp:
     logging.warning("grpo.micro_batch_size=%d holds %d prompts, not a multiple of the %d "
-                    "data-parallel devices (mesh data x fsdp): XLA will reshard every "
+                    "data-parallel devices (the mesh axes of `batch`): XLA will reshard every "
                     "micro-batch the slow way", c.grpo.micro_batch_size,
                     c.grpo.micro_batch_size // g, dp)
   train_step = steps.jit_train_step(

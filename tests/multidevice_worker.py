@@ -324,7 +324,7 @@ def check_grpo_step(ctx: Context) -> dict:
   batch = _grpo_batch(ctx)
   # 2 micro-batches where each still splits over the data-parallel devices (with fewer
   # prompts than devices XLA reshards by full rematerialisation; the trainer warns).
-  dp = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
+  dp = mesh_lib.batch_parallel_size(ctx.mesh)
   n_micro = 2 if (batch.prompt_tokens.shape[0] // 2) % dp == 0 else 1
   train_step = steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg))
 

@@ -258,14 +258,23 @@ class TunixRunner:
 # ----------------------------------------------------------------------------- main
 
 
-def flops_per_token(cfg, prompt_len: int, new_tokens: int) -> float:
-  """Decode FLOPs per generated token: 2 x the matmul weights (unembedding included) plus the
-  attention dots over the average context."""
+def _matmul_weights(cfg) -> int:
+  """Elements of every weight matrix a decode step multiplies by (unembedding included)."""
   d, h, kvh, hd, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd,
                       cfg.intermediate_size)
   layer = d * (h + 2 * kvh) * hd + h * hd * d + 3 * d * f
-  ctx = prompt_len + (new_tokens + 1) / 2
-  return 2.0 * (cfg.num_layers * layer + d * cfg.vocab_size) + 4.0 * cfg.num_layers * h * hd * ctx
+  return cfg.num_layers * layer + d * cfg.vocab_size
+
+
+def _mean_context(prompt_len: int, new_tokens: int) -> float:
+  return prompt_len + (new_tokens + 1) / 2
+
+
+def flops_per_token(cfg, prompt_len: int, new_tokens: int) -> float:
+  """Decode FLOPs per generated token: 2 x the matmul weights (unembedding included) plus the
+  attention dots over the average context."""
+  attn = 4.0 * cfg.num_layers * cfg.num_heads * cfg.hd * _mean_context(prompt_len, new_tokens)
+  return 2.0 * _matmul_weights(cfg) + attn
 
 
 # HBM bandwidth in GB/s, matched against jax's device_kind.
@@ -275,12 +284,9 @@ HBM_GBS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0, "L4": 300.0, "B200": 
 def bytes_per_step(cfg, batch: int, prompt_len: int, new_tokens: int, weight_bytes: int) -> float:
   """HBM bytes one decode step must read: every matmul weight once plus the batch's K/V cache
   over the average context (bf16 / fp32 as the weights)."""
-  d, h, kvh, hd, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd,
-                      cfg.intermediate_size)
-  weights = cfg.num_layers * (d * (h + 2 * kvh) * hd + h * hd * d + 3 * d * f) + d * cfg.vocab_size
-  ctx = prompt_len + (new_tokens + 1) / 2
-  kv = batch * cfg.num_layers * 2 * kvh * hd * ctx
-  return float(weight_bytes * (weights + kv))
+  kv = batch * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.hd * _mean_context(prompt_len,
+                                                                              new_tokens)
+  return float(weight_bytes * (_matmul_weights(cfg) + kv))
 
 
 def dot_ceiling(cfg, rows: int, dtype: str) -> float:

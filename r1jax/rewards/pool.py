@@ -187,6 +187,15 @@ def _shutdown(workers: list[_Worker], tmp: str) -> None:
   shutil.rmtree(tmp, ignore_errors=True)
 
 
+def scored_weights(weights: Mapping[str, float]) -> dict[str, float]:
+  """The rewards a run scores: those with a non-zero weight, plus accuracy and format at
+  weight 0 when they are not rewarded (measured every step for the metrics)."""
+  out = {k: float(w) for k, w in weights.items() if w}
+  for always in ("accuracy", "format"):
+    out.setdefault(always, 0.0)
+  return out
+
+
 class RewardPool:
   """Weighted rewards over a pool of worker processes with per-item deadlines.
 
