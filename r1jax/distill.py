@@ -19,6 +19,7 @@ renormalises them there. Total SFT loss (`sft_objective`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -53,27 +54,100 @@ class DistillConfig:
 def divergence(lp: jax.Array, lq: jax.Array, beta: float) -> jax.Array:
   """Elementwise contribution of each vocabulary entry, from log-probs of teacher (lp) and
   student (lq); summing over the vocabulary gives the divergence."""
+  return _coefficients(lp, lq, beta)[0]
+
+
+def _coefficients(lp: jax.Array, lq: jax.Array, beta: float):
+  """(f, c) per vocabulary entry: f sums to the divergence, c = d f / d lq (the student's
+  log-prob). d divergence / d (student logit j) = c_j - q_j * sum_v c_v."""
+  q = jnp.exp(lq)
   if beta == 0.0:
-    return jnp.exp(lp) * (lp - lq)
+    p = jnp.exp(lp)
+    return p * (lp - lq), -p
   if beta == 1.0:
-    return jnp.exp(lq) * (lq - lp)
+    return q * (lq - lp), q * (lq - lp + 1.0)
   lm = jnp.logaddexp(lp + math.log(beta), lq + math.log1p(-beta))
-  return beta * jnp.exp(lp) * (lp - lm) + (1.0 - beta) * jnp.exp(lq) * (lq - lm)
+  f = beta * jnp.exp(lp) * (lp - lm) + (1.0 - beta) * q * (lq - lm)
+  return f, (1.0 - beta) * q * (lq - lm)
 
 
-def _blocks(w: jax.Array, block_v: int) -> tuple[jax.Array, jax.Array]:
-  """[D, V] -> ([nb, D, bv] zero-padded, [nb, bv] valid-column mask)."""
-  d, v = w.shape
+def _logits(h, wb, inv_t):
+  return jax.lax.dot_general(h, wb, (((1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32) * inv_t
+
+
+def _scan_blocks(w: jax.Array, block_v: int, body, init):
+  """`body(carry, (start, column ids, fresh-column mask), j)` over vocabulary blocks; the last
+  block is clamped to end at V (its overlap masked), so no weight is padded or copied."""
+  from r1jax.kernels.xla import _block
+  v = w.shape[1]
   bv = min(block_v, v)
-  nb = -(-v // bv)
-  w = jnp.pad(w, ((0, 0), (0, nb * bv - v)))
-  valid = (jnp.arange(nb * bv) < v).reshape(nb, bv)
-  return w.reshape(d, nb, bv).transpose(1, 0, 2), valid
+
+  def step(carry, j):
+    start, _, cols, fresh = _block(w, j, bv)
+    return body(carry, start, bv, fresh), None
+
+  out, _ = jax.lax.scan(step, init, jnp.arange(-(-v // bv)))
+  return out
 
 
-def _block_logits(h, wb, valid, inv_t):
-  z = jnp.einsum("nd,dv->nv", h, wb, preferred_element_type=jnp.float32) * inv_t
-  return jnp.where(valid[None], z, _NEG)
+def _lse(h, w, inv_t, block_v):
+  def body(acc, start, bv, fresh):
+    z = jnp.where(fresh, _logits(h, jax.lax.dynamic_slice_in_dim(w, start, bv, 1), inv_t), _NEG)
+    return jnp.logaddexp(acc, jax.nn.logsumexp(z, axis=-1))
+  return _scan_blocks(w, block_v, body, jnp.full((h.shape[0],), _NEG, jnp.float32))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _streamed(h_t, w_t, h_s, w_s, beta, inv_t, block_v):
+  return _streamed_fwd(h_t, w_t, h_s, w_s, beta, inv_t, block_v)[0]
+
+
+def _block_logprobs(h_t, w_t, h_s, w_s, lse_t, lse_s, start, bv, inv_t):
+  lp = _logits(h_t, jax.lax.dynamic_slice_in_dim(w_t, start, bv, 1), inv_t) - lse_t[:, None]
+  lq = _logits(h_s, jax.lax.dynamic_slice_in_dim(w_s, start, bv, 1), inv_t) - lse_s[:, None]
+  return lp, lq
+
+
+def _streamed_fwd(h_t, w_t, h_s, w_s, beta, inv_t, block_v):
+  lse_t, lse_s = _lse(h_t, w_t, inv_t, block_v), _lse(h_s, w_s, inv_t, block_v)
+
+  def body(acc, start, bv, fresh):
+    lp, lq = _block_logprobs(h_t, w_t, h_s, w_s, lse_t, lse_s, start, bv, inv_t)
+    f, c = _coefficients(lp, lq, beta)
+    return (acc[0] + jnp.where(fresh, f, 0.0).sum(-1), acc[1] + jnp.where(fresh, c, 0.0).sum(-1))
+
+  zeros = jnp.zeros((h_s.shape[0],), jnp.float32)
+  div, csum = _scan_blocks(w_s, block_v, body, (zeros, zeros))
+  return div, (h_t, w_t, h_s, w_s, lse_t, lse_s, csum)
+
+
+def _streamed_bwd(beta, inv_t, block_v, res, g):
+  h_t, w_t, h_s, w_s, lse_t, lse_s, csum = res
+  nt = (((1,), (1,)), ((), ()))  # [n, v] x [d, v] -> [n, d]
+  tn = (((0,), (0,)), ((), ()))  # [n, d] x [n, v] -> [d, v]
+
+  def body(carry, start, bv, fresh):
+    dh, dw = carry
+    lp, lq = _block_logprobs(h_t, w_t, h_s, w_s, lse_t, lse_s, start, bv, inv_t)
+    _, c = _coefficients(lp, lq, beta)
+    dz = jnp.where(fresh, (c - jnp.exp(lq) * csum[:, None]) * (g * inv_t)[:, None], 0.0)
+    wb = jax.lax.dynamic_slice_in_dim(w_s, start, bv, 1)
+    dh = dh + jax.lax.dot_general(dz.astype(w_s.dtype), wb, nt,
+                                  preferred_element_type=jnp.float32)
+    dwb = jax.lax.dot_general(h_s, dz.astype(h_s.dtype), tn, preferred_element_type=jnp.float32)
+    old = jax.lax.dynamic_slice_in_dim(dw, start, bv, 1)
+    dw = jax.lax.dynamic_update_slice_in_dim(dw, jnp.where(fresh, dwb.astype(dw.dtype), old),
+                                             start, 1)
+    return dh, dw
+
+  dh, dw = _scan_blocks(w_s, block_v, body, (jnp.zeros(h_s.shape, jnp.float32),
+                                             jnp.zeros(w_s.shape, w_s.dtype)))
+  # The teacher is frozen: no gradient flows to it.
+  return jnp.zeros_like(h_t), jnp.zeros_like(w_t), dh.astype(h_s.dtype), dw
+
+
+_streamed.defvjp(_streamed_fwd, _streamed_bwd)
 
 
 def streamed_divergence(h_t: jax.Array, w_t: jax.Array, h_s: jax.Array, w_s: jax.Array,
@@ -81,35 +155,12 @@ def streamed_divergence(h_t: jax.Array, w_t: jax.Array, h_s: jax.Array, w_s: jax
                         ) -> jax.Array:
   """Per-token divergence [N] between softmax(h_t w_t / T) and softmax(h_s w_s / T) over
   the full vocabulary, streamed in blocks of `block_v` columns (two passes: log-normalisers,
-  then the divergence). Gradients flow to the student's h_s and w_s (and the teacher's, if
-  not stopped)."""
+  then the divergence). Its custom backward recomputes each block and accumulates the
+  student's gradients in place, so no [N, V] tensor and no copy of either unembedding is
+  ever made. The teacher gets no gradient."""
   if w_t.shape[1] != w_s.shape[1]:
     raise ValueError(f"teacher vocabulary {w_t.shape[1]} != student vocabulary {w_s.shape[1]}")
-  inv_t = 1.0 / temperature
-  bt, valid = _blocks(w_t, block_v)
-  bs, _ = _blocks(w_s, block_v)
-  n = h_t.shape[0]
-
-  @jax.checkpoint
-  def lse_body(carry, xs):
-    wt, ws, ok = xs
-    lt, ls = carry
-    lt = jnp.logaddexp(lt, jax.nn.logsumexp(_block_logits(h_t, wt, ok, inv_t), axis=-1))
-    ls = jnp.logaddexp(ls, jax.nn.logsumexp(_block_logits(h_s, ws, ok, inv_t), axis=-1))
-    return (lt, ls), None
-
-  init = (jnp.full((n,), _NEG, jnp.float32), jnp.full((n,), _NEG, jnp.float32))
-  (lse_t, lse_s), _ = jax.lax.scan(lse_body, init, (bt, bs, valid))
-
-  @jax.checkpoint
-  def div_body(acc, xs):
-    wt, ws, ok = xs
-    lp = _block_logits(h_t, wt, ok, inv_t) - lse_t[:, None]
-    lq = _block_logits(h_s, ws, ok, inv_t) - lse_s[:, None]
-    return acc + jnp.where(ok[None], divergence(lp, lq, beta), 0.0).sum(-1), None
-
-  out, _ = jax.lax.scan(div_body, jnp.zeros((n,), jnp.float32), (bt, bs, valid))
-  return out
+  return _streamed(h_t, w_t, h_s, w_s, float(beta), 1.0 / float(temperature), int(block_v))
 
 
 def teacher_top_k(h_t: jax.Array, w_t: jax.Array, k: int, temperature: float = 1.0,
@@ -117,23 +168,20 @@ def teacher_top_k(h_t: jax.Array, w_t: jax.Array, k: int, temperature: float = 1
   """The teacher's k largest tempered logits per token and their ids, streamed: ([N, k],
   [N, k] int32). No gradient."""
   inv_t = 1.0 / temperature
-  bt, valid = _blocks(jax.lax.stop_gradient(w_t), block_v)
-  h_t = jax.lax.stop_gradient(h_t)
-  n, bv = h_t.shape[0], bt.shape[2]
+  h_t, w_t = jax.lax.stop_gradient(h_t), jax.lax.stop_gradient(w_t)
+  n = h_t.shape[0]
 
-  def body(carry, xs):
+  def body(carry, start, bv, fresh):
     vals, ids = carry
-    wt, ok, start = xs
-    z = _block_logits(h_t, wt, ok, inv_t)
+    z = jnp.where(fresh, _logits(h_t, jax.lax.dynamic_slice_in_dim(w_t, start, bv, 1), inv_t),
+                  _NEG)
     bvals, bids = jax.lax.top_k(z, min(k, bv))
     vals, pick = jax.lax.top_k(jnp.concatenate([vals, bvals], -1), k)
     ids = jnp.take_along_axis(jnp.concatenate([ids, bids + start], -1), pick, -1)
-    return (vals, ids), None
+    return vals, ids
 
-  starts = jnp.arange(bt.shape[0], dtype=jnp.int32) * bv
-  init = (jnp.full((n, k), _NEG, jnp.float32), jnp.zeros((n, k), jnp.int32))
-  (vals, ids), _ = jax.lax.scan(body, init, (bt, valid, starts))
-  return vals, ids
+  return _scan_blocks(w_t, block_v, body, (jnp.full((n, k), _NEG, jnp.float32),
+                                           jnp.zeros((n, k), jnp.int32)))
 
 
 def top_k_divergence(h_t: jax.Array, w_t: jax.Array, h_s: jax.Array, w_s: jax.Array,
@@ -155,8 +203,8 @@ def top_k_divergence(h_t: jax.Array, w_t: jax.Array, h_s: jax.Array, w_s: jax.Ar
   @jax.checkpoint
   def gather(_, xs):
     h, i = xs
-    cols = jnp.take(w_s.T, i, axis=0)  # [bn, k, D]
-    return None, jnp.einsum("nd,nkd->nk", h, cols, preferred_element_type=jnp.float32)
+    cols = jnp.take(w_s, i, axis=1)  # [D, bn, k]
+    return None, jnp.einsum("nd,dnk->nk", h, cols, preferred_element_type=jnp.float32)
 
   _, zs = jax.lax.scan(gather, None, (hs, idb))
   zs = zs.reshape(-1, k)[:n] / temperature
