@@ -4,7 +4,8 @@
         [--dtype=bfloat16] [--max_shard_bytes=2e9]
 
 Reads DIR/model_config.json (`dataclasses.asdict(ModelConfig)`, written by the trainer) and
-restores item "params" of the Orbax CheckpointManager under DIR/checkpoints (latest step unless
+restores the params (of the trainers' TrainState item "state", or an item "params") of the
+Orbax CheckpointManager under DIR/checkpoints (latest step unless
 --step), sharded FSDP-style over the local devices, then streams it to OUT as config.json +
 safetensors. Tokenizer / generation-config files are copied from --tokenizer_dir (typically the
 HF directory the run started from), together with its bos/eos/pad token ids.
@@ -18,14 +19,17 @@ from typing import Any
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir (has checkpoints/ and model_config.json).")
-flags.DEFINE_string("out", None, "Output HF directory.")
-flags.DEFINE_integer("step", None, "Checkpoint step to export (default: latest).")
-flags.DEFINE_string("tokenizer_dir", None, "Directory to copy tokenizer/generation files from.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Saved dtype.")
-flags.DEFINE_float("max_shard_bytes", 2e9, "Maximum bytes per safetensors shard.")
-flags.DEFINE_string("model_config", None, "model_config.json (default: WORKDIR/model_config.json).")
 
+
+def define_flags() -> None:
+  """Defined only when run as a program, so that importing this module defines no flags."""
+  flags.DEFINE_string("workdir", None, "Training workdir (has checkpoints/ and model_config.json).")
+  flags.DEFINE_string("out", None, "Output HF directory.")
+  flags.DEFINE_integer("step", None, "Checkpoint step to export (default: latest).")
+  flags.DEFINE_string("tokenizer_dir", None, "Directory to copy tokenizer/generation files from.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Saved dtype.")
+  flags.DEFINE_float("max_shard_bytes", 2e9, "Maximum bytes per safetensors shard.")
+  flags.DEFINE_string("model_config", None, "model_config.json (default: WORKDIR/model_config.json).")
 
 def restore_params(workdir: str, cfg, step: int | None = None, mesh=None) -> tuple[int, Any]:
   """(step, params) from item "params" of the CheckpointManager in WORKDIR/checkpoints."""
@@ -51,6 +55,10 @@ def restore_params(workdir: str, cfg, step: int | None = None, mesh=None) -> tup
     shardings = mesh_lib.tree_shardings(mesh, param_axes(cfg), param_shapes(cfg))
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             param_shapes(cfg), shardings)
+    if os.path.isdir(os.path.join(ckpt_dir, str(step), "state")):
+      # A trainer's checkpoint (r1jax.train / r1jax.sft): the params of its TrainState.
+      from r1jax.evaluate import restore_params as restore_state_params
+      return step, restore_state_params(os.path.join(ckpt_dir, str(step)), abstract)[0]
     restored = mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract)))
     return step, restored["params"]
@@ -86,4 +94,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

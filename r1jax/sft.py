@@ -31,11 +31,6 @@ from r1jax.model.loader import load_model
 from r1jax.run import make_evaluator, write_run_files
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() (multi-host TPU/GPU).")
 
 
 def data_config(c) -> sft_data.SFTDataConfig:
@@ -112,12 +107,20 @@ def on_policy_rows(params, model_cfg, examples, tokenizer, c, step: int, rng,
                             tokenizer.pad_id)
 
 
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (so that trainers can be imported
+  side by side, e.g. by the pipeline, without clashing flag names)."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints).")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+
+
 def main(argv) -> None:
   del argv
-  c, workdir = _CONFIG.value, _WORKDIR.value
+  c, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if c is None or workdir is None:
     raise app.UsageError("--config and --workdir are required")
-  if _DISTRIBUTED.value:
+  if flags.FLAGS.distributed:
     jax.distributed.initialize()
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
@@ -233,4 +236,5 @@ def _loss(params, batch, teacher_params, model_cfg, dcfg, teacher_cfg):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -85,6 +85,13 @@ def test_cold_start_rendering_and_records(smol_tok):
   assert trained == "|special_token|2 + 3 = 5|special_token|The answer is $\\boxed{5}$.<|im_end|>"
   assert sft_data.to_cold_start("<think>a\nb</think>\n<answer>7</answer>") == \
       "|special_token|a\nb|special_token|7"
+  # r1jax.evaluate's samples: the <think> prefill is not in the completion, the question
+  # comes from the example id.
+  ev = [{"id": "q1", "completion": " 4 - 1 = 3 </think> <answer>3</answer>",
+         "reward/accuracy": 1.0}]
+  assert sft_data.cold_start_records(ev, questions={"q1": "Calculate 4 - 1."}) == [
+      {"question": "Calculate 4 - 1.", "reasoning": "4 - 1 = 3",
+       "summary": "The answer is $\\boxed{3}$.", "id": "q1"}]
 
 
 def test_generations_keep_correct_ones():
@@ -407,6 +414,15 @@ def test_sft_run_is_a_loadable_stage(tmp_path):
   assert not np.allclose(p["embed"], init_params(CFG, 0)["embed"])  # trained params came back
   with pytest.raises(FileNotFoundError, match="config.json not found"):
     load_model(dict(source="run", path=str(tmp_path / "nope")), make_mesh((1, 1, 1)))
+  # and the run exports to a HF directory that transformers reads with the same logits
+  transformers = pytest.importorskip("transformers")
+  from hf_oracle import hf_logits
+  from r1jax.export import export
+  export(str(tmp_path), str(tmp_path / "hf"))
+  back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+  toks = np.asarray([[5, 77, 120, 3, 9]])
+  ours, _ = forward(p, cfg, jnp.asarray(toks), jnp.arange(5)[None])
+  np.testing.assert_allclose(hf_logits(back, toks), ours, atol=1e-4)
 
 
 @pytest.mark.parametrize("field,value,msg", [

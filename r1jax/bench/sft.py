@@ -81,6 +81,9 @@ def trl_worker(path: str) -> None:
   gguf = spec["gguf"]
   model = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32)
+  # transformers dequantises the GGUF to float32 but keeps the model flagged as quantized,
+  # which Trainer refuses to fine-tune; the weights are plain float32 tensors.
+  model.is_quantized, model.hf_quantizer = False, None
   tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(gguf),
                                                    gguf_file=os.path.basename(gguf))
   ds = datasets.Dataset.from_dict({"input_ids": spec["ids"], "completion_mask": spec["masks"]})

@@ -465,27 +465,35 @@ def write_records(path: str | Path, records: Sequence[Mapping]) -> None:
 
 
 def cold_start_records(samples: Sequence[Mapping], min_reward: float = 1.0,
-                       summary: Callable[[str, str], str] | None = None) -> list[dict]:
-  """Reasoning traces (e.g. an R1-Zero run's samples.jsonl / an evaluation's samples, with
-  `prompt` or `question`, `completion` and `reward` or `reward/accuracy`) -> cold-start
-  records {"question", "reasoning", "summary"} for the correct ones.
+                       summary: Callable[[str, str], str] | None = None,
+                       questions: Mapping[str, str] | None = None) -> list[dict]:
+  """Reasoning traces -> cold-start records {"question", "reasoning", "summary"} for the
+  correct ones.
 
-  The reasoning is the `<think>` block; the summary states the answer (the text after the
-  block without answer tags) in a box, or is `summary(reasoning, answer)` when given. Duplicate traces are kept once.
+  `samples` are dicts with `completion` (with or without the `<think>` prefill), a score
+  (`reward/accuracy`, else `reward`) and the question (`question` / `problem` / `prompt`, or
+  `questions[sample["id"]]`): an R1-Zero run's samples.jsonl, or the samples.jsonl that
+  `python -m r1jax.evaluate` writes. The reasoning is the think block; the summary states
+  the answer (the text after the block without answer tags) in a box, or is
+  `summary(reasoning, answer)`. Duplicate traces are kept once.
   """
   out, seen = [], set()
   for s in samples:
     score = s.get("reward/accuracy", s.get("reward", 0.0))
     if score is None or float(score) < min_reward:
       continue
-    m = _THINK.match(s.get("completion", ""))
+    text = s.get("completion", "")
+    if "<think>" not in text.split("</think>")[0]:
+      text = "<think>" + text  # the prompt prefilled the opening tag
+    m = _THINK.match(text)
     if not m or not m.group(1).strip():
       continue
     reasoning = m.group(1).strip()
     answer = _ANSWER.sub("", m.group(2)).strip()
     if not answer:
       continue
-    q = s.get("question") or s.get("problem") or s.get("prompt", "")
+    q = (questions or {}).get(s.get("id")) or s.get("question") or s.get("problem") or \
+        s.get("prompt", "")
     key = (q, reasoning, answer)
     if key in seen:
       continue
