@@ -473,15 +473,16 @@ def cold_start_records(samples: Sequence[Mapping], min_reward: float = 1.0,
   `samples` are dicts with `completion` (with or without the `<think>` prefill), a score
   (`reward/accuracy`, else `reward`) and the question (`question` / `problem` / `prompt`, or
   `questions[sample["id"]]`): an R1-Zero run's samples.jsonl, or the samples.jsonl that
-  `python -m r1jax.evaluate` writes. The reasoning is the think block; the summary states
+  `python -m r1jax.evaluate` writes; a sample whose `reward/format` is below 1 is skipped.
+  The reasoning is the think block; the summary states
   the answer (the text after the block without answer tags) in a box, or is
   `summary(reasoning, answer)`. Duplicate traces are kept once.
   """
   out, seen = [], set()
   for s in samples:
     score = s.get("reward/accuracy", s.get("reward", 0.0))
-    if score is None or float(score) < min_reward:
-      continue
+    if score is None or float(score) < min_reward or float(s.get("reward/format", 1.0)) < 1.0:
+      continue  # wrong, or the tags were malformed (when the sample says)
     text = s.get("completion", "")
     if "<think>" not in text.split("</think>")[0]:
       text = "<think>" + text  # the prompt prefilled the opening tag
