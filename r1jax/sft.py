@@ -61,6 +61,9 @@ def validate(c) -> None:
                      f"data.batch_size={c.data.batch_size}")
   if not 0 <= c.distill.on_policy <= 1:
     raise ValueError(f"distill.on_policy={c.distill.on_policy} must be in [0, 1]")
+  if c.distill.on_policy > 0 and c.distill.alpha == 0:
+    raise ValueError(f"distill.on_policy={c.distill.on_policy} with distill.alpha=0 would train "
+                     "on the student's own samples with no teacher signal; set alpha > 0")
   if uses_teacher(c) and not c.teacher.source:
     raise ValueError(f"distill.alpha={c.distill.alpha} / on_policy={c.distill.on_policy} need "
                      "a teacher: set teacher.source")

@@ -430,6 +430,7 @@ def test_sft_run_is_a_loadable_stage(tmp_path):
     ("distill.alpha", 0.5, "need a teacher"),
     ("data.template", "fancy", "data.template='fancy'"),
     ("distill.beta", 2.0, "distill.beta=2.0"),
+    ("distill.on_policy", 0.5, "no teacher signal"),
 ])
 def test_config_validation_names_the_field(field, value, msg):
   from r1jax import sft as sft_lib
