@@ -32,12 +32,14 @@ from __future__ import annotations
 import json
 import os
 import random
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 
 from r1jax import filters as F
+from r1jax.data.sources import _read_jsonl as read_jsonl
 
 _CONFIG = _CHECKPOINT = _OUT = None
 
@@ -102,10 +104,7 @@ def process_prompt(example: Mapping[str, Any], records: Sequence[Mapping[str, An
 
 
 def _read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return read_jsonl(Path(path)) if os.path.exists(path) else []
 
 
 def _cut_partial_line(path: str) -> None:
