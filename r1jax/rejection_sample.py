@@ -198,8 +198,8 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
     judge = None
     if c.reward_model.checkpoint:
       from r1jax import rm_reward
-      judge = rm_reward.load_scorer(c.reward_model.checkpoint, mesh, tokenizer,
-                                    scope=c.reward_model.scope)
+      judge = rm_reward.load_scorer(c.reward_model.checkpoint, mesh, c.reward_model.scope,
+                                    prefill=prefill)
     k, key = s.num_samples, jax.random.key(c.seed)
     pool = RewardPool(scored_weights({c.rewards.correct: 1.0}), timeout_s=c.rewards.timeout_s,
                       num_workers=c.rewards.num_workers)
@@ -212,7 +212,7 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
                                          prompt_bucket=c.data.prompt_bucket, prefill=prefill)
         verdicts = None
         if judge is not None:
-          scores = judge([r["prompt"] for r in recs], [prefill + r["completion"] for r in recs])
+          scores = judge([r["prompt"] for r in recs], [r["completion"] for r in recs])
           verdicts = scores >= c.reward_model.threshold
         for j, ex in enumerate(chunk):
           if str(ex["id"]) in done:
