@@ -165,6 +165,9 @@ def records_metrics(records: Sequence[Mapping[str, Any]], k: int,
   out.update(_length_stats(np.asarray([r["length"] for r in records]), percentiles))
   if "reward/format" in records[0]:
     out["format_rate"] = float(np.mean([r["reward/format"] for r in records]))
+  if "reward/cold_start_format" in records[0]:
+    out["cold_start_format_rate"] = float(np.mean([r["reward/cold_start_format"]
+                                                   for r in records]))
   if "truncated" in records[0]:
     out["truncated_rate"] = float(np.mean([r["truncated"] for r in records]))
   out["reward_mean"] = float(np.mean([r.get("reward", 0.0) for r in records]))

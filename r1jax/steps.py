@@ -74,7 +74,9 @@ def _split_micro(tree: Any, n_micro: int) -> Any:
 def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
                     tx: optax.GradientTransformation, n_micro: int = 1,
                     micro_weight: Callable[[Any], jax.Array] | None = None) -> Callable:
-  """`loss_fn(params, batch) -> (loss, metrics)`; returns an un-jitted train step.
+  """`loss_fn(params, batch, *consts) -> (loss, metrics)`; returns an un-jitted train step
+  `train_step(state, batch, *consts)`. `consts` are frozen inputs that are not split into
+  micro-batches (e.g. a distillation teacher's params).
 
   With micro-batches, each micro-batch's loss, metrics and gradients are weighted by
   `micro_weight(micro_batch)` / the batch total (None: equally), so the update equals the
@@ -83,9 +85,9 @@ def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: Any, *consts: Any) -> tuple[TrainState, dict]:
     if n_micro == 1:
-      (loss, metrics), grads = grad_fn(state.params, batch)
+      (loss, metrics), grads = grad_fn(state.params, batch, *consts)
     else:
       micro = _split_micro(batch, n_micro)
       if micro_weight is None:
@@ -97,11 +99,12 @@ def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
 
       def body(acc, xs):
         mb, wt = xs
-        (l, m), g = grad_fn(state.params, mb)
+        (l, m), g = grad_fn(state.params, mb, *consts)
         return jax.tree.map(lambda a, x: a + wt * x, acc, (l, m, g)), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro))
+      shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro),
+                              *consts)
       init = (jnp.zeros(()), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0][1]),
               zeros)
       (loss, metrics, grads), _ = jax.lax.scan(body, init, (micro, weights))

@@ -208,11 +208,14 @@ def unembed_matrix(params: Params, cfg: ModelConfig) -> jax.Array:
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
             mask: jax.Array | None = None, cache: KVCache | None = None, *,
-            return_hidden: bool = False) -> tuple[jax.Array, KVCache | None]:
+            return_hidden: bool = False,
+            segment_ids: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
   """Run the transformer.
 
   tokens, positions, mask: [B, T] (mask False marks padding, which no query attends to).
-  Without a cache attention is causal over the T tokens. With a cache the tokens are
+  Without a cache attention is causal over the T tokens; with `segment_ids` [B, T] (packed
+  rows) a token attends only to earlier tokens of its own segment (positions should then
+  restart at 0 in each segment). With a cache the tokens are
   written at slots [index, index+T) and attend to every valid earlier slot.
   Returns (logits [B, T, V] float32, or final-normed hidden [B, T, D] if
   `return_hidden`), and the updated cache (None without one).
@@ -230,8 +233,12 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   if cache is None:
     causal = jnp.tril(jnp.ones((t, t), bool))
     allowed = causal[None] & mask[:, None, :]
+    if segment_ids is not None:
+      allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
     index = None
   else:
+    if segment_ids is not None:
+      raise ValueError("segment_ids (packed rows) are not supported with a KV cache")
     index = cache.index
     s = cache.mask.shape[1]
     slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, mask, index, axis=1)

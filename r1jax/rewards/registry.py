@@ -12,6 +12,7 @@ import importlib
 from r1jax.rewards.accuracy import accuracy
 from r1jax.rewards.base import RewardFn
 from r1jax.rewards.code_exec import code_reward
+from r1jax.rewards.cold_start import cold_start_format
 from r1jax.rewards.format import format_partial, format_strict
 from r1jax.rewards.gym import reasoning_gym_score
 from r1jax.rewards.language import language_consistency
@@ -20,6 +21,7 @@ from r1jax.rewards.length import cosine, overlong
 REWARDS: dict[str, RewardFn] = {
   "format": format_strict,
   "format_partial": format_partial,
+  "cold_start_format": cold_start_format,
   "accuracy": accuracy,
   "reasoning_gym": reasoning_gym_score,
   "language": language_consistency,

@@ -1,0 +1,58 @@
+"""What every trainer shares: the run directory's files and the held-out evaluation hook.
+
+A run directory (`--workdir`) holds config.json (the experiment config), model_config.json
+(the trained model's architecture, read back by export / evaluation / later pipeline
+stages), metrics.jsonl, eval.jsonl, samples.jsonl, tb/ and checkpoints/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+
+from r1jax import evaluate as eval_lib
+from r1jax.mesh import use_mesh
+from r1jax.metrics import MetricsWriter
+from r1jax.sampling import SamplingConfig
+
+
+def write_run_files(workdir: str, c: Any, model_cfg: Any = None) -> bool:
+  """Creates `workdir`, writes config.json (and model_config.json); returns is_main."""
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(c.to_json_best_effort(indent=2) if hasattr(c, "to_json_best_effort")
+              else json.dumps(c, indent=2, default=str))
+    if model_cfg is not None:
+      with open(os.path.join(workdir, "model_config.json"), "w") as f:
+        json.dump(dataclasses.asdict(model_cfg), f, indent=2)
+  return is_main
+
+
+def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]],
+                   render: Callable[[Mapping[str, Any]], str], prefill: str, pool: Any,
+                   scfg: SamplingConfig, writer: MetricsWriter, mesh: Any, *,
+                   prompt_bucket: int = 32, reflection_words: Sequence[str] = (),
+                   verbose: bool = True) -> Callable[[Any, jax.Array, int], dict]:
+  """`run_eval(params, rng, step) -> metrics`: held-out pass@1 / cons@k / format / length
+  of `examples` sampled with `scfg`, written to eval.jsonl (and TensorBoard)."""
+  def run_eval(params: Any, rng: jax.Array, step: int) -> dict:
+    t0 = time.time()
+    with use_mesh(mesh):
+      recs = eval_lib.sample_and_score(params, model_cfg, tokenizer, examples, render, pool,
+                                       scfg, rng, prompt_bucket=prompt_bucket, prefill=prefill)
+    m = eval_lib.records_metrics(recs, scfg.num_samples, reflection_words)
+    m["eval_time_s"] = time.time() - t0
+    writer.write(step, m, filename="eval.jsonl")
+    if verbose and jax.process_index() == 0:
+      print(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())),
+            flush=True)
+    return m
+
+  return run_eval
