@@ -19,6 +19,8 @@ rest. Files written (OUT = the --out path):
   OUT.stats.json      counts per drop reason, prompts, pass-rate histogram, how many
                       prompts have a pass rate in (pass_rate.lo, pass_rate.hi)
   OUT.rl_prompts.jsonl  those prompts (question/answer/task/id): RL prompt selection
+  OUT.pairs.jsonl / OUT.labeled.jsonl  reward-model data from the model's own samples
+                      (kept over worse-dropped pairs; ORM rows), see `reward_model_data`
   OUT.mixed.jsonl     with `mixture.sources`: the kept records mixed by weight with
                       non-reasoning SFT data (JSONL with `messages`)
 Resumable: each prompt's lines are flushed when done; a restart reads the prompt ids in
@@ -97,7 +99,8 @@ def process_prompt(example: Mapping[str, Any], records: Sequence[Mapping[str, An
            "reward": r["reward"], "pass_rate": rate}
           for t, r, why in zip(texts, records, reasons) if why is None]
   log = {"id": pid, "question": example["question"], "answer": example.get("answer"),
-         "task": example.get("task", ""), "pass_rate": rate, "kept": len(kept),
+         "task": example.get("task", ""), "prompt": records[0]["prompt"] if records else "",
+         "prefill": prefill, "pass_rate": rate, "kept": len(kept),
          "dropped": [{"completion": t, "drop_reason": why, "reward": r["reward"]}
                      for t, r, why in zip(texts, records, reasons) if why is not None]}
   return kept, log
@@ -145,6 +148,32 @@ def stats(logs: Sequence[Mapping[str, Any]], lo: float, hi: float) -> dict[str, 
           "pass_rate_histogram": np.histogram(known, bins=10, range=(0, 1))[0].tolist(),
           "pass_rate_lo": lo, "pass_rate_hi": hi,
           "prompts_in_pass_rate_range": int(F.select_by_pass_rate(rates, lo, hi).sum())}
+
+
+# Drop reasons that make a sample a worse answer (not a duplicate / surplus / unverified one).
+WORSE = ("truncated", "incorrect", "mixed_language", "long_paragraph", "code_in_cot",
+         "repetition")
+
+
+def reward_model_data(logs: Sequence[Mapping[str, Any]],
+                      records: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[dict]]:
+  """Reward-model data from the model's own samples, ranked by the rule rewards and filters:
+  (preference pairs: a kept sample over a worse-reason dropped one of the same prompt;
+  ORM rows: kept -> correct 1, worse-reason dropped -> 0). Texts follow the rendered prompt
+  (which ends with the prefill), as the GRPO reward model reads them."""
+  kept: dict[str, list[str]] = {}
+  for r in records:
+    kept.setdefault(r["prompt_id"], []).append(r["messages"][-1]["content"])
+  pairs, rows = [], []
+  for log in logs:
+    cut = lambda t: t[len(log["prefill"]):] if t.startswith(log["prefill"]) else t
+    good = [cut(t) for t in kept.get(log["id"], [])]
+    bad = [cut(d["completion"]) for d in log["dropped"] if d["drop_reason"] in WORSE]
+    pairs += [{"prompt": log["prompt"], "chosen": g, "rejected": b, "prompt_id": log["id"]}
+              for g, b in zip(good, bad)]
+    rows += [{"prompt": log["prompt"], "completion": t, "correct": ok, "prompt_id": log["id"]}
+             for ts, ok in ((good, 1), (bad, 0)) for t in ts]
+  return pairs, rows
 
 
 def mix_records(reasoning: Sequence[dict], others: Sequence[tuple[Sequence[dict], float]],
@@ -240,6 +269,12 @@ def finish(c, out: str) -> dict[str, Any]:
       if keep:
         f.write(json.dumps({k: l[k] for k in ("id", "question", "answer", "task")},
                            ensure_ascii=False) + "\n")
+  pairs, labeled = reward_model_data(logs, _read_jsonl(out))
+  for suffix, rows in ((".pairs.jsonl", pairs), (".labeled.jsonl", labeled)):
+    with open(out + suffix, "w", encoding="utf-8") as f:
+      for r in rows:
+        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  st.update(preference_pairs=len(pairs), orm_rows=len(labeled))
   if c.mixture.sources:
     others = [(_read_jsonl(src["path"]), src["weight"]) for src in c.mixture.sources]
     mixed = mix_records(_read_jsonl(out), others, c.mixture.reasoning_weight, c.seed)

@@ -49,6 +49,20 @@ def test_unverifiable_dropped_or_judged():
   assert log["dropped"][0]["drop_reason"] == "incorrect"
 
 
+def test_reward_model_data_from_own_samples():
+  logs = [{"id": "p1", "prompt": "Q <think>", "prefill": "<think>", "dropped": [
+      {"completion": "<think> bad", "drop_reason": "incorrect"},
+      {"completion": "<think> dup", "drop_reason": "duplicate"},
+      {"completion": "<think> rep", "drop_reason": "repetition"}]}]
+  records = [{"prompt_id": "p1", "messages": [{"role": "user", "content": "Q"},
+                                               {"role": "assistant", "content": "<think> ok"}]}]
+  pairs, rows = rs.reward_model_data(logs, records)
+  assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [("Q <think>", " ok",
+                                                                         " bad")]
+  assert [(r["completion"], r["correct"]) for r in rows] == [(" ok", 1), (" bad", 0),
+                                                              (" rep", 0)]
+
+
 def test_mix_records_by_weight():
   reasoning = [{"id": f"r{i}"} for i in range(10)]
   general = [{"id": f"g{i}"} for i in range(3)]
@@ -60,7 +74,7 @@ def test_mix_records_by_weight():
 
 def _outputs(out):
   files = {}
-  for suffix in ("", ".prompts.jsonl", ".rl_prompts.jsonl", ".stats.json"):
+  for suffix in ("", ".prompts.jsonl", ".rl_prompts.jsonl", ".stats.json", ".labeled.jsonl"):
     with open(out + suffix) as f:
       files[suffix] = f.read()
   return files
