@@ -26,7 +26,6 @@ import dataclasses
 import functools
 import json
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -54,23 +53,13 @@ def validate(c) -> None:
 
 
 def read_rows(spec: Mapping[str, Any]) -> list[dict]:
-  """Raw rows of a JSONL / Parquet / HF-on-disk file."""
-  from r1jax.data.sources import _read_jsonl
-  kind, path = spec.get("kind", "jsonl"), spec.get("path")
-  if not path or not os.path.exists(path):
-    raise FileNotFoundError(f"reward-model data file {path!r} (kind {kind!r}) does not exist")
-  if kind == "jsonl":
-    return _read_jsonl(Path(path))
-  if kind == "parquet":
-    import pyarrow.parquet as pq
-    return pq.read_table(path).to_pylist()
-  if kind == "hf_disk":
-    import datasets
-    ds = datasets.load_from_disk(path)
-    if isinstance(ds, datasets.DatasetDict):
-      ds = ds[spec.get("split") or next(iter(ds))]
-    return [dict(r) for r in ds]
-  raise ValueError(f"data kind {kind!r}; choose jsonl, parquet or hf_disk")
+  """Raw rows of a JSONL / Parquet / HF-on-disk file (the SFT data reader)."""
+  from r1jax.data.sft import read_records
+  spec = {k: v for k, v in dict(spec).items() if v not in ("", None)}
+  if not spec.get("path") or not os.path.exists(spec["path"]):
+    raise FileNotFoundError(f"reward-model data file {spec.get('path')!r} "
+                            f"(kind {spec.get('kind')!r}) does not exist")
+  return read_records(spec)
 
 
 def _render(prompt: Any, answer: Any, tokenizer) -> str:
