@@ -175,6 +175,19 @@ def plot(rows, path: str) -> None:
   plt.close(fig)
 
 
+def check_inputs(cd: Mapping[str, Any], order: Sequence[str], workdir: str) -> None:
+  """Every "@stage" input of the stages to run is made by an earlier one of them or exists."""
+  made: set[str] = set()
+  for name in order:
+    refs: list = []
+    resolve(cd["stages"][name]["config"], workdir, refs)
+    for ref, path in refs:
+      if ref[1:].split("/")[0] not in made and not os.path.exists(path):
+        raise FileNotFoundError(f"stage {name!r}: input {ref} ({path}) does not exist and no "
+                                "earlier stage of this run makes it")
+    made.add(name)
+
+
 def run(c, workdir: str, stages: Sequence[str] | None = None) -> str:
   """Run (or resume) the pipeline; returns the summary markdown."""
   validate(c)
@@ -186,6 +199,7 @@ def run(c, workdir: str, stages: Sequence[str] | None = None) -> str:
   for s in order:
     if s not in cd["stages"]:
       raise ValueError(f"--stages names {s!r}; the config has {list(cd['order'])}")
+  check_inputs(cd, order, workdir)
   ev = cd.get("eval")
   rows = []
   if ev:
