@@ -16,7 +16,7 @@ A stage that finished writes DIR/<stage>/DONE.json and is skipped on restart; an
 interrupted one is run again in the same directory, where the trainers resume from their
 last checkpoint and the rejection sampler from its last written prompt. After each
 model-producing stage (sft, grpo; and the base model first) the held-out evaluation of
-`eval` (r1jax.evaluate) runs into DIR/<stage>/eval/. At the end DIR/summary.md tabulates
+`eval` (r1jax.evaluate, in this process) runs into DIR/<stage>/eval/. At the end DIR/summary.md tabulates
 per stage: pass@1, cons@k, format rate, language consistency, mean response length and
 wall time, and DIR/summary.png plots them.
 """
@@ -118,23 +118,23 @@ def run_stage(name: str, spec: Mapping[str, Any], workdir: str) -> None:
 
 def evaluate(name: str, model: Mapping[str, Any], eval_cfg: Mapping[str, Any],
              workdir: str) -> dict:
-  """Held-out metrics of a model spec (cached in DIR/<name>/eval/metrics.json)."""
+  """Held-out metrics of a model spec (cached in DIR/<name>/eval/metrics.json). Runs in this
+  process: evaluation holds no training state, and the sampler compiles once for all stages."""
+  import ml_collections
+
+  from r1jax import evaluate as eval_lib
   out = os.path.join(workdir, name, "eval")
   path = os.path.join(out, "metrics.json")
   if not os.path.exists(path):
-    os.makedirs(out, exist_ok=True)
+    print(f"[pipeline] evaluating {name}", flush=True)
     cfg = dict(resolve(eval_cfg, workdir), model=resolve(dict(model), workdir))
-    _run([sys.executable, "-m", "r1jax.evaluate",
-          "--config=" + write_config(cfg, os.path.join(out, "eval_config.py")),
-          f"--output_dir={out}"], os.path.join(out, "eval.log"), f"evaluation of {name}")
+    res = eval_lib.run(ml_collections.ConfigDict(cfg), None, out)
     with open(os.path.join(out, "samples.jsonl")) as f:
       lang = [json.loads(l).get("reward/language") for l in f]
-    with open(path) as f:
-      res = json.load(f)
     if lang and None not in lang:
       res["metrics"]["language"] = sum(lang) / len(lang)
-      with open(path, "w") as f:
-        json.dump(res, f, indent=2)
+    with open(path, "w") as f:
+      json.dump(res, f, indent=2)
   with open(path) as f:
     return json.load(f)["metrics"]
 

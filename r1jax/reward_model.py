@@ -22,7 +22,6 @@ config.json, model_config.json and Orbax checkpoints (the `value_head` entry ins
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -185,15 +184,12 @@ def train(c, workdir: str) -> list[dict]:
   from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
   from r1jax.metrics import MetricsWriter, Progress
   from r1jax.model.loader import load_model
+  from r1jax.run import write_run_files
 
   validate(c)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(c.to_json_best_effort(indent=2))
   mesh = make_mesh(tuple(c.mesh.shape))
   model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(dataclasses.asdict(model_cfg), f, indent=2)
+  write_run_files(workdir, c, model_cfg)
   params = reward_head.with_head(params, model_cfg, mesh)
   train_items, eval_items, data_stats = load_data(c, tokenizer)
   with open(os.path.join(workdir, "data_stats.json"), "w") as f:

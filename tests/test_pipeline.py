@@ -84,20 +84,21 @@ def test_tiny_pipeline_runs_every_stage(full_run):
 def test_killed_inside_a_stage_and_restarted_gives_the_same_outputs(full_run, tmp_path):
   d = str(tmp_path / "run")
   os.makedirs(d)
-  for s in ("base", "cold_start_sft"):  # finished before the crash: copied, then skipped
+  last = "all_scenario_rl"
+  for s in ("base",) + STAGES[:-1]:  # finished before the crash: copied, then skipped
     shutil.copytree(os.path.join(full_run, s), os.path.join(d, s))
   proc = subprocess.Popen(_cmd(d), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
-  ckpt = os.path.join(d, "reasoning_rl", "checkpoints", "1")
+  ckpt = os.path.join(d, last, "checkpoints", "1")
   t0 = time.time()
   while not os.path.isdir(ckpt) and proc.poll() is None and time.time() - t0 < 600:
     time.sleep(0.2)
-  os.killpg(proc.pid, signal.SIGKILL)  # the pipeline and its stage, mid reasoning_rl
+  os.killpg(proc.pid, signal.SIGKILL)  # the pipeline and its stage, inside the stage
   proc.wait()
-  assert os.path.isdir(ckpt) and not os.path.exists(os.path.join(d, "reasoning_rl", "DONE.json"))
+  assert os.path.isdir(ckpt) and not os.path.exists(os.path.join(d, last, "DONE.json"))
   done = subprocess.run(_cmd(d), cwd=ROOT, env=_env(), capture_output=True, text=True,
                         timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert "cold_start_sft: done, skipped" in done.stdout
-  assert "resumed from step 1" in open(os.path.join(d, "reasoning_rl", "stage.log")).read()
+  assert all(f"{s}: done, skipped" in done.stdout for s in STAGES[:-1])
+  assert "resumed from step 1" in open(os.path.join(d, last, "stage.log")).read()
   assert _outputs(d) == _outputs(full_run)
