@@ -115,3 +115,31 @@ def test_rm_reward_in_grpo_equals_offline_forward_and_routes(rm_checkpoint, tmp_
       assert r["reward"] == pytest.approx(s, rel=1e-4, abs=1e-4)
     else:  # the default weights: accuracy 1, format 0.2
       assert r["reward"] == pytest.approx(r["reward/accuracy"] + 0.2 * r["reward/format"])
+
+
+def test_rejection_sampler_judges_unverifiable_with_the_reward_model(rm_checkpoint, tmp_path):
+  """References that do not parse: each sample is kept iff the offline score of its text
+  reaches reward_model.threshold (0)."""
+  from configs import rejection_sample as cfg_mod
+  from r1jax import rejection_sample as rs
+  data = tmp_path / "open.jsonl"
+  data.write_text("".join(json.dumps({"question": f"Write a line about {w}.", "answer": ""})
+                          + "\n" for w in ("rain", "sun")))
+  c = cfg_mod.get_config("tiny")
+  c.data.source = dict(kind="jsonl", path=str(data), task="open")
+  c.filters.update(drop_truncated=False, min_language=0.0, max_paragraph_chars=0,
+                   drop_code_in_cot=False, max_repeat_fraction=0.0, dedup=False,
+                   max_per_prompt=0)
+  c.reward_model.update(checkpoint=rm_checkpoint, scope="full")
+  out = str(tmp_path / "sft.jsonl")
+  rs.run(c, None, out)
+  logs = [json.loads(l) for l in open(out + ".prompts.jsonl")]
+  prompt = {l["id"]: l["prompt"] for l in logs}
+  dropped = [(l["prompt"], d["completion"], d["drop_reason"]) for l in logs for d in l["dropped"]]
+  kept = [(prompt[r["prompt_id"]], r["messages"][-1]["content"], None)
+          for r in map(json.loads, open(out))]
+  assert len(dropped) + len(kept) == 2 * c.sampling.num_samples
+  scores = _offline_scores(rm_checkpoint, [p + t[len("<think>"):] for p, t, _ in dropped + kept])
+  want = [None if s >= c.reward_model.threshold else "incorrect" for s in scores]
+  assert [why for _, _, why in dropped + kept] == want
+  assert None in want and "incorrect" in want  # both verdicts occur
