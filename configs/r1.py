@@ -11,6 +11,8 @@ output directory or file):
   all_scenario_rl     GRPO from it on a mixture: reasoning prompts get rule rewards, "general"
                       prompts get the reward model (scope "summary": the text after the
                       reasoning, the paper's helpfulness reward)
+  student             (optional, not in `order`) a distilled student: SFT of another model
+                      (the base with every 2nd block) on the rejection-sampled records
 The "general" source here is the sampler's own prompt log re-tagged, which the project can
 build offline; a real run plugs in general prompts (e.g. UltraFeedback / HH-RLHF prompts) and a
 Bradley-Terry RM trained on their preference pairs (`objective="bt"`, `chosen`/`rejected`).
@@ -105,7 +107,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                  max_len=s4.data.max_len, batch_size=32)
   s6.rewards.routing = {"general": {"reward_model": 1.0}}
 
+  # Optional (not in `order`; add it, or run `--stages=student`): a distilled student, SFT of
+  # another model (here the base with every 2nd block) on the rejection-sampled records.
+  s7 = sft.get_config(v)
+  s7.model = dict(base, prune_every=2)
+  s7.data = s5.data.to_dict()
+  s7.eval.num_problems = 0
+  s7.train = s5.train.to_dict()
+
   c.stages = dict(
+      student=dict(kind="sft", config=s7.to_dict()),
       cold_start_sft=dict(kind="sft", config=s1.to_dict()),
       reasoning_rl=dict(kind="grpo", config=s2.to_dict()),
       rejection_sampling=dict(kind="rejection_sample", config=s3.to_dict()),

@@ -152,7 +152,8 @@ def summary(rows: Sequence[tuple[str, str, dict, float | None]], total_s: float)
   for name, kind, m, wall in rows:
     cells = " | ".join(_cell(m, key) for _, key in COLUMNS)
     lines.append(f"| {name} | {kind} | {cells} | {'-' if wall is None else f'{wall:.0f}'} |")
-  lines += ["", f"Total wall time of this invocation: {total_s:.0f} s."]
+  lines += ["", f"Wall time of the invocation that wrote this: {total_s:.0f} s (finished "
+            "stages were skipped; a stage's own wall time is in its row)."]
   return "\n".join(lines) + "\n"
 
 
@@ -208,10 +209,15 @@ def run(c, workdir: str, stages: Sequence[str] | None = None) -> str:
     spec = cd["stages"][name]
     run_stage(name, spec, workdir)
     if ev and spec["kind"] in MODEL_KINDS:
-      with open(os.path.join(workdir, name, "DONE.json")) as f:
+      evaluate(name, {"source": "run", "path": "@" + name}, ev, workdir)
+  # The table covers every finished model stage, also those of earlier invocations.
+  for name in list(cd["order"]) + [s for s in order if s not in cd["order"]]:
+    done = os.path.join(workdir, name, "DONE.json")
+    if ev and cd["stages"][name]["kind"] in MODEL_KINDS and os.path.exists(done):
+      with open(done) as f:
         wall = json.load(f)["wall_s"]
-      rows.append((name, spec["kind"], evaluate(name, {"source": "run", "path": "@" + name},
-                                                ev, workdir), wall))
+      rows.append((name, cd["stages"][name]["kind"],
+                   evaluate(name, {"source": "run", "path": "@" + name}, ev, workdir), wall))
   text = summary(rows, time.time() - t0)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(text)
