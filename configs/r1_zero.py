@@ -51,7 +51,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # can switch any on: --config.rewards.weights.format_partial=0.5
   c.rewards = dict(weights=dict(accuracy=1.0, format=0.2, format_partial=0.0, reasoning_gym=0.0,
                                 language=0.0, code=0.0, overlong=0.0, cosine=0.0),
-                   timeout_s=10.0, num_workers=2)
+                   timeout_s=10.0, num_workers=2,
+                   # A reward-model checkpoint (r1jax.reward_model workdir) scored on the mesh;
+                   # scope "summary" (after the reasoning) or "full". See r1jax/rm_reward.py.
+                   reward_model=dict(checkpoint="", weight=0.0, scope="summary", max_len=0,
+                                     batch_size=32),
+                   # Per-source weights: task -> {reward name or "reward_model": weight}.
+                   routing={})
 
   c.train = dict(num_steps=200, log_every=1, sample_every=5, num_logged_samples=4,
                  eval_every=10, eval_samples=4, eval_temperature=0.6, eval_top_p=0.95,

@@ -127,6 +127,7 @@ def sample_and_score(params: Any, model_cfg, tokenizer, examples: Sequence[Mappi
           "prompt": prompts[i // g], "completion": text, "reference": ex.get("answer"),
           "extracted": ans, "normalized": normalize_answer(ans) if ans else None,
           "reward": float(res.total[i]), "length": int(out.lengths[i]),
+          "invalid": bool(res.invalid_mask[i]),  # a rewarded reward had no usable reference
           "truncated": bool(out.lengths[i] >= scfg.max_new_tokens and
                             not set(out.tokens[i, :out.lengths[i]].tolist()) & set(scfg.eos_ids)),
           **{f"reward/{k}": float(v[i]) for k, v in res.per_reward.items()}})

@@ -130,9 +130,11 @@ def train(c, workdir: str) -> list[dict]:
   prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
 
   # Rewards run on the host, in worker processes with a per-completion deadline.
+  from r1jax import rm_reward
   from r1jax.rewards import RewardPool, scored_weights
-  pool = RewardPool(scored_weights(c.rewards.weights), timeout_s=c.rewards.timeout_s,
-                    num_workers=c.rewards.num_workers)
+  rewarder = rm_reward.from_config(c, mesh, prefill)  # reward model / per-source routing
+  pool = RewardPool(scored_weights(rewarder.pool_weights if rewarder else c.rewards.weights),
+                    timeout_s=c.rewards.timeout_s, num_workers=c.rewards.num_workers)
 
   g = c.sampling.num_samples
   scfg = sampling_config(c, eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
@@ -206,6 +208,9 @@ def train(c, workdir: str) -> list[dict]:
       row_examples = [dict(examples[i // g], prefill=prefill,
                            completion_tokens=int(out.lengths[i])) for i in range(len(texts))]
       res = pool.score(texts, row_examples)
+      if rewarder is not None:
+        res = rewarder.rescore(res, [prompts[i // g] for i in range(len(texts))], texts,
+                               row_examples)
       t_reward = time.time() - t0
 
       # 3. Advantages and the GRPO update(s).
@@ -252,6 +257,7 @@ def train(c, workdir: str) -> list[dict]:
         k = c.train.num_logged_samples
         writer.write_samples(done_steps, [
             {"prompt": prompts[i // g], "completion": prefill + texts[i],
+             "task": examples[i // g].get("task", ""),
              "reference": examples[i // g].get("answer"), "reward": float(res.total[i]),
              "advantage": float(adv[i]), "length": int(out.lengths[i]),
              **{f"reward/{n}": float(v[i]) for n, v in res.per_reward.items()}}

@@ -1,0 +1,90 @@
+"""Scalar reward head on our transformer, and the reward-model losses (pure functions).
+
+A reward model is the policy's params pytree plus a `value_head` entry {"w": [D], "b": []}:
+the score of a sequence is `w . h + b`, h the final-normed hidden state of its LAST
+NON-PAD token (so left- and right-padded batches score alike). Losses:
+  bt_loss  Bradley-Terry, -log sigmoid(r_chosen - r_rejected - margin), plus the optional
+           reward-centering term coef * (r_chosen + r_rejected)^2 (keeps scores near 0);
+  orm_loss binary cross-entropy of sigmoid(r) against a 0/1 correctness label (an
+           outcome verifier). Used by r1jax/reward_model.py and the GRPO reward (rm_reward).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from r1jax.model import ModelConfig, forward, positions_from_mask
+
+HEAD = "value_head"
+
+
+def init_head(cfg: ModelConfig) -> dict[str, jax.Array]:
+  """A zero head: every sequence scores 0 before training (the Bradley-Terry optimum of no
+  data), so the first gradients come from the loss, not from a random offset."""
+  return {"w": jnp.zeros((cfg.hidden_size,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+
+
+def head_axes() -> dict[str, tuple]:
+  """Logical axes of the head's params (the vector lies along `embed`)."""
+  return {"w": ("embed",), "b": ()}
+
+
+def last_token_index(mask: jax.Array) -> jax.Array:
+  """[B] index of each row's last non-pad position (mask [B, T], any padding side); 0 for an
+  all-pad row."""
+  t = mask.shape[1]
+  idx = jnp.arange(t)[None, :]
+  return jnp.max(jnp.where(mask.astype(bool), idx, 0), axis=1)
+
+
+def pool_last(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """hidden [B, T, D] -> [B, D] at each row's last non-pad token."""
+  return jnp.take_along_axis(hidden, last_token_index(mask)[:, None, None], axis=1)[:, 0]
+
+
+def scores(params: dict[str, Any], cfg: ModelConfig, tokens: jax.Array,
+           mask: jax.Array) -> jax.Array:
+  """float32 [B] reward of each (padded) sequence; positions count real tokens only."""
+  hidden, _ = forward(params, cfg, tokens, positions_from_mask(mask), mask, return_hidden=True)
+  h = pool_last(hidden, mask).astype(jnp.float32)
+  head = params[HEAD]
+  return h @ head["w"] + head["b"]
+
+
+def bt_loss(r_chosen: jax.Array, r_rejected: jax.Array, margin: jax.Array | float = 0.0,
+            center_coef: float = 0.0, weights: jax.Array | None = None) -> jax.Array:
+  """Mean over pairs of -log sigmoid(r_c - r_r - margin) + center_coef * (r_c + r_r)^2.
+
+  `weights` (0/1 per pair) masks padding pairs out of the mean.
+  """
+  per = -jax.nn.log_sigmoid(r_chosen - r_rejected - margin)
+  if center_coef:
+    per = per + center_coef * jnp.square(r_chosen + r_rejected)
+  return _mean(per, weights)
+
+
+def orm_loss(r: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+  """Mean binary cross-entropy of sigmoid(r) against labels in {0, 1}."""
+  return _mean(optax.sigmoid_binary_cross_entropy(r, labels.astype(r.dtype)), weights)
+
+
+def _mean(x: jax.Array, weights: jax.Array | None) -> jax.Array:
+  if weights is None:
+    return jnp.mean(x)
+  w = weights.astype(x.dtype)
+  return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def with_head(params: dict[str, Any], cfg: ModelConfig, mesh, head: dict | None = None,
+              rules=None) -> dict[str, Any]:
+  """The model's params plus a `value_head` (zero-initialised unless given), placed on
+  `mesh` by the logical-axis rules like the rest of the params."""
+  from r1jax import mesh as mesh_lib
+  head = init_head(cfg) if head is None else head
+  placed = {k: jax.device_put(v, mesh_lib.named_sharding(mesh, head_axes()[k], v.shape, rules))
+            for k, v in head.items()}
+  return {**params, HEAD: placed}

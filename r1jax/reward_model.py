@@ -1,0 +1,266 @@
+"""Reward-model trainer: `python -m r1jax.reward_model --config=configs/reward_model.py --workdir=DIR`.
+
+Two objectives on one model (our transformer + the scalar head of r1jax.reward_head,
+scoring the last non-pad token; same mesh and shardings as the policy):
+  objective="bt"   Bradley-Terry on preference pairs: -log sigmoid(r_c - r_r - margin),
+                   plus loss.center_coef * (r_c + r_r)^2 (reward centering);
+  objective="orm"  an outcome verifier: BCE of sigmoid(r) on (prompt, completion, correct).
+Data (`data.train`, optional `data.eval`, else `data.num_eval` rows held out): a spec
+{"kind": "jsonl" | "parquet" | "hf_disk", "path": ..., "split": ...}. Pair rows have
+`chosen` / `rejected` as text (after an optional text `prompt`) or as chat messages
+(rendered with the tokenizer's chat template; a `prompt` of messages or text is put
+before an answer-only conversation), and an optional `margin`. ORM rows have `prompt`,
+`completion` and a label in `correct` / `label` / `reward/accuracy` (what
+`evaluate.py` and `rejection_sample.py` write). Rows with an empty or identical pair
+are counted in DIR/data_stats.json and skipped. Sequences keep their LAST
+`data.max_len` tokens (the head reads the end). Batches come from a seeded permutation
+per epoch, so a restart from a checkpoint (params, optimizer, step, RNG) resumes exactly.
+Writes metrics.jsonl, eval.jsonl (held-out pairwise accuracy / ORM accuracy),
+config.json, model_config.json and Orbax checkpoints (the `value_head` entry inside
+`params`), which `r1jax.rm_reward` loads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import reward_head, steps
+
+OBJECTIVES = ("bt", "orm")
+_CONFIG = _WORKDIR = None
+
+
+def validate(c) -> None:
+  """Fail fast, naming the bad field and value."""
+  if c.objective not in OBJECTIVES:
+    raise ValueError(f"objective={c.objective!r}; choose one of {OBJECTIVES}")
+  for key in ("batch_size", "max_len"):
+    if c.data[key] < 1:
+      raise ValueError(f"data.{key}={c.data[key]} must be >= 1")
+  if c.loss.center_coef < 0:
+    raise ValueError(f"loss.center_coef={c.loss.center_coef} must be >= 0")
+  for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
+    if c.train[key] < 0:
+      raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
+
+
+def read_rows(spec: Mapping[str, Any]) -> list[dict]:
+  """Raw rows of a JSONL / Parquet / HF-on-disk file (the SFT data reader)."""
+  from r1jax.data.sft import read_records
+  spec = {k: v for k, v in dict(spec).items() if v not in ("", None)}
+  if not spec.get("path") or not os.path.exists(spec["path"]):
+    raise FileNotFoundError(f"reward-model data file {spec.get('path')!r} "
+                            f"(kind {spec.get('kind')!r}) does not exist")
+  return read_records(spec)
+
+
+def _render(prompt: Any, answer: Any, tokenizer) -> str:
+  """Text of one side: chat messages through the chat template, text as prompt + answer."""
+  if isinstance(answer, (list, tuple)):
+    msgs = [dict(m) for m in answer]
+    if prompt and not any(m.get("role") == "user" for m in msgs):
+      msgs = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+              else [dict(m) for m in prompt]) + msgs
+    return tokenizer.apply_chat_template(msgs, add_generation_prompt=False)
+  return (prompt if isinstance(prompt, str) else "") + str(answer or "")
+
+
+def _content(x: Any) -> str:
+  if isinstance(x, (list, tuple)):
+    return "".join(str(m.get("content", "")) for m in x if m.get("role") != "user")
+  return str(x or "")
+
+
+def prepare_pairs(rows: Sequence[Mapping[str, Any]], tokenizer) -> tuple[list[tuple], dict]:
+  """Rows -> [(chosen_text, rejected_text, margin)], and counts of what was skipped."""
+  out, stats = [], {"rows": len(rows), "skipped_empty": 0, "skipped_identical": 0}
+  for i, r in enumerate(rows):
+    if "chosen" not in r or "rejected" not in r:
+      raise KeyError(f"preference row {i} has no 'chosen'/'rejected' (keys {sorted(r)})")
+    c, j = _content(r["chosen"]), _content(r["rejected"])
+    if not c.strip() or not j.strip():
+      stats["skipped_empty"] += 1
+    elif c.strip() == j.strip():
+      stats["skipped_identical"] += 1
+    else:
+      p = r.get("prompt")
+      out.append((_render(p, r["chosen"], tokenizer), _render(p, r["rejected"], tokenizer),
+                  float(r.get("margin") or 0.0)))
+  return out, stats
+
+
+def prepare_labeled(rows: Sequence[Mapping[str, Any]]) -> tuple[list[tuple], dict]:
+  """ORM rows -> [(prompt + completion, label in {0, 1})], and the skipped count."""
+  out, stats = [], {"rows": len(rows), "skipped_empty": 0}
+  for i, r in enumerate(rows):
+    key = next((k for k in ("correct", "label", "reward/accuracy") if k in r), None)
+    if key is None or "completion" not in r:
+      raise KeyError(f"ORM row {i} needs 'completion' and one of correct/label/"
+                     f"reward/accuracy (keys {sorted(r)})")
+    if not str(r["completion"]).strip():
+      stats["skipped_empty"] += 1
+      continue
+    out.append((str(r.get("prompt") or "") + str(r["completion"]), float(float(r[key]) > 0.5)))
+  return out, stats
+
+
+def encode(texts: Sequence[str], tokenizer, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded [N, max_len] tokens and mask; each text keeps its last max_len tokens."""
+  toks = np.full((len(texts), max_len), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(texts), max_len), np.int32)
+  for i, t in enumerate(texts):
+    ids = tokenizer.encode(t)[-max_len:]
+    toks[i, :len(ids)], mask[i, :len(ids)] = ids, 1
+  return toks, mask
+
+
+def make_batch(items: Sequence[tuple], objective: str, tokenizer, max_len: int,
+               size: int) -> dict[str, np.ndarray]:
+  """A fixed-size host batch (padding items weigh 0). BT: chosen rows, then rejected rows."""
+  n = len(items)
+  items = list(items) + [items[0]] * (size - n)
+  weight = (np.arange(size) < n).astype(np.float32)
+  if objective == "bt":
+    toks, mask = encode([x[0] for x in items] + [x[1] for x in items], tokenizer, max_len)
+    return dict(tokens=toks, mask=mask, margin=np.asarray([x[2] for x in items], np.float32),
+                weight=weight)
+  toks, mask = encode([x[0] for x in items], tokenizer, max_len)
+  return dict(tokens=toks, mask=mask, label=np.asarray([x[1] for x in items], np.float32),
+              weight=weight)
+
+
+def loss_fn(params, batch, model_cfg, objective: str, center_coef: float):
+  """(loss, metrics) of one batch; accuracy = pairwise (r_c > r_r) or label agreement."""
+  r = reward_head.scores(params, model_cfg, batch["tokens"], batch["mask"])
+  w = batch["weight"]
+  if objective == "bt":
+    b = r.shape[0] // 2
+    rc, rr = r[:b], r[b:]
+    loss = reward_head.bt_loss(rc, rr, batch["margin"], center_coef, w)
+    hit, mean_r = (rc > rr), (rc + rr) / 2
+  else:
+    loss = reward_head.orm_loss(r, batch["label"], w)
+    hit, mean_r = ((r > 0) == (batch["label"] > 0.5)), r
+  wsum = jnp.maximum(w.sum(), 1.0)
+  return loss, {"accuracy": jnp.sum(hit * w) / wsum, "reward_mean": jnp.sum(mean_r * w) / wsum}
+
+
+def batch_items(items: Sequence[tuple], step: int, size: int, seed: int) -> list[tuple]:
+  """The items of training step `step`: a seeded permutation per epoch, read in order."""
+  n, out = len(items), []
+  for pos in range(step * size, (step + 1) * size):
+    epoch, i = divmod(pos, n)
+    out.append(items[int(np.random.default_rng([seed, epoch]).permutation(n)[i])])
+  return out
+
+
+def load_data(c, tokenizer) -> tuple[list, list, dict]:
+  """(train items, held-out items, data stats)."""
+  prep = ((lambda rows: prepare_pairs(rows, tokenizer)) if c.objective == "bt"
+          else prepare_labeled)
+  train, st = prep(read_rows(dict(c.data.train)))
+  if c.data.get("eval") and c.data.eval.get("path"):
+    held, st_eval = prep(read_rows(dict(c.data.eval)))
+    st = {k: st[k] + st_eval[k] for k in st}
+  else:
+    order = np.random.default_rng(c.seed).permutation(len(train))
+    k = min(c.data.num_eval, max(len(train) - 1, 0))
+    held, train = [train[i] for i in order[:k]], [train[i] for i in order[k:]]
+  if not train:
+    raise ValueError(f"no usable training rows in {c.data.train.path} ({st})")
+  return train, held, dict(st, train=len(train), eval=len(held))
+
+
+def train(c, workdir: str) -> list[dict]:
+  """Run (or resume) reward-model training; returns the logged metric rows."""
+  from r1jax.checkpoint import Checkpointer, abstract_like
+  from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
+  from r1jax.metrics import MetricsWriter, Progress
+  from r1jax.model.loader import load_model
+  from r1jax.run import write_run_files
+
+  validate(c)
+  mesh = make_mesh(tuple(c.mesh.shape))
+  model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
+  write_run_files(workdir, c, model_cfg)
+  params = reward_head.with_head(params, model_cfg, mesh)
+  train_items, eval_items, data_stats = load_data(c, tokenizer)
+  with open(os.path.join(workdir, "data_stats.json"), "w") as f:
+    json.dump(data_stats, f, indent=2)
+  print(f"reward model data: {data_stats}", flush=True)
+
+  ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
+  tx = steps.make_optimizer(ocfg)
+  loss = functools.partial(loss_fn, model_cfg=model_cfg, objective=c.objective,
+                           center_coef=c.loss.center_coef)
+  state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
+  del params
+  rng = jax.random.key(c.seed)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state, rng, _, _ = ckpt.restore(abstract_like(state))
+    print(f"resumed from step {int(state.step)} of {workdir}", flush=True)
+  start = int(state.step)
+  train_step = steps.jit_train_step(steps.make_train_step(loss, tx), state)
+  eval_fn = jax.jit(loss)
+  writer, progress, rows = MetricsWriter(workdir), Progress(c.train.num_steps, start), []
+  bs = c.data.batch_size
+  mk = lambda items: make_batch(items, c.objective, tokenizer, c.data.max_len, bs)
+
+  def run_eval(step):
+    if not eval_items:
+      return
+    tot = {}
+    for i in range(0, len(eval_items), bs):
+      chunk = eval_items[i:i + bs]
+      _, m = to_host(eval_fn(state.params, shard_batch(mk(chunk), mesh)))
+      for k, v in m.items():
+        tot[k] = tot.get(k, 0.0) + float(v) * len(chunk)
+    m = {f"eval_{k}": v / len(eval_items) for k, v in tot.items()}
+    writer.write(step, m, filename="eval.jsonl")
+    print(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()), flush=True)
+
+  with use_mesh(mesh):
+    if start == 0 and c.train.eval_every:
+      run_eval(0)
+    for step in range(start, c.train.num_steps):
+      batch = shard_batch(mk(batch_items(train_items, step, bs, c.seed)), mesh)
+      state, m = train_step(state, batch)
+      done = step + 1
+      if c.train.log_every and (done % c.train.log_every == 0 or done == 1):
+        rows.append(writer.write(done, to_host(m)))
+        progress.line(done, rows[-1], keys=("loss", "accuracy", "reward_mean", "grad_norm"))
+      if c.train.eval_every and (done % c.train.eval_every == 0 or done == c.train.num_steps):
+        run_eval(done)
+      if c.train.checkpoint_every and (done % c.train.checkpoint_every == 0
+                                       or done == c.train.num_steps):
+        ckpt.save(done, state, rng, {"step": done})
+  ckpt.close()
+  writer.close()
+  return rows
+
+
+def main(argv) -> None:
+  from absl import app, flags, logging
+  del argv
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Reward-model config file.",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
+  app.run(main)

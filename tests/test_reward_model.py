@@ -1,0 +1,138 @@
+"""Reward model: losses and gradients against naive numpy, last-token head, tiny run + resume."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import reward_head as RH
+from r1jax.mesh import make_mesh
+from r1jax.model import PRESETS, forward, init_params
+
+
+def _np_bt(rc, rr, m, coef, w):
+  d = rc - rr - m
+  per = np.log1p(np.exp(-d)) + coef * (rc + rr) ** 2
+  sig = 1 / (1 + np.exp(-d))
+  # d/d rc and d/d rr of the weighted mean, by hand.
+  g_rc = w * (-(1 - sig) + 2 * coef * (rc + rr)) / w.sum()
+  g_rr = w * ((1 - sig) + 2 * coef * (rc + rr)) / w.sum()
+  return (per * w).sum() / w.sum(), g_rc, g_rr
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.05])
+def test_bt_loss_and_grad_vs_numpy(coef):
+  rng = np.random.default_rng(0)
+  rc, rr, m = rng.normal(size=6), rng.normal(size=6), rng.uniform(0, 1, size=6)
+  w = np.asarray([1, 1, 1, 1, 0, 1.0])
+  want, g_rc, g_rr = _np_bt(rc, rr, m, coef, w)
+  f = lambda a, b: RH.bt_loss(a, b, jnp.asarray(m), coef, jnp.asarray(w))
+  got = f(jnp.asarray(rc), jnp.asarray(rr))
+  grc, grr = jax.grad(f, argnums=(0, 1))(jnp.asarray(rc), jnp.asarray(rr))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(grc, g_rc, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(grr, g_rr, rtol=1e-5, atol=1e-7)
+
+
+def test_orm_loss_vs_numpy():
+  r, y = np.asarray([-2.0, 0.3, 1.5]), np.asarray([0.0, 1.0, 1.0])
+  p = 1 / (1 + np.exp(-r))
+  want = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()
+  np.testing.assert_allclose(RH.orm_loss(jnp.asarray(r), jnp.asarray(y)), want, rtol=1e-6)
+
+
+def test_head_reads_last_non_pad_token():
+  cfg = PRESETS["tiny"]
+  mesh = make_mesh((1, 1, 1))
+  head = {"w": jnp.asarray(np.random.default_rng(1).normal(size=cfg.hidden_size), jnp.float32),
+          "b": jnp.asarray(0.5)}
+  params = RH.with_head(init_params(cfg, 0), cfg, mesh, head)
+  seqs = [[5, 9, 33, 7, 100], [41, 42], [8, 8, 8, 250]]
+  L = 8
+  left, right = np.zeros((3, L), np.int32), np.zeros((3, L), np.int32)
+  lm, rm = np.zeros((3, L), np.int32), np.zeros((3, L), np.int32)
+  for i, s in enumerate(seqs):
+    left[i, L - len(s):], lm[i, L - len(s):] = s, 1
+    right[i, :len(s)], rm[i, :len(s)] = s, 1
+  score = jax.jit(RH.scores, static_argnums=1)
+  r_left = score(params, cfg, jnp.asarray(left), jnp.asarray(lm))
+  r_right = score(params, cfg, jnp.asarray(right), jnp.asarray(rm))
+  fwd = jax.jit(lambda p, t: forward(p, cfg, t, jnp.arange(t.shape[1])[None],
+                                     return_hidden=True)[0])
+  # Reference: each sequence alone, unpadded; the head on its final position, in numpy.
+  want = []
+  for s in seqs:
+    t = jnp.asarray([s])
+    h = fwd(params, t)
+    want.append(float(np.asarray(h[0, -1]) @ np.asarray(head["w"]) + 0.5))
+  np.testing.assert_allclose(r_left, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(r_right, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(RH.last_token_index(jnp.asarray(rm)), [4, 1, 3])
+
+
+ROWS = [
+    {"prompt": "Q: 2+2? ", "chosen": "A: 4", "rejected": "A: 5", "margin": 0.5},
+    {"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
+     "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go"}]},
+    {"prompt": "say hi", "chosen": [{"role": "assistant", "content": "hi there"}],
+     "rejected": [{"role": "assistant", "content": "no"}]},
+    {"prompt": "x", "chosen": "", "rejected": "y"},  # empty: skipped
+    {"prompt": "x", "chosen": "same", "rejected": " same "},  # identical: skipped
+] + [{"prompt": f"Q{i}: ", "chosen": f"good answer {i}", "rejected": f"bad {i}"}
+     for i in range(9)]
+
+
+def _config(tmp_path, steps=4):
+  from configs import reward_model as cfg_mod
+  path = tmp_path / "pairs.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+  c = cfg_mod.get_config("tiny")
+  c.data.train.path = str(path)
+  c.train.num_steps = steps
+  return c
+
+
+def test_prepare_pairs_layouts():
+  from r1jax.reward_model import prepare_pairs
+  from r1jax.tokenizer import Tokenizer
+  pairs, st = prepare_pairs(ROWS[:5], Tokenizer.byte_level())
+  assert st == {"rows": 5, "skipped_empty": 1, "skipped_identical": 1}
+  assert pairs[0] == ("Q: 2+2? A: 4", "Q: 2+2? A: 5", 0.5)
+  assert pairs[1][0] == "user: hi\nassistant: hello!\n"
+  assert pairs[2][0] == "user: say hi\nassistant: hi there\n" and pairs[2][2] == 0.0
+
+
+def _params(workdir):
+  from r1jax.checkpoint import Checkpointer
+  ck = Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = ck.latest_step()
+  out = ck.manager.restore(step)
+  ck.close()
+  return step, out
+
+
+def test_tiny_run_and_resume(tmp_path):
+  from r1jax import reward_model
+  full, part = str(tmp_path / "full"), str(tmp_path / "part")
+  rows_full = reward_model.train(_config(tmp_path), full)
+  # The interrupted run skips evaluation (it does not touch the training state).
+  no_eval = lambda c: c.train.update(eval_every=0) or c
+  reward_model.train(no_eval(_config(tmp_path, steps=2)), part)  # "killed" after step 2
+  rows_part = reward_model.train(no_eval(_config(tmp_path)), part)  # resumes at step 2
+  assert [r["step"] for r in rows_part] == [3, 4]
+  for a, b in zip(rows_full[2:], rows_part):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+  stats = json.load(open(os.path.join(full, "data_stats.json")))
+  assert stats["skipped_empty"] == 1 and stats["skipped_identical"] == 1
+  assert stats["train"] + stats["eval"] == len(ROWS) - 2
+  evals = [json.loads(l) for l in open(os.path.join(full, "eval.jsonl"))]
+  assert [e["step"] for e in evals] == [0, 2, 4]
+  assert all(0 <= e["eval_accuracy"] <= 1 for e in evals)
+  (s1, a), (s2, b) = _params(full), _params(part)
+  assert s1 == s2 == 4
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
+               a["state"]["params"], b["state"]["params"])
+  assert np.any(np.asarray(a["state"]["params"]["value_head"]["w"]) != 0)
