@@ -7,7 +7,9 @@ deadline bounds the time instead. Around that core:
 
 * a reference that does not parse raises `InvalidReference` (scored 0 and counted);
 * predictions that are too long, too deeply nested, or numerically explosive
-  (`9^{9^{9^{9}}}`, `(10^{10})!`) are rejected before sympy sees them;
+  (`9^{9^{9^{9}}}`, `(10^{10})!`, `\\binom{10^{9}}{5}`, `(x+1)^{10^5}`: see
+  `explosive.py`) are rejected on the text before sympy sees them (sympy evaluates
+  factorials and binomials while parsing), and again on the parsed size;
 * guards against known math-verify false positives, applied only when it says "equal":
   an equation collapsing to its right-hand side when the gold is a bare value (`6 = 5`
   for gold 5; `x = 5` stays accepted unless `equation_policy="strict"`), tiny or huge
@@ -28,6 +30,7 @@ import unicodedata
 from typing import Any
 
 from r1jax.rewards.base import Example, InvalidReference
+from r1jax.rewards.explosive import is_explosive
 from r1jax.rewards.extract import (_UNIT_RE, _strip_math_delims, _unwrap_commands, extract_answer,
                                    last_boxed)
 
@@ -93,6 +96,8 @@ def gold_answer(example: Example) -> str:
   gold = _strip_math_delims(gold)
   if not gold:
     raise InvalidReference(f"empty reference {raw!r}")
+  if len(gold) > MAX_ANSWER_CHARS or is_explosive(gold):
+    raise InvalidReference(f"reference too long or explosive to evaluate: {gold[:200]!r}")
   if _first_expr(_parse(gold)) is None:
     raise InvalidReference(f"reference does not parse: {gold[:200]!r}")
   return gold
@@ -341,7 +346,7 @@ def _rescues(pred: str) -> list[str]:
 
 def _verify_one(gold: str, pred: str, equation_policy: str) -> bool:
   math_verify, _, _ = _mv()
-  if len(pred) > MAX_ANSWER_CHARS or _nesting(pred) > MAX_NESTING:
+  if len(pred) > MAX_ANSWER_CHARS or _nesting(pred) > MAX_NESTING or is_explosive(pred):
     return False
   g, p = _parse(gold), _parse(pred)
   if not p or _is_bomb(p):
