@@ -14,10 +14,14 @@ deadline bounds the time instead. Around that core:
   an equation collapsing to its right-hand side when the gold is a bare value (`6 = 5`
   for gold 5; `x = 5` stays accepted unless `equation_policy="strict"`), tiny or huge
   exact numbers compared with a 6-decimal absolute tolerance (1/2^99 "equals" 1/2^98),
+  a rounded decimal against an exact value (0.142857 for 1/7, 3.141593 for pi) or two
+  different decimals (1.0000002 for 1.0000001),
   and an unevaluated integral/limit/sum standing for its value;
 * a few rescues, tried only when the plain comparison fails: a leading "the answer is",
   \\text{} wrappers, thousands separators written with spaces, degree signs and unit
-  words after a number ("5 dollars"), numbers in words ("forty-two").
+  words after a number ("5 dollars"), numbers in words ("forty-two", also inside a
+  sentence), and the `answer_forms` rewrites (repeating decimals, Unicode √ and π, an
+  inequality for its interval, a multiple-choice label with its value).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import re
 import unicodedata
 from typing import Any
 
+from r1jax.rewards import answer_forms
 from r1jax.rewards.base import Example, InvalidReference
 from r1jax.rewards.explosive import is_explosive
 from r1jax.rewards.extract import (_UNIT_RE, _strip_math_delims, _unwrap_commands, extract_answer,
@@ -220,13 +225,35 @@ def _is_scalar_number(e: Any) -> bool:
           and not e.free_symbols)
 
 
+def _exact(e: Any) -> Any:
+  """A written decimal as the exact number it writes (0.142857 -> 142857/10^6)."""
+  _, sympy, _ = _mv()
+  floats = e.atoms(sympy.Float)
+  return e.xreplace({f: sympy.Rational(str(f)) for f in floats}) if floats else e
+
+
+def _is_decimal(e: Any) -> bool:
+  _, sympy, _ = _mv()
+  return isinstance(e, sympy.Float) or (isinstance(e, sympy.Mul) and len(e.args) == 2
+                                        and e.args[0] == -1 and isinstance(e.args[1], sympy.Float))
+
+
 def _numbers_agree(gold: Any, pred: Any) -> bool:
-  """Reject math-verify's absolute 6-decimal / chopped equality of distinct numbers."""
+  """Reject math-verify's absolute 6-decimal / chopped equality of distinct numbers.
+
+  A decimal in the prediction must be exactly the gold value when the gold is exact or
+  itself a plain decimal: 0.142857 is not 1/7 and 3.141593 is not pi, however many digits
+  (a grader does not accept a rounded value for an exact one), and 1.0000002 is not
+  1.0000001. A decimal gold against an exact prediction keeps math-verify's rounding
+  (gold 0.33 accepts 1/3: the reference itself was rounded).
+  """
   _, sympy, _ = _mv()
   if not (_is_scalar_number(gold) and _is_scalar_number(pred)):
     return True
-  inexact = gold.has(sympy.Float) or pred.has(sympy.Float)
   pairs = [(g, p) for g in _values(gold) for p in _values(pred)]
+  if pred.has(sympy.Float) and (not gold.has(sympy.Float) or _is_decimal(gold)):
+    return any(_rel_close(_exact(g), _exact(p), 1e-25) for g, p in pairs)
+  inexact = gold.has(sympy.Float) or pred.has(sympy.Float)
   verdicts = []
   for g, p in pairs:
     if inexact:
@@ -323,6 +350,26 @@ def words_to_number(s: str) -> str | None:
   return str(sign * (total + current)) if seen else None
 
 
+def _rewrites(s: str) -> list[str]:
+  """`answer_forms` rewrites of s: repeating decimals, Unicode, inequality -> interval,
+  multiple-choice label and value, number words in a sentence."""
+  out = []
+  for f in (answer_forms.repeating_decimal, answer_forms.unicode_math):
+    r = f(s)
+    if r is not None:
+      out.append(r)
+      s = r
+  interval = answer_forms.inequality_interval(s)
+  if interval is not None:
+    out.append(interval)
+  out += answer_forms.choice_parts(s)
+  run = answer_forms.number_words_run(s)
+  words = words_to_number(run) if run else None
+  if words is not None:
+    out.append(words)
+  return out
+
+
 def _rescues(pred: str) -> list[str]:
   out = []
   s = _strip_math_delims(_LEAD.sub("", pred, count=1))
@@ -338,6 +385,7 @@ def _rescues(pred: str) -> list[str]:
   words = words_to_number(s)
   if words is not None:
     out.append(words)
+  out += _rewrites(out[0])
   seen = {pred}
   return [c for c in out if c and not (c in seen or seen.add(c))]
 
@@ -376,6 +424,7 @@ def answers_match(gold: str, pred: str, *, equation_policy: str = "assignment") 
   gold_words = words_to_number(gold)
   if gold_words is not None:
     golds.append(gold_words)
+  golds += [g for g in _rewrites(gold) if g not in golds and not is_explosive(g)]
   for g in golds:
     for candidate in ([pred] if g != gold else []) + _rescues(pred):
       if candidate == g or _verify_one(g, candidate, equation_policy):
