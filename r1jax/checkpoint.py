@@ -21,11 +21,12 @@ import os
 import time
 from typing import Any
 
-from absl import logging
-
 import jax
+from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
+
+from r1jax import faults
 
 
 class Checkpointer:
@@ -47,6 +48,8 @@ class Checkpointer:
     rng_data = np.asarray(jax.random.key_data(rng)) if _is_typed_key(rng) else np.asarray(rng)
     meta = {"data": data_state, "rng": rng_data.tolist(), **(extra or {})}
     previous = self.latest_step()
+    if faults.armed("checkpoint", step):  # kill -9 tests: die while this save writes
+      faults.kill_when_files_appear(self.directory, f"{step}.orbax-checkpoint-tmp")
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
-from r1jax import grpo, steps
+from r1jax import faults, grpo, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
@@ -167,7 +167,7 @@ def train(c, workdir: str) -> list[dict]:
   train_step = steps.jit_train_step(
       steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg)), state)
 
-  writer = MetricsWriter(workdir, enabled=is_main)
+  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows after start
   progress = Progress(c.train.num_steps, start)
   guard = Guard(c.train.max_nonfinite_steps)
   rows = []
@@ -200,7 +200,9 @@ def train(c, workdir: str) -> list[dict]:
       # 1. Rollouts.
       t0 = time.time()
       dev_ptoks, dev_pmask = shard_batch((ptoks, pmask), mesh)
-      out = to_host(generate(state.params, model_cfg, dev_ptoks, dev_pmask, sample_rng, scfg))
+      out = generate(state.params, model_cfg, dev_ptoks, dev_pmask, sample_rng, scfg)
+      faults.hit("sample", step + 1)
+      out = to_host(out)
       t_sample = time.time() - t0
 
       # 2. Rewards on the host.
@@ -208,6 +210,7 @@ def train(c, workdir: str) -> list[dict]:
       texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
       row_examples = [dict(examples[i // g], prefill=prefill,
                            completion_tokens=int(out.lengths[i])) for i in range(len(texts))]
+      faults.hit("reward", step + 1)
       res = pool.score(texts, row_examples)
       t_reward = time.time() - t0
 
@@ -223,6 +226,7 @@ def train(c, workdir: str) -> list[dict]:
       skipped = 0
       for _ in range(c.grpo.mu):
         state, m = train_step(state, batch)
+        faults.hit("train", step + 1)
         skipped += m["nonfinite_skipped"]
       m = dict(to_host(m), nonfinite_skipped=int(skipped))
       t_train = time.time() - t0
