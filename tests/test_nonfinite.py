@@ -83,3 +83,44 @@ def test_guard_stops_after_consecutive_skips_naming_step_and_quantity():
   assert g.total == 49
   with pytest.raises(ValueError, match="max_nonfinite_steps=-1"):
     Guard(-1)
+
+
+def test_trainer_skips_nan_steps_and_stops(tmp_path, monkeypatch):
+  """A GRPO loss that is NaN on purpose: every update is skipped (the checkpointed params are
+  the initial ones), each step is counted, and the run stops at train.max_nonfinite_steps."""
+  import json
+  import os
+
+  from configs import r1_zero
+  from r1jax import grpo
+  from r1jax import train as train_lib
+  import orbax.checkpoint as ocp
+
+  from r1jax.checkpoint import Checkpointer
+
+  def nan_loss(params, batch, gcfg, model_cfg):
+    loss, m = grpo.grpo_loss(params, batch, gcfg, model_cfg)
+    return loss * jnp.nan, m
+
+  monkeypatch.setattr(train_lib, "_loss", nan_loss)
+  c = r1_zero.get_config("tiny")
+  c.unlock()
+  c.train.update(num_steps=5, eval_every=0, checkpoint_every=1, max_nonfinite_steps=2)
+  c.grpo.beta = 0.0  # no reference log-probs to compile
+  workdir = str(tmp_path)
+  with pytest.raises(NonFiniteError, match=r"step 2: loss and grad_norm not finite .*2 consecutive"):
+    train_lib.train(c, workdir)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [(r["step"], r["nonfinite_skipped"]) for r in rows] == [(1, 1), (2, 1)]
+  # Checkpoint 1 holds the initial params: the NaN update was not applied.
+  from r1jax.model.loader import load_model
+  from r1jax.mesh import make_mesh
+  _, init_params, _ = load_model(c.model, make_mesh(tuple(c.mesh.shape)), seed=c.seed)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  assert ckpt.latest_step() == 1
+  saved = ckpt.manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  saved_params = jax.tree.leaves(saved["state"]["params"])
+  assert len(saved_params) == len(jax.tree.leaves(init_params)) > 0
+  for x, y in zip(jax.tree.leaves(init_params), saved_params):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
