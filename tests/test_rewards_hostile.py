@@ -8,26 +8,13 @@ import time
 import numpy as np
 import pytest
 
+from r1jax.bench.hostile import EXPLOSIVE, NESTED_TAGS
 from r1jax.rewards import RewardPool
 
 TIMEOUT_S = 2.0
 MARGIN_S = 1.0
 ALL = {"format": 1.0, "format_partial": 1.0, "accuracy": 1.0, "reasoning_gym": 1.0,
        "language": 1.0, "code": 1.0, "overlong": 1.0, "cosine": 1.0}
-
-
-# Answers sympy would evaluate for minutes (or forever) while parsing or simplifying them.
-EXPLOSIVE = [
-  "(10^{6})!", "100000!", "1000000!!", "10^{6}!!!", "10!!!!!!!!", "4!!!", "(10^{100})!!",
-  "2^{3}!", "((3!)!)!", "(((3!)!)!)!", "\\frac{(10^5)!}{(10^5-1)!}", "99999999999!",
-  "\\Gamma(10^{10})", "\\Gamma(10^9)", "\\binom{10^{10}}{5*10^9}", "\\binom{10^{100}}{10^{50}}",
-  "\\binom{100000}{50000}", "\\dbinom{10^6}{500000}", "{10^9 \\choose 10^8}",
-  "(x+1)^{100000}", "(x+y+z)^{1000}", "(1+x)^{10^6}", "(2^{100000})^{100000}",
-  "x^{10^{6}}", "2^{10^{6}}", "10^{99999}", "10^{10^{5}}", "9^{9^9}", "e^{e^{e^{e^{10}}}}",
-  "\\sqrt{10^{10^{10}}}", "\\lfloor 10^{10^{10}} \\rfloor", "7^{7^{7}} \\mod 10",
-  "(1.0001)^{10^{10}}", "\\prod_{k=1}^{10^9} k", "2**2**2**2**2**2", "\\exp(\\exp(\\exp(10)))",
-  "(10^{5})! - (10^{5})!", "\\left(10^{7}\\right)!",
-]
 
 
 def _math_payloads() -> list[str]:
@@ -48,21 +35,6 @@ def _math_payloads() -> list[str]:
   for b in bombs:
     out += [f"<think>t</think><answer>{b}</answer>", f"\\boxed{{{b}}}", f"#### {b}"]
   return out
-
-
-# Nested, duplicated and look-alike tags (two answers is the reward hack), some megabytes;
-# the answers are wrong (gold 5) so that accuracy stays 0 whatever is extracted.
-NESTED_TAGS = [
-  "<think>a</think><answer>6</answer><answer>6</answer>",
-  "<think>a</think><answer><answer>6</answer></answer>",
-  "<think><think>a</think></think><answer>6</answer>",
-  "<think>a</think><answer>4</answer>\n<Answer>6</Answer>",
-  "<think>a</think><answer>" + "<answer>6</answer>" * 100_000,
-  "<think>" + "<think>" * 200_000 + "</think><answer>6</answer>",
-  "<think>a</think>" + "<answer>6</answer>\n" * 100_000,
-  "<think>" + "</think><answer>6</answer>" * 50_000,
-  "<think>a</think><answer>\\boxed{4} or \\boxed{6}</answer>",
-]
 
 
 def _text_payloads() -> list[str]:
