@@ -48,8 +48,8 @@ def _boxed_at(s: str, idx: int, cmd: str) -> str | None:
   return None
 
 
-def last_boxed(text: str) -> str | None:
-  """Content of the last well-formed \\boxed{...} / \\fbox{...} (nested braces kept)."""
+def _box_positions(text: str) -> list[tuple[int, str]]:
+  """(index, command) of the last `_MAX_BOX_TRIES` occurrences of each box command."""
   positions = []
   for cmd in _BOX_COMMANDS:
     end = len(text)
@@ -59,7 +59,12 @@ def last_boxed(text: str) -> str | None:
         break
       positions.append((idx, cmd))
       end = idx
-  for idx, cmd in sorted(positions, reverse=True)[:_MAX_BOX_TRIES]:
+  return positions
+
+
+def last_boxed(text: str) -> str | None:
+  """Content of the last well-formed \\boxed{...} / \\fbox{...} (nested braces kept)."""
+  for idx, cmd in sorted(_box_positions(text), reverse=True)[:_MAX_BOX_TRIES]:
     content = _boxed_at(text, idx, cmd)
     if content is not None:
       return content
@@ -68,15 +73,7 @@ def last_boxed(text: str) -> str | None:
 
 def all_boxed(text: str) -> list[str]:
   """Contents of the last `_MAX_BOX_TRIES` well-formed boxes, in text order."""
-  positions = []
-  for cmd in _BOX_COMMANDS:
-    end = len(text)
-    for _ in range(_MAX_BOX_TRIES):
-      idx = text.rfind(cmd, 0, end)
-      if idx < 0:
-        break
-      positions.append((idx, cmd))
-      end = idx
+  positions = _box_positions(text)
   out = []
   for idx, cmd in sorted(positions)[-_MAX_BOX_TRIES:]:
     content = _boxed_at(text, idx, cmd)
