@@ -141,3 +141,36 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch,
   _save(fresh, 2)
   assert sorted(os.listdir(d)) == (["2"] if keep == 1 else ["1", "2"])
   _check_is_step(fresh.restore(abstract_like(_state(0))), 2)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+  """A 2 MB tmpfs (a real full disk); skipped where mounting is not allowed."""
+  import subprocess
+  d = str(tmp_path / "tmpfs")
+  os.makedirs(d)
+  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", d],
+                                         capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here (needs root); the write-hook test covers ENOSPC")
+  yield d
+  subprocess.run(["umount", "-l", d], capture_output=True)
+
+
+def test_real_full_disk_while_saving(tiny_tmpfs):
+  d = os.path.join(tiny_tmpfs, "ckpt")
+  ckpt = Checkpointer(d, max_to_keep=1)
+  _save(ckpt, 1)
+  filler = os.path.join(tiny_tmpfs, "filler")
+  fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+  with pytest.raises(OSError):
+    while True:
+      os.write(fd, b"0" * 4096)
+  os.close(fd)
+  with pytest.raises(CheckpointSaveError, match=r"disk full .*step 2 .*\(step 1\) is intact"):
+    _save(ckpt, 2)
+  _wait_quiet(d)
+  os.remove(filler)
+  fresh = Checkpointer(d, max_to_keep=1)
+  _check_is_step(fresh.restore(abstract_like(_state(0))), 1)
+  _save(fresh, 2)
+  assert sorted(os.listdir(d)) == ["2"]
