@@ -22,6 +22,7 @@ TIMING = ("_time_s", "tokens_per_s")  # wall-clock metrics differ between any tw
 
 def _run(workdir, cache, fault=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
+             R1JAX_KILL_TEST=cache,  # marks this run's processes (reward workers included)
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -34,6 +35,28 @@ def _run(workdir, cache, fault=None):
   t0 = time.monotonic()
   p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   return p, time.monotonic() - t0
+
+
+def _marked(marker):
+  """Pids of live processes whose environment carries R1JAX_KILL_TEST=marker."""
+  needle = f"R1JAX_KILL_TEST={marker}".encode() + b"\0"
+  out = []
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/environ", "rb") as f:
+        if needle in f.read() + b"\0":
+          out.append(int(pid))
+    except OSError:
+      pass
+  return out
+
+
+def _no_orphans(marker, timeout=10.0):
+  """The killed trainer's reward workers exit by themselves (their parent watchdog)."""
+  t_end = time.monotonic() + timeout
+  while _marked(marker) and time.monotonic() < t_end:
+    time.sleep(0.2)
+  return not _marked(marker)
 
 
 def _rows(path, drop_timing=False):
@@ -60,6 +83,7 @@ def test_kill_anywhere_and_resume_is_bit_identical(tmp_path):
   for fault in CHAIN:
     p, times[fault] = _run(killed, cache, fault)
     assert p.returncode == -signal.SIGKILL, (fault, p.returncode, p.stderr[-3000:])
+    assert _no_orphans(cache), f"processes of the run killed at {fault} are still alive"
     if fault.startswith("checkpoint"):  # killed mid-write: a temporary directory, no step 4
       names = os.listdir(os.path.join(killed, "checkpoints"))
       assert "4" not in names and any(n.startswith("4.orbax-checkpoint-tmp") for n in names)
