@@ -327,6 +327,9 @@ _SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
 def words_to_number(s: str) -> str | None:
   """'forty-two' -> '42', 'minus three' -> '-3', 'one hundred and five' -> '105'; else None."""
   words = re.sub(r"[-,]", " ", s.lower().strip().rstrip(".")).split()
+  # "and" only inside a number ("one hundred and five"), not between two ("one and two").
+  if any(w == "and" and (i == 0 or words[i - 1] not in _SCALES) for i, w in enumerate(words)):
+    return None
   words = [w for w in words if w != "and"]
   if not words or len(words) > 12:
     return None
@@ -335,9 +338,14 @@ def words_to_number(s: str) -> str | None:
     sign, words = -1, words[1:]
   total, current, seen = 0, 0, False
   for w in words:
+    low = current % 100
     if w in _ONES:
+      if low and (low < 20 or low % 10):  # "one two", "twenty one two": not one number
+        return None
       current += _ONES[w]
     elif w in _TENS:
+      if low:
+        return None
       current += _TENS[w]
     elif w == "hundred":
       current = max(current, 1) * 100

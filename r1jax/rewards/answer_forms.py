@@ -127,27 +127,21 @@ def number_words_run(s: str) -> str | None:
   `twenty-one`); None if there is no run, several, or the sentence has digits."""
   if len(s) > 300 or any(c.isdigit() for c in s):
     return None
-  runs, current, last_end = [], [], -1
+  runs: list[list[str]] = [[]]
+  last_end = 0
   for m in _WORD.finditer(s):
     w = m.group().lower()
-    gap = s[last_end:m.start()] if last_end >= 0 else ""
-    joined = current and gap.strip(" -") == "" and (w in _NUMBER_WORDS or w == "and")
-    if w in _NUMBER_WORDS and not (w in ("minus", "negative") and current):
-      if current and not joined:
-        runs.append(current)
-        current = []
-      current.append(w)
-    elif joined:  # "and" inside "one hundred and five"
-      current.append(w)
-    elif current:
-      runs.append(current)
-      current = []
+    adjacent = s[last_end:m.start()].strip(" -") == ""
     last_end = m.end()
-  if current:
-    runs.append(current)
-  runs = [[w for w in r] for r in runs]
-  for r in runs:
-    while r and r[-1] == "and":
-      r.pop()
-  runs = [r for r in runs if r and r != ["minus"] and r != ["negative"]]
+    current = runs[-1]
+    after_scale = current and current[-1] in ("hundred", "thousand", "million", "billion")
+    if current and adjacent and ((w == "and" and after_scale) or (
+        w in _NUMBER_WORDS and w not in ("minus", "negative"))):
+      current.append(w)  # "forty-two", "one hundred and five"
+    elif w in _NUMBER_WORDS:
+      runs.append([w])
+    elif current:
+      runs.append([])
+  runs = [r[:len(r) - (r[-1] == "and")] for r in runs if r]
+  runs = [r for r in runs if r and r[-1] not in ("minus", "negative")]
   return " ".join(runs[0]) if len(runs) == 1 else None
