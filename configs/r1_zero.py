@@ -61,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.train = dict(num_steps=200, log_every=1, sample_every=5, num_logged_samples=4,
                  eval_every=10, eval_samples=4, eval_temperature=0.6, eval_top_p=0.95,
-                 checkpoint_every=10, keep_checkpoints=3, reflection_words=(
+                 checkpoint_every=10, keep_checkpoints=3, max_nonfinite_steps=10,
+                 reflection_words=(
                      "wait", "let me re-check", "re-evaluate", "double-check", "hmm"))
 
   if arg == "tiny":

@@ -1,18 +1,32 @@
 """Orbax checkpoints of a run: train state (params, optimizer, step), RNG, data iterator.
 
 Saving is atomic: Orbax writes into a temporary directory and renames it only once
-complete, so a crash mid-save leaves the last good step as the latest one. Restoring
-places every array straight into its target sharding.
+complete, so a crash mid-save leaves the last good step as the latest one (leftover
+temporary directories are removed at the next start). Saves are synchronous: Orbax
+deletes checkpoints beyond `max_to_keep` only after the new one is committed (with async
+saves its finalize step deletes them even when the new save failed), so the last good
+checkpoint is never deleted before a newer one is complete. A failed save (a full disk)
+raises `CheckpointSaveError` naming the step, the directory and the intact previous step.
+
+Restoring the latest step falls back over damaged checkpoints (partial, truncated or
+unreadable files): each is reported, and once an older one restores, the damaged ones are
+renamed `<step>.damaged` so that the run can write those steps again. Restoring places
+every array straight into its target sharding.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 from typing import Any
 
 import jax
+from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
+
+from r1jax import faults
 
 
 class Checkpointer:
@@ -23,7 +37,8 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=False))
+                                             enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=True))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -32,15 +47,59 @@ class Checkpointer:
            extra: dict | None = None) -> None:
     rng_data = np.asarray(jax.random.key_data(rng)) if _is_typed_key(rng) else np.asarray(rng)
     meta = {"data": data_state, "rng": rng_data.tolist(), **(extra or {})}
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-    self.manager.wait_until_finished()
+    previous = self.latest_step()
+    if faults.armed("checkpoint", step):  # kill -9 tests: die while this save writes
+      faults.kill_when_files_appear(self.directory, f"{step}.orbax-checkpoint-tmp")
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+      self.manager.wait_until_finished()
+    except Exception as e:  # tensorstore and the JSON writer raise different types
+      full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in str(e)
+      kept = (f"the previous checkpoint (step {previous}) is intact" if previous is not None
+              else "there is no previous checkpoint")
+      raise CheckpointSaveError(
+          f"{'disk full' if full else 'error'} while saving checkpoint step {step} to "
+          f"{self.directory} ({type(e).__name__}: {e}); {kept}. Stopping: free space and "
+          "restart to resume from it.") from e
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, jax.Array, Any, dict]:
-    """Returns (state, rng, data_state, meta) of `step` (default: latest)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint under {self.directory}")
+    """Returns (state, rng, data_state, meta) of `step` (default: the newest readable one)."""
+    if step is not None:
+      return self._restore(abstract_state, step)
+    damaged = []
+    for s in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        out = self._restore(abstract_state, s)
+      except Exception as e:  # noqa: BLE001 - any read failure means a damaged checkpoint
+        logging.warning("checkpoint step %d under %s is damaged or unreadable (%s: %s); "
+                        "trying the previous one", s, self.directory, type(e).__name__,
+                        str(e)[:500])
+        print(f"warning: checkpoint step {s} is damaged or unreadable ({type(e).__name__}); "
+              "falling back to the previous one", flush=True)
+        damaged.append(s)
+        continue
+      for d in damaged:
+        self._set_aside(d)
+      return out
+    raise FileNotFoundError(f"no readable checkpoint under {self.directory}"
+                            + (f" (damaged steps: {damaged})" if damaged else ""))
+
+  def _set_aside(self, step: int) -> None:
+    """Rename a damaged step directory out of Orbax's view (kept for inspection)."""
+    src = os.path.join(self.directory, str(step))
+    dst = f"{src}.damaged"
+    if os.path.exists(dst):
+      dst = f"{dst}.{int(time.time())}"
+    if jax.process_index() == 0:
+      try:
+        os.rename(src, dst)
+        logging.warning("moved damaged checkpoint %s to %s", src, dst)
+      except FileNotFoundError:
+        pass
+    self.manager.reload()
+
+  def _restore(self, abstract_state: Any, step: int) -> tuple[Any, jax.Array, Any, dict]:
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     meta = dict(out["meta"])
@@ -49,6 +108,10 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
 
 
 def _is_typed_key(x: Any) -> bool:

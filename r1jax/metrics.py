@@ -3,6 +3,9 @@
 `MetricsWriter.write(step, metrics)` appends one JSON object per step to
 `workdir/metrics.jsonl` and the same scalars to TensorBoard (tensorboardX) under
 `workdir/tb`; `write_samples` appends readable completions to `workdir/samples.jsonl`.
+Each append is one write of whole rows; `MetricsWriter(..., resume_step=k)` first rewinds
+every JSONL file of the workdir to checkpoint step k (`r1jax.jsonl.rewind`), so a run
+killed anywhere and resumed logs each step exactly once.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from r1jax import jsonl
 
 
 def _scalar(v: Any) -> float | int | None:
@@ -31,12 +36,21 @@ def _scalar(v: Any) -> float | int | None:
 class MetricsWriter:
   """JSONL + TensorBoard writer; only process 0 writes."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
+    """`resume_step`: the step the run restarts from (0: from scratch); rows logged after it
+    by an earlier, interrupted attempt are dropped. None leaves the files as they are."""
     self.enabled = enabled
     self.workdir = workdir
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
+      if resume_step is not None:
+        for name in sorted(os.listdir(workdir)):
+          if name.endswith(".jsonl"):
+            n = jsonl.rewind(os.path.join(workdir, name), resume_step)
+            if n:
+              print(f"{name}: dropped {n} rows logged after step {resume_step} by an "
+                    "interrupted attempt", flush=True)
       try:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(os.path.join(workdir, "tb"))
@@ -51,8 +65,7 @@ class MetricsWriter:
         row[k] = s
     if not self.enabled:
       return row
-    with open(os.path.join(self.workdir, filename), "a") as f:
-      f.write(json.dumps(row) + "\n")
+    jsonl.append(os.path.join(self.workdir, filename), [json.dumps(row)])
     if self._tb is not None:
       prefix = "" if filename == "metrics.jsonl" else os.path.splitext(filename)[0] + "/"
       for k, v in row.items():
@@ -65,9 +78,8 @@ class MetricsWriter:
                     filename: str = "samples.jsonl") -> None:
     if not self.enabled:
       return
-    with open(os.path.join(self.workdir, filename), "a") as f:
-      for s in samples:
-        f.write(json.dumps({"step": int(step), **s}, ensure_ascii=False) + "\n")
+    jsonl.append(os.path.join(self.workdir, filename),
+                 [json.dumps({"step": int(step), **s}, ensure_ascii=False) for s in samples])
     if self._tb is not None and samples:
       text = "\n\n".join(f"**reward {s.get('reward', 0):.2f}** `{s.get('completion', '')}`"
                          for s in samples[:4])

@@ -2,7 +2,9 @@
 
 `train_step(state, batch) -> (state, metrics)` computes the loss gradient over
 micro-batches (a `lax.scan` accumulating gradients, so memory is set by the
-micro-batch), clips the global norm and applies AdamW. State is donated.
+micro-batch), clips the global norm and applies AdamW. State is donated. A step whose loss
+or gradient norm is not finite leaves params and optimizer state unchanged
+(`keep_if_nonfinite`; the trainer stops after too many in a row, `r1jax.nonfinite`).
 """
 
 from __future__ import annotations
@@ -110,10 +112,29 @@ def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
       (loss, metrics, grads), _ = jax.lax.scan(body, init, (micro, weights))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree_utils.tree_norm(grads))
+    grad_norm = optax.tree_utils.tree_norm(grads)
+    params, opt_state, skip = keep_if_nonfinite(loss, grad_norm, (params, opt_state),
+                                                (state.params, state.opt_state))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, **skip)
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
+
+
+def keep_if_nonfinite(loss: jax.Array, grad_norm: jax.Array, new: Any, old: Any
+                      ) -> tuple[Any, Any, dict]:
+  """`new` (params, optimizer state) if loss and gradient norm are finite, else `old`.
+
+  A NaN/inf step is skipped, not applied (the step counter still advances). Returns the
+  kept pair and the metrics `nonfinite_skipped` (1 if skipped), `nonfinite_loss` and
+  `nonfinite_grad` (which quantity was not finite), read by `r1jax.nonfinite.Guard`.
+  """
+  bad_loss, bad_grad = ~jnp.isfinite(loss), ~jnp.isfinite(grad_norm)
+  skip = bad_loss | bad_grad
+  kept = jax.tree.map(lambda n, o: jnp.where(skip, o, n), new, old)
+  return (*kept, {"nonfinite_skipped": skip.astype(jnp.int32),
+                  "nonfinite_loss": bad_loss.astype(jnp.int32),
+                  "nonfinite_grad": bad_grad.astype(jnp.int32)})
 
 
 def jit_train_step(train_step: Callable, state: TrainState) -> Callable:

@@ -24,11 +24,12 @@ from ml_collections import config_flags
 
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
-from r1jax import grpo, steps
+from r1jax import faults, grpo, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model.loader import load_model
+from r1jax.nonfinite import Guard
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -54,7 +55,8 @@ def validate(c) -> None:
   sampling_config(c)  # raises on a bad value
   if c.grpo.mu < 1:
     raise ValueError(f"grpo.mu={c.grpo.mu} must be >= 1")
-  for key in ("num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every"):
+  for key in ("num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every",
+              "max_nonfinite_steps"):
     if c.train[key] < 0:
       raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
   data_lib.prefill_text(c.data.template, c.data.think_prefill)  # validates the template name
@@ -167,8 +169,9 @@ def train(c, workdir: str) -> list[dict]:
   train_step = steps.jit_train_step(
       steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg)), state)
 
-  writer = MetricsWriter(workdir, enabled=is_main)
+  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows after start
   progress = Progress(c.train.num_steps, start)
+  guard = Guard(c.train.max_nonfinite_steps)
   rows = []
 
   def run_eval(step_rng, step):
@@ -199,7 +202,9 @@ def train(c, workdir: str) -> list[dict]:
       # 1. Rollouts.
       t0 = time.time()
       dev_ptoks, dev_pmask = shard_batch((ptoks, pmask), mesh)
-      out = to_host(generate(state.params, model_cfg, dev_ptoks, dev_pmask, sample_rng, scfg))
+      out = generate(state.params, model_cfg, dev_ptoks, dev_pmask, sample_rng, scfg)
+      faults.hit("sample", step + 1)
+      out = to_host(out)
       t_sample = time.time() - t0
 
       # 2. Rewards on the host.
@@ -207,6 +212,7 @@ def train(c, workdir: str) -> list[dict]:
       texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
       row_examples = [dict(examples[i // g], prefill=prefill,
                            completion_tokens=int(out.lengths[i])) for i in range(len(texts))]
+      faults.hit("reward", step + 1)
       res = pool.score(texts, row_examples)
       if rewarder is not None:
         res = rewarder.rescore(res, [prompts[i // g] for i in range(len(texts))], texts,
@@ -222,9 +228,12 @@ def train(c, workdir: str) -> list[dict]:
         batch = batch._replace(ref_logp=logp_fn(ref_params, batch))
       if c.grpo.mu > 1:
         batch = batch._replace(old_logp=logp_fn(state.params, batch))
+      skipped = 0
       for _ in range(c.grpo.mu):
         state, m = train_step(state, batch)
-      m = to_host(m)
+        faults.hit("train", step + 1)
+        skipped += m["nonfinite_skipped"]
+      m = dict(to_host(m), nonfinite_skipped=int(skipped))
       t_train = time.time() - t0
 
       # 4. Metrics, samples, evaluation, checkpoints.
@@ -262,6 +271,7 @@ def train(c, workdir: str) -> list[dict]:
              "advantage": float(adv[i]), "length": int(out.lengths[i]),
              **{f"reward/{n}": float(v[i]) for n, v in res.per_reward.items()}}
             for i in range(min(k, len(texts)))])
+      guard.update(done_steps, metrics)  # raises after too many NaN/inf steps in a row
       if c.train.eval_every and eval_examples and done_steps % c.train.eval_every == 0:
         run_eval(eval_rng, done_steps)
       if c.train.checkpoint_every and (done_steps % c.train.checkpoint_every == 0

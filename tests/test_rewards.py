@@ -34,21 +34,38 @@ def _mv(gold: str, pred: str) -> bool:
 
 # -- accuracy: the corpus ----------------------------------------------------------------
 
+NEW_CATEGORIES = ("stated_answer", "repeating_decimal", "unicode", "words_sentence", "inequality",
+                  "multiple_choice", "multi_box", "alternatives", "rounded_decimal", "close_numbers")
+
+
 def test_corpus_shape():
-  assert len(CORPUS) >= 300
+  assert len(CORPUS) >= 400
   cats = {c["category"] for c in CORPUS}
   for needed in ("fraction", "decimal", "percent", "units", "set_interval", "equation",
-                 "latex_noise", "words", "false_positive"):
+                 "latex_noise", "words", "false_positive") + NEW_CATEGORIES:
     assert needed in cats
   # Every disagreement with math-verify carries its reason.
   assert all(c["mv_disagrees"].strip() for c in CORPUS if "mv_disagrees" in c)
+  # The answer-style rules (issue 13): at least 60 cases, each with its reason.
+  styled = [c for c in CORPUS if c["category"] in NEW_CATEGORIES]
+  assert len(styled) >= 60 and all(c["reason"].strip() for c in styled)
 
 
-@pytest.mark.parametrize("case", CORPUS, ids=lambda c: f"{c['category']}:{c['gold']}|{c['pred']}")
+def _case_id(c):
+  return f"{c['category']}:{c['gold']}|{c.get('pred', c.get('completion', ''))[:60]}"
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=_case_id)
 def test_accuracy_corpus(case):
-  gold, pred, expected = case["gold"], case["pred"], case["expected"]
-  ours = accuracy(_answer(pred), {"answer": gold}) == 1.0
-  reference = _mv(gold, pred)
+  """A case is an answer (`pred`, put in <answer> tags) or a whole `completion` (extraction
+  included); math-verify reads the same text: the boxed answer, or the completion itself."""
+  gold, expected = case["gold"], case["expected"]
+  if "completion" in case:
+    ours = accuracy(case["completion"], {"answer": gold}) == 1.0
+    reference = verify(parse("\\boxed{" + gold + "}"), parse(case["completion"]))
+  else:
+    ours = accuracy(_answer(case["pred"]), {"answer": gold}) == 1.0
+    reference = _mv(gold, case["pred"])
   if "known_limitation" in case:  # both wrong: flag it when it gets fixed
     assert ours != expected and reference == ours, case["known_limitation"]
     return
@@ -100,9 +117,10 @@ def test_accuracy_equation_policy():
   ("<answer>1</answer> then <answer>2</answer>", "2"),
   ("<answer> $\\frac{1}{2}$ </answer>", "\\frac{1}{2}"),
   ("<answer>\\(3\\)</answer>", "3"),
-  ("<answer>So \\boxed{4} and finally \\boxed{5}.</answer>", "5"),
+  # Several distinct boxes form a list: a multi-answer set, or alternatives (no single value).
+  ("<answer>So \\boxed{4} and finally \\boxed{5}.</answer>", "4, 5"),
   ("text \\boxed{\\frac{\\sqrt{2}}{2}} more", "\\frac{\\sqrt{2}}{2}"),
-  ("\\boxed{1} and \\fbox{2}", "2"),
+  ("\\boxed{1} and \\fbox{2}", "1, 2"),
   ("\\boxed{ok} then \\boxed{unclosed", "ok"),
   ("\\boxed 7$", "7"),
   ("He earns 9*8 = 72.\n#### 72", "72"),
@@ -166,21 +184,50 @@ FORMAT_CASES = [
   ("a</think><answer>b</answer>", 0.0),
   ("<think>a</think><answer>b", 0.0),
   ("<think>\nmulti\nline\n</think>\n<answer>\n5\n</answer>", 1.0),
-  ("<think>a</think><answer>b</answer><answer>c</answer>", 1.0),
-  ("<think>a</think>x</think><answer>b</answer>", 1.0),
   ("<think></answer>", 0.0),
   ("", 0.0),
+  # Two answers, nested or duplicated tags: the regex alone accepts these, the strict format
+  # (each tag exactly once) does not.
+  ("<think>a</think><answer>b</answer><answer>c</answer>", 0.0),
+  ("<think>a</think><answer>1</answer>\n<answer>2</answer>", 0.0),
+  ("<think>a</think>x</think><answer>b</answer>", 0.0),
+  ("<think>a<think>b</think></think><answer>c</answer>", 0.0),
+  ("<think><think>a</think><answer>b</answer>", 0.0),
+  ("<think>a</think><answer><answer>b</answer></answer>", 0.0),
+  ("<think>a <answer>1</answer></think><answer>2</answer>", 0.0),
+  ("<think>a</think><answer>b</answer></answer>", 0.0),
+  ("<think>a</think><answer>b<think>c</think></answer>", 0.0),
 ]
+# Tag look-alikes count as tags (the regex would accept these: FORMAT_PATTERN is exact-case).
+LOOKALIKE_CASES = [
+  "<think>a</think><answer>1</Answer><answer>2</answer>",
+  "<think>a</think><answer>1 <ANSWER>2</ANSWER></answer>",
+  "<think>a < /think > b</think><answer>1</answer>",
+  "<think>a</think><answer>1<answer/></answer>",
+  "<think>a<Think>b</think><answer>1</answer>",
+]
+TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def _strict_reference(s: str) -> float:
+  """The R1 regex plus "each tag exactly once" (str.count), run directly."""
+  ok = re.match(FORMAT_PATTERN, s, re.DOTALL) and all(s.count(t) == 1 for t in TAGS)
+  return 1.0 if ok else 0.0
 
 
 @pytest.mark.parametrize("completion, expected", FORMAT_CASES)
 def test_format_strict(completion, expected):
-  reference = 1.0 if re.match(FORMAT_PATTERN, completion, re.DOTALL) else 0.0
-  assert reference == expected
+  assert _strict_reference(completion) == expected
   assert format_strict(completion) == expected
 
 
-def test_format_strict_matches_regex_on_random_strings():
+@pytest.mark.parametrize("completion", LOOKALIKE_CASES)
+def test_format_strict_tag_lookalikes(completion):
+  assert re.match(FORMAT_PATTERN, completion, re.DOTALL)
+  assert format_strict(completion) == 0.0
+
+
+def test_format_strict_matches_reference_on_random_strings():
   rng = random.Random(0)
   pieces = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "a", "<", ">", "/"]
   for _ in range(3000):
@@ -189,13 +236,31 @@ def test_format_strict_matches_regex_on_random_strings():
       s = "<think>" + s
     if rng.random() < 0.5:
       s = s + "</answer>" + rng.choice(["", "\n", " "])
-    expected = 1.0 if re.match(FORMAT_PATTERN, s, re.DOTALL) else 0.0
-    assert format_strict(s) == expected, repr(s)
+    assert format_strict(s) == _strict_reference(s), repr(s)
 
 
-def test_format_strict_linear_time():
-  evil = "<think>" + "</think> <answer>" * 50_000 + "x"  # quadratic for the lazy regex
-  assert format_strict(evil) == 0.0
+def test_format_strict_with_think_prefill():
+  """The trainer prefills "<think>" and the pool prepends it: a completion that opens its
+  own <think> again has two and scores 0."""
+  from r1jax.rewards import score_inline
+  ex = {"answer": "1", "prefill": "<think>"}
+  assert score_inline(["a</think><answer>1</answer>"], [ex], {"format": 1.0}).total[0] == 1.0
+  assert score_inline(["<think>a</think><answer>1</answer>"], [ex], {"format": 1.0}).total[0] == 0.0
+
+
+@pytest.mark.parametrize("evil, expected", [
+  ("<think>" + "</think> <answer>" * 100_000 + "x", 0.0),  # quadratic for the lazy regex
+  ("<think>" + "<" * 2_000_000, 0.0),  # tag-like prefixes at every position
+  ("<think>" + "< " * 1_000_000 + "</answer>", 0.0),
+  ("<think>a</think><answer>" + "<\t\t\t\t\t\t\t\t/\t\t\t\t\t\t\t\t" * 70_000 + "</answer>", 1.0),
+  ("<think>" + "<  /  think" * 200_000 + "</think><answer>1</answer>", 1.0),
+  ("<think>" + "x" * 2_000_000 + "</think><answer>1</answer>", 1.0),
+])
+def test_format_strict_linear_on_megabytes(evil, expected):
+  # No timing assertion: the tag scanner's quantifiers are bounded, so each position costs
+  # O(1); this only checks the verdict on 1-2 MB inputs (a hang would show as a timeout).
+  # (The regex reference is not run here: it is the quadratic one.)
+  assert format_strict(evil) == expected
 
 
 @pytest.mark.parametrize("completion, expected", [

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from r1jax.bench.hostile import EXPLOSIVE, NESTED_TAGS
 from r1jax.rewards import RewardPool
 
 TIMEOUT_S = 2.0
@@ -29,7 +30,7 @@ def _math_payloads() -> list[str]:
     "\\frac{1}{0}", "0/0", "\\infty - \\infty", "nan", "zoo", "\\sqrt{-1}", "",
     "\x00\x01\x02\x1b[2J\x7f", "\ud800\udfff", "\u202e5\u202c", "５" * 1000, "$" * 100_000,
     "\\boxed{" * 50_000, "\\text{" * 5000 + "}" * 5000, "<answer>" * 10_000,
-  ]
+  ] + EXPLOSIVE
   out = []
   for b in bombs:
     out += [f"<think>t</think><answer>{b}</answer>", f"\\boxed{{{b}}}", f"#### {b}"]
@@ -45,12 +46,28 @@ def _text_payloads() -> list[str]:
     "<think>" + "中文" * 200_000 + "</think>", "\n" * (1 << 20), "\x00" * (1 << 20),
     "<think>" + "Bonjour tout le monde. " * 20_000 + "</think>",
     "<think>" + "$x$ " * 100_000 + "</think>", "\\(" * 100_000, "####" * 100_000,
-  ]
+  ] + NESTED_TAGS
   for k in range(16):
     chars = rnd.integers(0, 0x2FFFF, size=4096)
     out.append("".join(chr(c) for c in chars if not 0xD800 <= c <= 0xDFFF))
     out.append(bytes(rnd.integers(0, 256, size=8192, dtype=np.uint8)).decode("latin-1"))
   return out
+
+
+def test_math_rewards_bounded_inside_the_function():
+  """With no pool deadline at all (score_inline), every hostile math/text item returns from
+  accuracy, format and format_partial within 2 s: the bounds live in the functions."""
+  from r1jax.rewards import score_inline
+  from r1jax.rewards.registry import warmup
+  warmup(["accuracy"])
+  items = _math_payloads() + _text_payloads()
+  names = {"accuracy": 1.0, "format": 1.0, "format_partial": 1.0}
+  res = score_inline(items, [{"answer": "5", "prefill": "<think>"}] * len(items), names)
+  print("worst seconds per reward:", res.max_seconds)
+  for name in names:
+    assert res.max_seconds[name] <= 2.0, (name, res.max_seconds[name])
+  assert res.per_reward["accuracy"].max() == 0.0 and res.per_reward["format"].max() == 0.0
+  assert sum(res.failures.values()) == 0
 
 
 def _code_payloads(marker_dir: str, port: int, victim: str) -> list[tuple[str, str]]:
@@ -274,3 +291,16 @@ def test_crashed_worker_is_counted_and_replaced():
     fine = "<answer>```python\nx = 1\n```</answer>"
     assert pool.score([fine], [ex]).per_reward["code"][0] == 1.0
     assert pool._workers[0].proc.pid != pid
+
+
+@pytest.mark.parametrize("answer, explosive", [
+  ("5!", False), ("\\frac{1}{2004!}", False), ("x!!", False), ("3!!!", False),
+  ("\\binom{100}{50}", False), ("{10 \\choose 3}", False), ("(x+1)^{2}", False),
+  ("2^{2023}", False), ("e^{i\\pi}", False), ("a != b", False), ("10^{-5}", False),
+  ("(1+\\frac{1}{n})^{n}", False), ("x^{n+1}", False),
+  ("4!!!", True),  # latex2sympy reads it as ((4!)!)! = (620448401733239439360000)!
+  ("2^{3}!", True), ("(x+1)^{100}", True), ("(3!)!", True),
+] + [(b, True) for b in EXPLOSIVE])
+def test_explosive_screen(answer, explosive):
+  from r1jax.rewards.explosive import is_explosive
+  assert is_explosive(answer) == explosive

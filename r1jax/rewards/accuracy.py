@@ -7,15 +7,21 @@ deadline bounds the time instead. Around that core:
 
 * a reference that does not parse raises `InvalidReference` (scored 0 and counted);
 * predictions that are too long, too deeply nested, or numerically explosive
-  (`9^{9^{9^{9}}}`, `(10^{10})!`) are rejected before sympy sees them;
+  (`9^{9^{9^{9}}}`, `(10^{10})!`, `\\binom{10^{9}}{5}`, `(x+1)^{10^5}`: see
+  `explosive.py`) are rejected on the text before sympy sees them (sympy evaluates
+  factorials and binomials while parsing), and again on the parsed size;
 * guards against known math-verify false positives, applied only when it says "equal":
   an equation collapsing to its right-hand side when the gold is a bare value (`6 = 5`
   for gold 5; `x = 5` stays accepted unless `equation_policy="strict"`), tiny or huge
   exact numbers compared with a 6-decimal absolute tolerance (1/2^99 "equals" 1/2^98),
+  a rounded decimal against an exact value (0.142857 for 1/7, 3.141593 for pi) or two
+  different decimals (1.0000002 for 1.0000001),
   and an unevaluated integral/limit/sum standing for its value;
 * a few rescues, tried only when the plain comparison fails: a leading "the answer is",
   \\text{} wrappers, thousands separators written with spaces, degree signs and unit
-  words after a number ("5 dollars"), numbers in words ("forty-two").
+  words after a number ("5 dollars"), numbers in words ("forty-two", also inside a
+  sentence), and the `answer_forms` rewrites (repeating decimals, Unicode √ and π, an
+  inequality for its interval, a multiple-choice label with its value).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import re
 import unicodedata
 from typing import Any
 
+from r1jax.rewards import answer_forms
 from r1jax.rewards.base import Example, InvalidReference
+from r1jax.rewards.explosive import is_explosive
 from r1jax.rewards.extract import (_UNIT_RE, _strip_math_delims, _unwrap_commands, extract_answer,
                                    last_boxed)
 
@@ -93,6 +101,8 @@ def gold_answer(example: Example) -> str:
   gold = _strip_math_delims(gold)
   if not gold:
     raise InvalidReference(f"empty reference {raw!r}")
+  if len(gold) > MAX_ANSWER_CHARS or is_explosive(gold):
+    raise InvalidReference(f"reference too long or explosive to evaluate: {gold[:200]!r}")
   if _first_expr(_parse(gold)) is None:
     raise InvalidReference(f"reference does not parse: {gold[:200]!r}")
   return gold
@@ -215,13 +225,35 @@ def _is_scalar_number(e: Any) -> bool:
           and not e.free_symbols)
 
 
+def _exact(e: Any) -> Any:
+  """A written decimal as the exact number it writes (0.142857 -> 142857/10^6)."""
+  _, sympy, _ = _mv()
+  floats = e.atoms(sympy.Float)
+  return e.xreplace({f: sympy.Rational(str(f)) for f in floats}) if floats else e
+
+
+def _is_decimal(e: Any) -> bool:
+  _, sympy, _ = _mv()
+  return isinstance(e, sympy.Float) or (isinstance(e, sympy.Mul) and len(e.args) == 2
+                                        and e.args[0] == -1 and isinstance(e.args[1], sympy.Float))
+
+
 def _numbers_agree(gold: Any, pred: Any) -> bool:
-  """Reject math-verify's absolute 6-decimal / chopped equality of distinct numbers."""
+  """Reject math-verify's absolute 6-decimal / chopped equality of distinct numbers.
+
+  A decimal in the prediction must be exactly the gold value when the gold is exact or
+  itself a plain decimal: 0.142857 is not 1/7 and 3.141593 is not pi, however many digits
+  (a grader does not accept a rounded value for an exact one), and 1.0000002 is not
+  1.0000001. A decimal gold against an exact prediction keeps math-verify's rounding
+  (gold 0.33 accepts 1/3: the reference itself was rounded).
+  """
   _, sympy, _ = _mv()
   if not (_is_scalar_number(gold) and _is_scalar_number(pred)):
     return True
-  inexact = gold.has(sympy.Float) or pred.has(sympy.Float)
   pairs = [(g, p) for g in _values(gold) for p in _values(pred)]
+  if pred.has(sympy.Float) and (not gold.has(sympy.Float) or _is_decimal(gold)):
+    return any(_rel_close(_exact(g), _exact(p), 1e-25) for g, p in pairs)
+  inexact = gold.has(sympy.Float) or pred.has(sympy.Float)
   verdicts = []
   for g, p in pairs:
     if inexact:
@@ -295,6 +327,9 @@ _SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
 def words_to_number(s: str) -> str | None:
   """'forty-two' -> '42', 'minus three' -> '-3', 'one hundred and five' -> '105'; else None."""
   words = re.sub(r"[-,]", " ", s.lower().strip().rstrip(".")).split()
+  # "and" only inside a number ("one hundred and five"), not between two ("one and two").
+  if any(w == "and" and (i == 0 or words[i - 1] not in _SCALES) for i, w in enumerate(words)):
+    return None
   words = [w for w in words if w != "and"]
   if not words or len(words) > 12:
     return None
@@ -303,9 +338,14 @@ def words_to_number(s: str) -> str | None:
     sign, words = -1, words[1:]
   total, current, seen = 0, 0, False
   for w in words:
+    low = current % 100
     if w in _ONES:
+      if low and (low < 20 or low % 10):  # "one two", "twenty one two": not one number
+        return None
       current += _ONES[w]
     elif w in _TENS:
+      if low:
+        return None
       current += _TENS[w]
     elif w == "hundred":
       current = max(current, 1) * 100
@@ -316,6 +356,26 @@ def words_to_number(s: str) -> str | None:
       return None
     seen = True
   return str(sign * (total + current)) if seen else None
+
+
+def _rewrites(s: str) -> list[str]:
+  """`answer_forms` rewrites of s: repeating decimals, Unicode, inequality -> interval,
+  multiple-choice label and value, number words in a sentence."""
+  out = []
+  for f in (answer_forms.repeating_decimal, answer_forms.unicode_math):
+    r = f(s)
+    if r is not None:
+      out.append(r)
+      s = r
+  interval = answer_forms.inequality_interval(s)
+  if interval is not None:
+    out.append(interval)
+  out += answer_forms.choice_parts(s)
+  run = answer_forms.number_words_run(s)
+  words = words_to_number(run) if run else None
+  if words is not None:
+    out.append(words)
+  return out
 
 
 def _rescues(pred: str) -> list[str]:
@@ -333,6 +393,7 @@ def _rescues(pred: str) -> list[str]:
   words = words_to_number(s)
   if words is not None:
     out.append(words)
+  out += _rewrites(out[0])
   seen = {pred}
   return [c for c in out if c and not (c in seen or seen.add(c))]
 
@@ -341,7 +402,7 @@ def _rescues(pred: str) -> list[str]:
 
 def _verify_one(gold: str, pred: str, equation_policy: str) -> bool:
   math_verify, _, _ = _mv()
-  if len(pred) > MAX_ANSWER_CHARS or _nesting(pred) > MAX_NESTING:
+  if len(pred) > MAX_ANSWER_CHARS or _nesting(pred) > MAX_NESTING or is_explosive(pred):
     return False
   g, p = _parse(gold), _parse(pred)
   if not p or _is_bomb(p):
@@ -371,6 +432,7 @@ def answers_match(gold: str, pred: str, *, equation_policy: str = "assignment") 
   gold_words = words_to_number(gold)
   if gold_words is not None:
     golds.append(gold_words)
+  golds += [g for g in _rewrites(gold) if g not in golds and not is_explosive(g)]
   for g in golds:
     for candidate in ([pred] if g != gold else []) + _rescues(pred):
       if candidate == g or _verify_one(g, candidate, equation_policy):

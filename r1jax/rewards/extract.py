@@ -48,8 +48,8 @@ def _boxed_at(s: str, idx: int, cmd: str) -> str | None:
   return None
 
 
-def last_boxed(text: str) -> str | None:
-  """Content of the last well-formed \\boxed{...} / \\fbox{...} (nested braces kept)."""
+def _box_positions(text: str) -> list[tuple[int, str]]:
+  """(index, command) of the last `_MAX_BOX_TRIES` occurrences of each box command."""
   positions = []
   for cmd in _BOX_COMMANDS:
     end = len(text)
@@ -59,11 +59,65 @@ def last_boxed(text: str) -> str | None:
         break
       positions.append((idx, cmd))
       end = idx
-  for idx, cmd in sorted(positions, reverse=True)[:_MAX_BOX_TRIES]:
+  return positions
+
+
+def last_boxed(text: str) -> str | None:
+  """Content of the last well-formed \\boxed{...} / \\fbox{...} (nested braces kept)."""
+  for idx, cmd in sorted(_box_positions(text), reverse=True)[:_MAX_BOX_TRIES]:
     content = _boxed_at(text, idx, cmd)
     if content is not None:
       return content
   return None
+
+
+def all_boxed(text: str) -> list[str]:
+  """Contents of the last `_MAX_BOX_TRIES` well-formed boxes, in text order."""
+  positions = _box_positions(text)
+  out = []
+  for idx, cmd in sorted(positions)[-_MAX_BOX_TRIES:]:
+    content = _boxed_at(text, idx, cmd)
+    if content is not None and not any(idx < j < idx + len(cmd) + len(content) + 2
+                                       for j, _ in positions):
+      out.append(content)
+  return out
+
+
+def _boxes(text: str) -> str | None:
+  """The boxed answer: one box's content, or several distinct boxes joined as a list
+  ("\\boxed{2} and \\boxed{3}" -> "2, 3"), which matches a multi-answer set but not a single
+  value (two different boxes offered as alternatives are not an answer)."""
+  boxes = list(dict.fromkeys(b.strip() for b in all_boxed(text)))
+  if len(boxes) <= 1:
+    return boxes[0] if boxes else None
+  return ", ".join(_strip_math_delims(b) for b in boxes)
+
+
+_STATED = ("final answer is", "answer is", "final answer:", "answer:")
+
+
+def _stated(text: str) -> str | None:
+  """The explicitly stated final answer: the last "... answer is X" / "Answer: X" line
+  (Minerva's "Final Answer: The final answer is $3$. I hope it is correct." gives "3")."""
+  low = text[-20_000:].lower()
+  offset = len(text) - len(low)
+  best = -1
+  for phrase in _STATED:
+    i = low.rfind(phrase)
+    if i >= 0 and i + len(phrase) > best:
+      best = i + len(phrase)
+  if best < 0:
+    return None
+  line = text[offset + best:offset + best + 2000].split("\n", 1)[0].strip()
+  while line[:1] == ":" or line.lower().startswith("is "):
+    line = line[1:].strip() if line[:1] == ":" else line[3:].strip()
+  for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+    if line.startswith(left):
+      end = line.find(right, len(left))
+      return line[len(left):end].strip() if end > 0 else None
+  end = re.search(r"\.(?:\s|$)", line)  # a sentence end, not a decimal point
+  line = line[:end.start()] if end else line
+  return line.strip() or None
 
 
 def _answer_tag(text: str) -> str | None:
@@ -99,8 +153,11 @@ def _strip_math_delims(s: str) -> str:
 def extract_answer(completion: str, *, clean: bool = True) -> str | None:
   """The final answer of a completion, or None.
 
-  Order: the last <answer>...</answer> (and, if it holds a \\boxed{...}, the last one in
-  it); else the last \\boxed{...} anywhere; else a GSM8K-style `#### 72` line. With
+  Order: the last <answer>...</answer> (and, if it holds boxes, its boxed answer); else the
+  boxed answer anywhere (several distinct boxes are joined into a list: a set of answers,
+  or alternatives that then match no single value); else a GSM8K-style `#### 72` line;
+  else the explicitly stated final answer ("The answer is 5", "Final Answer: The final
+  answer is $3$", an "Answer: 5" line), never merely the last number in the text. With
   `clean`, math delimiters ($...$, \\(...\\)) around the answer and a final period are
   removed; without, only surrounding whitespace (task scorers that compare raw text).
   """
@@ -108,13 +165,15 @@ def extract_answer(completion: str, *, clean: bool = True) -> str | None:
     return None
   ans = _answer_tag(completion)
   if ans is not None:
-    boxed = last_boxed(ans)
+    boxed = _boxes(ans)
     if boxed is not None:
       ans = boxed
   else:
-    ans = last_boxed(completion)
+    ans = _boxes(completion)
     if ans is None:
       ans = _gsm8k(completion)
+    if ans is None:
+      ans = _stated(completion)
   if ans is None:
     return None
   ans = _strip_math_delims(ans) if clean else ans.strip()

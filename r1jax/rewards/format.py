@@ -1,9 +1,17 @@
 """Format rewards: the strict R1-Zero template check and a partial-credit variant.
 
-`format_strict` decides exactly what `re.match(r"^<think>.*?</think>\\s*<answer>.*?</answer>$",
-completion, re.DOTALL)` decides, without running that regex: its lazy groups backtrack
-quadratically on adversarial text with many closing tags. (`$` also matches before one
-final newline, so "...</answer>\\n" passes, as with the regex.)
+`format_strict` accepts exactly one `<think>` block followed by exactly one `<answer>`
+block: the text matches `FORMAT_PATTERN` (DOTALL) *and* holds each of the four tags
+exactly once. A second, nested or stray tag of either kind (`<answer>1</answer><answer>2
+</answer>`, `<think><think>`, `</think>` inside the thought) scores 0: those are reward-hacking
+routes (two answers, one of which the accuracy extractor might pick). Tag look-alikes
+(`<Answer>`, `< /think >`, `<answer/>`) count as tags too, so they cannot hide a second
+block either.
+
+Linear time by construction: one scan with a regex whose quantifiers are all bounded
+(`\\s{0,8}`), so each start position costs O(1) and nothing backtracks across the text;
+the lazy `.*?` of FORMAT_PATTERN itself is never run. (`$` also matches before one final
+newline, so "...</answer>\\n" passes, as with the regex.)
 """
 
 from __future__ import annotations
@@ -13,21 +21,25 @@ import re
 from r1jax.rewards.base import Example
 
 FORMAT_PATTERN = r"^<think>.*?</think>\s*<answer>.*?</answer>$"
-_BRIDGE = re.compile(r"</think>\s*<answer>")
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+# Anything that reads as one of the tags: any case, spaces inside, a self-closing slash.
+_TAG_LIKE = re.compile(r"<\s{0,8}/?\s{0,8}(?:think|answer)\s{0,8}/?\s{0,8}>", re.IGNORECASE)
 
 
 def format_strict(completion: str, example: Example | None = None) -> float:
-  """1.0 if the completion matches `FORMAT_PATTERN` (DOTALL), else 0.0."""
+  """1.0 for exactly `<think>...</think>` `\\s*` `<answer>...</answer>` (each tag once), else 0."""
   s = completion[:-1] if completion.endswith("\n") else completion
-  head, tail = len("<think>"), len("</answer>")
-  if not (s.startswith("<think>") and s.endswith("</answer>")) or len(s) < head + tail:
+  tags = []
+  for m in _TAG_LIKE.finditer(s):
+    tags.append(m)
+    if len(tags) > len(_TAGS):
+      return 0.0
+  if tuple(m.group() for m in tags) != _TAGS:
     return 0.0
-  # The regex matches iff some "</think>\s*<answer>" lies after the opening tag and
-  # ends before the closing one; the earliest such bridge is the best candidate.
-  for m in _BRIDGE.finditer(s, head):
-    return 1.0 if m.end() <= len(s) - tail else 0.0
-  return 0.0
+  think, end_think, answer, end_answer = tags
+  ok = (think.start() == 0 and end_answer.end() == len(s)
+        and not s[end_think.end():answer.start()].strip())
+  return 1.0 if ok else 0.0
 
 
 def _longest_ordered(positions: list[int | None]) -> int:

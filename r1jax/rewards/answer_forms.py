@@ -1,0 +1,147 @@
+"""Rewrites of answer notations latex2sympy does not read, into ones it does.
+
+Each function maps an answer string to an equivalent string (or None when the notation
+is absent); `accuracy` tries them only after the plain comparison failed, so they can
+add matches but never change an answer that already parses. All are plain string work,
+linear in the (already length-capped) answer.
+
+* repeating decimals: `0.\\overline{3}` -> `\\frac{1}{3}`, `1.2\\overline{45}`;
+* Unicode math: `√2`, `2√{3}`, `π`, `∞`, `≤`, `≥`, `−`, `×`, `·`;
+* a one-variable inequality -> the interval it describes: `0 \\le x < 1` -> `[0, 1)`,
+  `x > 2` -> `(2, \\infty)`;
+* a multiple-choice answer -> its label and its value: `(B) 12` -> `B`, `12`;
+* number words inside a sentence: `There are twelve apples` -> `12`.
+"""
+
+from __future__ import annotations
+
+import fractions
+import re
+
+_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d{1,30})\}")
+
+
+def repeating_decimal(s: str) -> str | None:
+  """`0.1\\overline{6}` -> `\\frac{1}{6}` (every occurrence); None if there is none."""
+  def exact(m: re.Match) -> str:
+    sign, whole, fixed, rep = m.groups()
+    value = fractions.Fraction(int(whole or "0"))
+    if fixed:
+      value += fractions.Fraction(int(fixed), 10 ** len(fixed))
+    value += fractions.Fraction(int(rep), (10 ** len(rep) - 1) * 10 ** len(fixed))
+    value = -value if sign else value
+    return f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+  out, n = _REPEATING.subn(exact, s)
+  return out if n else None
+
+
+_UNICODE = {"π": "\\pi ", "∞": "\\infty ", "≤": "\\le ", "≥": "\\ge ", "−": "-", "×": "\\times ",
+            "·": "\\cdot ", "⋅": "\\cdot ", "÷": "\\div ", "≠": "\\ne "}
+_ROOT = re.compile(r"√\s*(\{[^{}]*\}|\([^()]*\)|\d+(?:\.\d+)?|\\?[A-Za-z]+)")
+
+
+def unicode_math(s: str) -> str | None:
+  """`2√3` -> `2\\sqrt{3}`, `√(x+1)` -> `\\sqrt{x+1}`, `π` -> `\\pi`; None if nothing changed."""
+  if not any(c in s for c in "√" + "".join(_UNICODE)):
+    return None
+  out = s
+  for ch, tex in _UNICODE.items():
+    out = out.replace(ch, tex)
+
+  def root(m: re.Match) -> str:
+    arg = m.group(1)
+    if arg[0] in "{(":
+      arg = arg[1:-1]
+    return "\\sqrt{" + arg + "}"
+  out = _ROOT.sub(root, out)
+  return out.strip() if out != s else None
+
+
+_REL = r"(<=|>=|<|>|\\leq|\\geq|\\le|\\ge|\\lt|\\gt|≤|≥)"
+_SIDE = r"([^<>=≤≥\\]*(?:\\(?!le|ge|lt|gt)[A-Za-z]+[^<>=≤≥\\]*)*)"
+_CHAIN = re.compile(r"^\s*" + _SIDE + _REL + r"\s*([A-Za-z])\s*" + _REL + _SIDE + r"\s*$")
+_ONE = re.compile(r"^\s*([A-Za-z])\s*" + _REL + _SIDE + r"\s*$")
+_ONE_REV = re.compile(r"^\s*" + _SIDE + _REL + r"\s*([A-Za-z])\s*$")
+
+
+def _direction(rel: str) -> tuple[bool, bool]:
+  """(is a less-than, is strict)."""
+  less = rel in ("<", "<=", "\\le", "\\leq", "\\lt", "≤")
+  return less, rel in ("<", ">", "\\lt", "\\gt")
+
+
+def inequality_interval(s: str) -> str | None:
+  """The interval a one-variable inequality describes: `0 \\le x < 1` -> `[0, 1)`."""
+  if len(s) > 200:
+    return None
+  m = _CHAIN.match(s)
+  if m:
+    lo, r1, _, r2, hi = (g.strip() for g in m.groups())
+    (less1, strict1), (less2, strict2) = _direction(r1), _direction(r2)
+    if not (lo and hi) or less1 != less2:
+      return None
+    if not less1:  # 1 > x >= 0: read right to left
+      lo, hi, strict1, strict2 = hi, lo, strict2, strict1
+    return ("(" if strict1 else "[") + f"{lo}, {hi}" + (")" if strict2 else "]")
+  m = _ONE.match(s)
+  if m:
+    _, rel, bound = (g.strip() for g in m.groups())
+    less, strict = _direction(rel)
+  else:
+    m = _ONE_REV.match(s)
+    if not m:
+      return None
+    bound, rel, _ = (g.strip() for g in m.groups())
+    less, strict = _direction(rel)
+    less = not less  # 2 < x is x > 2
+  if not bound:
+    return None
+  if less:
+    return f"(-\\infty, {bound}" + (")" if strict else "]")
+  return ("(" if strict else "[") + f"{bound}, \\infty)"
+
+
+_CHOICE = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?\(?([A-Ea-e])\)(?:\s*\})?[\s:.]*(.*)$|"
+                     r"^\s*(?:\\text(?:bf)?\{\s*)?([A-E])(?:\s*\})?\s*[:.]\s*(.+)$")
+
+
+def choice_parts(s: str) -> list[str]:
+  """`(B) 12`, `B) 12`, `\\text{(B) } 12`, `B: 12` -> [`B`, `12`]; [] if not a choice."""
+  m = _CHOICE.match(s)
+  if not m:
+    return []
+  label, value = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+  value = value.strip().strip("$").strip()
+  return [label.upper()] + ([value] if value else [])
+
+
+_NUMBER_WORDS = frozenset(
+  "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+  "fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy "
+  "eighty ninety hundred thousand million billion minus negative".split())
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def number_words_run(s: str) -> str | None:
+  """The one run of number words in a sentence (`There are twenty-one apples` ->
+  `twenty-one`); None if there is no run, several, or the sentence has digits."""
+  if len(s) > 300 or any(c.isdigit() for c in s):
+    return None
+  runs: list[list[str]] = [[]]
+  last_end = 0
+  for m in _WORD.finditer(s):
+    w = m.group().lower()
+    adjacent = s[last_end:m.start()].strip(" -") == ""
+    last_end = m.end()
+    current = runs[-1]
+    after_scale = current and current[-1] in ("hundred", "thousand", "million", "billion")
+    if current and adjacent and ((w == "and" and after_scale) or (
+        w in _NUMBER_WORDS and w not in ("minus", "negative"))):
+      current.append(w)  # "forty-two", "one hundred and five"
+    elif w in _NUMBER_WORDS:
+      runs.append([w])
+    elif current:
+      runs.append([])
+  runs = [r[:len(r) - (r[-1] == "and")] for r in runs if r]
+  runs = [r for r in runs if r and r[-1] not in ("minus", "negative")]
+  return " ".join(runs[0]) if len(runs) == 1 else None
