@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # num_steps 0: num_epochs passes over the packed rows.
   c.train = dict(num_steps=0, num_epochs=1, micro_batch_size=4, log_every=1, eval_every=0,
-                 checkpoint_every=20, keep_checkpoints=2, sample_every=0)
+                 checkpoint_every=20, keep_checkpoints=2, max_nonfinite_steps=10)
 
   # Held-out evaluation by sampling (before training, every train.eval_every steps, at the
   # end): pass@1 / cons@k / format rates on a task the rule rewards can check.

@@ -22,12 +22,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from r1jax import data as data_lib
-from r1jax import distill, steps
+from r1jax import distill, faults, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.data import sft as sft_data
 from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model.loader import load_model
+from r1jax.nonfinite import Guard
 from r1jax.run import make_evaluator, write_run_files
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
@@ -70,7 +71,8 @@ def validate(c) -> None:
   if c.distill.on_policy > 0 and c.distill.on_policy_max_new_tokens >= c.data.seq_len:
     raise ValueError(f"distill.on_policy_max_new_tokens={c.distill.on_policy_max_new_tokens} "
                      f"must be < data.seq_len={c.data.seq_len}")
-  for key in ("num_steps", "num_epochs", "log_every", "eval_every", "checkpoint_every"):
+  for key in ("num_steps", "num_epochs", "log_every", "eval_every", "checkpoint_every",
+              "max_nonfinite_steps"):
     if c.train[key] < 0:
       raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
   if c.train.num_steps == 0 and c.train.num_epochs == 0:
@@ -156,24 +158,6 @@ def train(c, workdir: str) -> list[dict]:
           f"{data_stats['dropped_overlong'] + data_stats['dropped_no_target']} dropped, "
           f"{data_stats['skipped_bad']} bad records skipped); {num_steps} steps", flush=True)
 
-  # Held-out evaluation by sampling, scored by the rule rewards.
-  writer = MetricsWriter(workdir, enabled=is_main)
-  run_eval = pool = None
-  if c.eval.num_problems > 0:
-    from r1jax.rewards import RewardPool, scored_weights
-    ev = c.eval
-    eval_src = data_lib.make_source(dict(ev.source))
-    examples = [eval_src[i] for i in range(min(ev.num_problems, len(eval_src)))]
-    weights = dict(scored_weights(dict(ev.rewards)), **dict(ev.rewards))  # zeros measured too
-    pool = RewardPool(weights, timeout_s=ev.timeout_s, num_workers=ev.num_workers)
-    scfg = SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,
-                          top_p=ev.top_p, num_samples=ev.samples,
-                          eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
-    run_eval = make_evaluator(
-        model_cfg, tokenizer, examples, data_lib.make_renderer(ev, tokenizer),
-        data_lib.prefill_text(ev.template, ev.think_prefill), pool, scfg, writer, mesh,
-        prompt_bucket=ev.prompt_bucket, reflection_words=tuple(ev.reflection_words))
-
   # Jitted step: the teacher's params are a frozen, non-donated input on the same mesh.
   ocfg = steps.OptimConfig(total_steps=num_steps, **c.optim.to_dict())
   tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
@@ -190,7 +174,27 @@ def train(c, workdir: str) -> list[dict]:
   n_micro = bsz // c.train.micro_batch_size
   train_step = steps.jit_train_step(
       steps.make_train_step(loss_fn, tx, n_micro, distill.token_count), state)
+
+  # Held-out evaluation by sampling, scored by the rule rewards.
+  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows > start
+  run_eval = pool = None
+  if c.eval.num_problems > 0:
+    from r1jax.rewards import RewardPool, scored_weights
+    ev = c.eval
+    eval_src = data_lib.make_source(dict(ev.source))
+    examples = [eval_src[i] for i in range(min(ev.num_problems, len(eval_src)))]
+    weights = dict(scored_weights(dict(ev.rewards)), **dict(ev.rewards))  # zeros measured too
+    pool = RewardPool(weights, timeout_s=ev.timeout_s, num_workers=ev.num_workers)
+    scfg = SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,
+                          top_p=ev.top_p, num_samples=ev.samples,
+                          eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
+    run_eval = make_evaluator(
+        model_cfg, tokenizer, examples, data_lib.make_renderer(ev, tokenizer),
+        data_lib.prefill_text(ev.template, ev.think_prefill), pool, scfg, writer, mesh,
+        prompt_bucket=ev.prompt_bucket, reflection_words=tuple(ev.reflection_words))
+
   progress = Progress(num_steps, start)
+  guard = Guard(c.train.max_nonfinite_steps)
   logged = []
 
   with use_mesh(mesh):
@@ -205,8 +209,10 @@ def train(c, workdir: str) -> list[dict]:
       if on_policy:
         batch = on_policy_rows(state.params, model_cfg, rows.examples, tokenizer, c, step,
                                pol_rng, bsz)
+        faults.hit("sample", step + 1)
       ntok = int(batch["loss_mask"].sum())
       state, m = train_step(state, shard_batch(batch, mesh), teacher_params)
+      faults.hit("train", step + 1)
       m = to_host(m)
       dt = time.time() - t0
       metrics = dict(m, step_time_s=dt, trained_tokens=ntok,
@@ -216,6 +222,7 @@ def train(c, workdir: str) -> list[dict]:
       if step == 0:
         metrics.update({f"data/{k}": v for k, v in data_stats.items()})
       done = step + 1
+      guard.update(done, metrics)  # raises after too many NaN/inf steps in a row
       if c.train.log_every and (done % c.train.log_every == 0 or done == 1):
         logged.append(writer.write(done, metrics))
         if is_main:

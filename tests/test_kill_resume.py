@@ -20,7 +20,11 @@ CHAIN = ["sample:2", "reward:3", "train:4", "checkpoint:4"]
 TIMING = ("_time_s", "tokens_per_s")  # wall-clock metrics differ between any two runs
 
 
-def _run(workdir, cache, fault=None):
+SFT = ["-m", "r1jax.sft", f"--config={ROOT}/configs/sft.py:tiny", "--config.eval.num_problems=0",
+       "--config.train.checkpoint_every=1"]
+
+
+def _run(workdir, cache, fault=None, program=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
              R1JAX_KILL_TEST=cache,  # marks this run's processes (reward workers included)
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -29,9 +33,10 @@ def _run(workdir, cache, fault=None):
   env.pop("R1JAX_FAULT", None)
   if fault:
     env["R1JAX_FAULT"] = fault
-  cmd = [sys.executable, "-m", "r1jax.train", f"--config={ROOT}/configs/r1_zero.py:tiny",
-         f"--workdir={workdir}", "--config.train.eval_every=0", "--config.train.checkpoint_every=1",
-         f"--config.train.num_steps={STEPS}"]
+  cmd = [sys.executable, *(program or [
+      "-m", "r1jax.train", f"--config={ROOT}/configs/r1_zero.py:tiny",
+      "--config.train.eval_every=0", "--config.train.checkpoint_every=1"]),
+         f"--workdir={workdir}", f"--config.train.num_steps={STEPS}"]
   t0 = time.monotonic()
   p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
   return p, time.monotonic() - t0
@@ -133,3 +138,24 @@ def test_metrics_writer_rewinds_to_the_checkpoint(tmp_path):
   MetricsWriter(d, resume_step=0).close()
   assert os.path.getsize(os.path.join(d, "metrics.jsonl")) == 0
   MetricsWriter(d).close()  # None: files untouched
+
+
+def test_sft_kill_anywhere_and_resume_is_bit_identical(tmp_path):
+  """The same for the SFT trainer: killed inside a train step and while a checkpoint is
+  written, then restarted, it ends with the uninterrupted run's metrics and params."""
+  cache = str(tmp_path / "xla_cache")
+  ref, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
+  p, _ = _run(ref, cache, program=SFT)
+  assert p.returncode == 0, p.stderr[-3000:]
+  for fault in ("train:2", "checkpoint:3"):
+    p, _ = _run(killed, cache, fault, program=SFT)
+    assert p.returncode == -signal.SIGKILL, (fault, p.returncode, p.stderr[-3000:])
+  p, _ = _run(killed, cache, program=SFT)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "resumed from step 2" in p.stdout
+  a = _rows(os.path.join(ref, "metrics.jsonl"), drop_timing=True)
+  b = _rows(os.path.join(killed, "metrics.jsonl"), drop_timing=True)
+  assert [r["step"] for r in b] == list(range(1, STEPS + 1))
+  assert a == b
+  for x, y in zip(_leaves(_final_params(ref)), _leaves(_final_params(killed))):
+    np.testing.assert_array_equal(x, y)
