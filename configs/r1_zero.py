@@ -40,7 +40,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.grpo = dict(epsilon=0.2, epsilon_high=None, beta=0.0, loss_aggregation="seq-mean-token-mean",
                 advantage_norm="std", advantage_eps=1e-6, std_ddof=1, kl_estimator="k3",
-                logprob_impl="auto", mu=1, prompts_per_step=4, micro_batch_size=8)
+                logprob_impl="auto", mu=1, prompts_per_step=4, micro_batch_size=8,
+                # The RL family (r1jax/advantages.py, r1jax/policy_loss.py): estimator in
+                # {grpo, rloo, reinforce_pp_baseline, gae (PPO, needs the ppo section)};
+                # policy_loss in {ppo_clip, dual_clip, gspo, gspo_token, cispo}; tis in
+                # {none, token, sequence}: weight min(pi_old / pi_sampler, tis_cap).
+                advantage_estimator="grpo", policy_loss="ppo_clip", dual_clip_c=3.0,
+                tis="none", tis_cap=2.0)
   c.grpo.epsilon_high = ml_collections.config_dict.placeholder(float)
 
   c.optim = dict(learning_rate=1e-5, warmup_steps=2, schedule="constant", weight_decay=0.0,

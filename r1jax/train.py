@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
+from r1jax import advantages as adv_lib
 from r1jax import grpo, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
@@ -52,6 +53,7 @@ def validate(c) -> None:
   if c.sampling.num_samples < 2:
     raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
   sampling_config(c)  # raises on a bad value
+  grpo_config(c)  # raises on a bad value or an incompatible combination
   if c.grpo.mu < 1:
     raise ValueError(f"grpo.mu={c.grpo.mu} must be >= 1")
   for key in ("num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every"):
@@ -75,7 +77,8 @@ def grpo_config(c) -> grpo.GRPOConfig:
       loss_aggregation=g.loss_aggregation, advantage_norm=g.advantage_norm,
       advantage_eps=g.advantage_eps, std_ddof=g.std_ddof, kl_estimator=g.kl_estimator,
       max_completion_len=c.sampling.max_new_tokens, temperature=c.sampling.temperature or 1.0,
-      logprob_impl=g.logprob_impl)
+      logprob_impl=g.logprob_impl, advantage_estimator=g.advantage_estimator,
+      policy_loss=g.policy_loss, dual_clip_c=g.dual_clip_c, tis=g.tis, tis_cap=g.tis_cap)
 
 
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
@@ -84,7 +87,8 @@ def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -
   keep = min(n, max(bucket, -(-int(out.lengths.max()) // bucket) * bucket))
   return grpo.Batch(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
                     completion_tokens=out.tokens[:, :keep], completion_mask=out.mask[:, :keep],
-                    advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None)
+                    advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None,
+                    sampler_logp=out.logprobs[:, :keep])
 
 
 def main(argv) -> None:
@@ -210,8 +214,8 @@ def train(c, workdir: str) -> list[dict]:
 
       # 3. Advantages and the GRPO update(s).
       t0 = time.time()
-      adv = grpo.group_advantages(res.total, g, gcfg.advantage_norm, gcfg.advantage_eps,
-                                  gcfg.std_ddof)
+      adv = adv_lib.outcome_advantages(res.total, g, gcfg.advantage_estimator,
+                                       gcfg.advantage_norm, gcfg.advantage_eps, gcfg.std_ddof)
       batch = shard_batch(build_batch(ptoks, pmask, out, adv), mesh)
       if gcfg.beta > 0:
         batch = batch._replace(ref_logp=logp_fn(ref_params, batch))
