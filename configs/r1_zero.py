@@ -46,7 +46,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # policy_loss in {ppo_clip, dual_clip, gspo, gspo_token, cispo}; tis in
                 # {none, token, sequence}: weight min(pi_old / pi_sampler, tis_cap).
                 advantage_estimator="grpo", policy_loss="ppo_clip", dual_clip_c=3.0,
-                tis="none", tis_cap=2.0)
+                tis="none", tis_cap=2.0,
+                # DAPO dynamic sampling: drop groups with all-equal rewards and draw more
+                # prompts, at most max_sampling_rounds rollouts per step.
+                dynamic_sampling=False, max_sampling_rounds=4)
   c.grpo.epsilon_high = ml_collections.config_dict.placeholder(float)
 
   c.optim = dict(learning_rate=1e-5, warmup_steps=2, schedule="constant", weight_decay=0.0,

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
 from r1jax import advantages as adv_lib
-from r1jax import grpo, steps
+from r1jax import dynamic_sampling, grpo, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
@@ -54,6 +54,8 @@ def validate(c) -> None:
     raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
   sampling_config(c)  # raises on a bad value
   grpo_config(c)  # raises on a bad value or an incompatible combination
+  if c.grpo.dynamic_sampling and c.grpo.max_sampling_rounds < 1:
+    raise ValueError(f"grpo.max_sampling_rounds={c.grpo.max_sampling_rounds} must be >= 1")
   if c.grpo.mu < 1:
     raise ValueError(f"grpo.mu={c.grpo.mu} must be >= 1")
   for key in ("num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every"):
@@ -193,24 +195,34 @@ def train(c, workdir: str) -> list[dict]:
     for step in range(start, c.train.num_steps):
       t_step = time.time()
       rng, sample_rng, eval_rng = jax.random.split(rng, 3)
-      examples = next(data_it)
-      prompts = [render(ex) for ex in examples]
-      ptoks, pmask = pad_prompts([tokenizer.encode(p) for p in prompts], tokenizer.pad_id,
-                                 c.data.prompt_bucket)
+      times = {"sample": 0.0, "reward": 0.0}
 
-      # 1. Rollouts.
-      t0 = time.time()
-      dev_ptoks, dev_pmask = shard_batch((ptoks, pmask), mesh)
-      out = to_host(generate(state.params, model_cfg, dev_ptoks, dev_pmask, sample_rng, scfg))
-      t_sample = time.time() - t0
+      def draw(rnd, sample_rng=sample_rng):
+        """1. Rollouts of the next prompts on the mesh; 2. their rewards on the host."""
+        examples = next(data_it)
+        prompts = [render(ex) for ex in examples]
+        ids = [tokenizer.encode(p) for p in prompts]
+        t0 = time.time()
+        dev = shard_batch(pad_prompts(ids, tokenizer.pad_id, c.data.prompt_bucket), mesh)
+        out = to_host(generate(state.params, model_cfg, *dev,
+                               jax.random.fold_in(sample_rng, rnd) if rnd else sample_rng, scfg))
+        times["sample"] += time.time() - t0
+        t0 = time.time()
+        texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
+        res = pool.score(texts, [dict(examples[i // g], prefill=prefill,
+                                      completion_tokens=int(out.lengths[i]))
+                                 for i in range(len(texts))])
+        times["reward"] += time.time() - t0
+        return dynamic_sampling.Rollout(examples, prompts, ids, out, texts, res)
 
-      # 2. Rewards on the host.
-      t0 = time.time()
-      texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
-      row_examples = [dict(examples[i // g], prefill=prefill,
-                           completion_tokens=int(out.lengths[i])) for i in range(len(texts))]
-      res = pool.score(texts, row_examples)
-      t_reward = time.time() - t0
+      if c.grpo.dynamic_sampling:
+        ro, dyn_metrics = dynamic_sampling.fill_batch(draw, c.grpo.prompts_per_step, g,
+                                                      c.grpo.max_sampling_rounds)
+      else:
+        ro, dyn_metrics = draw(0), {}
+      examples, prompts, out, texts, res = ro.examples, ro.prompts, ro.out, ro.texts, ro.res
+      ptoks, pmask = pad_prompts(ro.prompt_ids, tokenizer.pad_id, c.data.prompt_bucket)
+      t_sample, t_reward = times["sample"], times["reward"]
 
       # 3. Advantages and the GRPO update(s).
       t0 = time.time()
@@ -229,7 +241,7 @@ def train(c, workdir: str) -> list[dict]:
       # 4. Metrics, samples, evaluation, checkpoints.
       step_time = time.time() - t_step
       n_gen = int(out.lengths.sum())
-      metrics = dict(m)
+      metrics = dict(m, **dyn_metrics)
       metrics.update(
           reward_mean=float(res.total.mean()), reward_std=float(res.total.std()),
           accuracy=float(res.per_reward["accuracy"].mean()),
