@@ -52,6 +52,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 dynamic_sampling=False, max_sampling_rounds=4)
   c.grpo.epsilon_high = ml_collections.config_dict.placeholder(float)
 
+  # PPO with a critic (grpo.advantage_estimator="gae", r1jax/ppo.py): a value head on a copy
+  # of the policy with its own AdamW; kl_in="reward" puts beta * k1 per token in the reward,
+  # "loss" keeps the k3 term in the policy loss; only the critic trains for the warm-up steps.
+  c.ppo = dict(gamma=1.0, lam=0.95, value_clip=0.2, value_loss_weight=0.5,
+               whiten_advantages=True, kl_in="reward", critic_warmup_steps=0,
+               critic_learning_rate=1e-5)
+
   c.optim = dict(learning_rate=1e-5, warmup_steps=2, schedule="constant", weight_decay=0.0,
                  b1=0.9, b2=0.99, max_grad_norm=1.0)
 

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
 from r1jax import advantages as adv_lib
-from r1jax import dynamic_sampling, grpo, steps
+from r1jax import dynamic_sampling, grpo, ppo, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
@@ -54,6 +54,7 @@ def validate(c) -> None:
     raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
   sampling_config(c)  # raises on a bad value
   grpo_config(c)  # raises on a bad value or an incompatible combination
+  ppo.from_config(c)
   if c.grpo.dynamic_sampling and c.grpo.max_sampling_rounds < 1:
     raise ValueError(f"grpo.max_sampling_rounds={c.grpo.max_sampling_rounds} must be >= 1")
   if c.grpo.mu < 1:
@@ -148,7 +149,9 @@ def train(c, workdir: str) -> list[dict]:
   # Jitted steps; all share the mesh and the params' shardings.
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
   tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
-  loss_fn = functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg)
+  pcfg = ppo.from_config(c)  # PPO: a critic, GAE advantages (None for the outcome estimators)
+  loss_fn = functools.partial(_loss, gcfg=ppo.loss_config(gcfg, pcfg) if pcfg else gcfg,
+                              model_cfg=model_cfg)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
   logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
                                       temperature=gcfg.temperature, impl=gcfg.logprob_impl))
@@ -170,6 +173,10 @@ def train(c, workdir: str) -> list[dict]:
                     c.grpo.micro_batch_size // g, dp)
   train_step = steps.jit_train_step(
       steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg)), state)
+  if pcfg:
+    critic_state, critic = ppo.make_critic(state.params, model_cfg, pcfg, ocfg, n_micro, mesh)
+    if start:
+      logging.warning("PPO resumed at step %d: the critic is not checkpointed, it restarts", start)
 
   writer = MetricsWriter(workdir, enabled=is_main)
   progress = Progress(c.train.num_steps, start)
@@ -226,14 +233,19 @@ def train(c, workdir: str) -> list[dict]:
 
       # 3. Advantages and the GRPO update(s).
       t0 = time.time()
-      adv = adv_lib.outcome_advantages(res.total, g, gcfg.advantage_estimator,
-                                       gcfg.advantage_norm, gcfg.advantage_eps, gcfg.std_ddof)
+      adv = np.zeros(len(texts)) if pcfg else adv_lib.outcome_advantages(
+          res.total, g, gcfg.advantage_estimator, gcfg.advantage_norm, gcfg.advantage_eps,
+          gcfg.std_ddof)
       batch = shard_batch(build_batch(ptoks, pmask, out, adv), mesh)
       if gcfg.beta > 0:
         batch = batch._replace(ref_logp=logp_fn(ref_params, batch))
-      if c.grpo.mu > 1:
+      if c.grpo.mu > 1 or pcfg:
         batch = batch._replace(old_logp=logp_fn(state.params, batch))
-      for _ in range(c.grpo.mu):
+      critic_m, m = {}, {}
+      if pcfg:
+        batch, critic_state, critic_m, adv = ppo.update_critic(critic, critic_state, batch,
+                                                               res.total, gcfg.beta)
+      for _ in range(0 if pcfg and step < pcfg.critic_warmup_steps else c.grpo.mu):
         state, m = train_step(state, batch)
       m = to_host(m)
       t_train = time.time() - t0
@@ -241,7 +253,7 @@ def train(c, workdir: str) -> list[dict]:
       # 4. Metrics, samples, evaluation, checkpoints.
       step_time = time.time() - t_step
       n_gen = int(out.lengths.sum())
-      metrics = dict(m, **dyn_metrics)
+      metrics = dict(m, **dyn_metrics, **critic_m)
       metrics.update(
           reward_mean=float(res.total.mean()), reward_std=float(res.total.std()),
           accuracy=float(res.per_reward["accuracy"].mean()),
