@@ -69,7 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                 language=0.0, code=0.0, overlong=0.0, cosine=0.0),
                    timeout_s=10.0, num_workers=2)
 
-  c.train = dict(num_steps=200, log_every=1, sample_every=5, num_logged_samples=4,
+  # max_wall_s > 0 stops the loop after that many seconds (then a final eval and checkpoint).
+  c.train = dict(num_steps=200, max_wall_s=0, log_every=1, sample_every=5, num_logged_samples=4,
                  eval_every=10, eval_samples=4, eval_temperature=0.6, eval_top_p=0.95,
                  checkpoint_every=10, keep_checkpoints=3, reflection_words=(
                      "wait", "let me re-check", "re-evaluate", "double-check", "hmm"))

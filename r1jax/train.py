@@ -199,6 +199,7 @@ def train(c, workdir: str) -> list[dict]:
   with use_mesh(mesh):
     if start == 0 and c.train.eval_every > 0 and eval_examples:
       run_eval(jax.random.fold_in(rng, 10**9), 0)
+    t_loop = time.time()  # train.max_wall_s (0 = off) stops early, with a final eval + save
     for step in range(start, c.train.num_steps):
       t_step = time.time()
       rng, sample_rng, eval_rng = jax.random.split(rng, 3)
@@ -272,6 +273,7 @@ def train(c, workdir: str) -> list[dict]:
       for name, n in res.failures.items():
         metrics[f"reward_failures/{name}"] = n
       done_steps = step + 1
+      timeout = 0 < c.train.get("max_wall_s", 0) <= time.time() - t_loop
       if c.train.log_every and (done_steps % c.train.log_every == 0 or done_steps == 1):
         rows.append(writer.write(done_steps, metrics))
         if is_main:
@@ -284,11 +286,14 @@ def train(c, workdir: str) -> list[dict]:
              "advantage": float(adv[i]), "length": int(out.lengths[i]),
              **{f"reward/{n}": float(v[i]) for n, v in res.per_reward.items()}}
             for i in range(min(k, len(texts)))])
-      if c.train.eval_every and eval_examples and done_steps % c.train.eval_every == 0:
+      if c.train.eval_every and eval_examples and (done_steps % c.train.eval_every == 0
+                                                   or timeout):
         run_eval(eval_rng, done_steps)
       if c.train.checkpoint_every and (done_steps % c.train.checkpoint_every == 0
-                                       or done_steps == c.train.num_steps):
+                                       or done_steps == c.train.num_steps or timeout):
         ckpt.save(done_steps, state, rng, data_lib.save_iterator_state(data_it))
+      if timeout:
+        break
 
   pool.close()
   ckpt.close()
