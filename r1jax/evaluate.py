@@ -65,14 +65,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def majority_vote(answers: Sequence[str | None], correct: Sequence[float]) -> float:
   """Correctness of the most common non-empty answer (first seen wins ties); 0 if none."""
-  counts = collections.Counter(a for a in answers if a)
-  if not counts:
-    return 0.0
-  best = max(counts.values())
-  for a, ok in zip(answers, correct):
-    if a and counts[a] == best:
-      return float(ok)
-  return 0.0
+  return weighted_majority_vote(answers, [1.0] * len(answers), correct)
 
 
 def best_of_n(scores: Sequence[float], correct: Sequence[float]) -> float:
