@@ -35,6 +35,8 @@ from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, u
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 ADVANTAGE_NORMS = ("std", "none")
 KL_ESTIMATORS = ("k3", "k1", "k2")
+# GRPOConfig fields of the algorithm family (read from the config's grpo section when set).
+FAMILY_KNOBS = ("advantage_estimator", "policy_loss", "dual_clip_c", "tis", "tis_cap")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,7 +58,7 @@ class PPOConfig:
 
 def from_config(c) -> PPOConfig | None:
   """The `ppo` section of an experiment config when the estimator is gae, else None."""
-  if c.grpo.advantage_estimator != "gae":
+  if c.grpo.get("advantage_estimator", "grpo") != "gae":
     return None
   return PPOConfig(**c.ppo.to_dict())
 

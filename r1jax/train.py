@@ -55,7 +55,7 @@ def validate(c) -> None:
   sampling_config(c)  # raises on a bad value
   grpo_config(c)  # raises on a bad value or an incompatible combination
   ppo.from_config(c)
-  if c.grpo.dynamic_sampling and c.grpo.max_sampling_rounds < 1:
+  if c.grpo.get("dynamic_sampling") and c.grpo.max_sampling_rounds < 1:
     raise ValueError(f"grpo.max_sampling_rounds={c.grpo.max_sampling_rounds} must be >= 1")
   if c.grpo.mu < 1:
     raise ValueError(f"grpo.mu={c.grpo.mu} must be >= 1")
@@ -80,8 +80,7 @@ def grpo_config(c) -> grpo.GRPOConfig:
       loss_aggregation=g.loss_aggregation, advantage_norm=g.advantage_norm,
       advantage_eps=g.advantage_eps, std_ddof=g.std_ddof, kl_estimator=g.kl_estimator,
       max_completion_len=c.sampling.max_new_tokens, temperature=c.sampling.temperature or 1.0,
-      logprob_impl=g.logprob_impl, advantage_estimator=g.advantage_estimator,
-      policy_loss=g.policy_loss, dual_clip_c=g.dual_clip_c, tis=g.tis, tis_cap=g.tis_cap)
+      logprob_impl=g.logprob_impl, **{k: g[k] for k in grpo.FAMILY_KNOBS if k in g})
 
 
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
@@ -223,7 +222,7 @@ def train(c, workdir: str) -> list[dict]:
         times["reward"] += time.time() - t0
         return dynamic_sampling.Rollout(examples, prompts, ids, out, texts, res)
 
-      if c.grpo.dynamic_sampling:
+      if c.grpo.get("dynamic_sampling"):
         ro, dyn_metrics = dynamic_sampling.fill_batch(draw, c.grpo.prompts_per_step, g,
                                                       c.grpo.max_sampling_rounds)
       else:
