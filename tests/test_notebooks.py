@@ -20,7 +20,7 @@ def test_there_are_notebooks():
 def test_notebook_runs(path, monkeypatch):
   # The kernel inherits this environment: this checkout first on the path, short tiny runs.
   monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  monkeypatch.setenv("R1JAX_NOTEBOOK_STEPS", "2")
+  monkeypatch.setenv("R1JAX_NOTEBOOK_STEPS", "1")
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   nb = nbformat.read(path, as_version=4)
