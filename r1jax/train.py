@@ -157,13 +157,17 @@ def train(c, workdir: str) -> list[dict]:
 
   state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
   del params
+  critic_state = None  # PPO's critic train state, checkpointed beside the policy's
+  if pcfg:
+    critic_state, critic = ppo.make_critic(state.params, model_cfg, pcfg, ocfg, n_micro, mesh)
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
-    state, rng, data_state, _ = ckpt.restore(abstract_like(state))
+    tree, rng, data_state, _ = ckpt.restore(abstract_like((state, critic_state) if pcfg else state))
+    state, critic_state = tree if pcfg else (tree, None)
     data_lib.restore_iterator_state(data_it, data_state)
-    print(f"resumed from step {int(state.step)} of {workdir}", flush=True)
-  start = int(state.step)
+    print(f"resumed from step {ckpt.latest_step()} of {workdir}", flush=True)
+  start = ckpt.latest_step() or 0  # loop steps (state.step counts updates: mu per step)
   dp = batch_parallel_size(mesh)
   if (c.grpo.micro_batch_size // g) % dp:
     logging.warning("grpo.micro_batch_size=%d holds %d prompts, not a multiple of the %d "
@@ -172,10 +176,6 @@ def train(c, workdir: str) -> list[dict]:
                     c.grpo.micro_batch_size // g, dp)
   train_step = steps.jit_train_step(
       steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg)), state)
-  if pcfg:
-    critic_state, critic = ppo.make_critic(state.params, model_cfg, pcfg, ocfg, n_micro, mesh)
-    if start:
-      logging.warning("PPO resumed at step %d: the critic is not checkpointed, it restarts", start)
 
   writer = MetricsWriter(workdir, enabled=is_main)
   progress = Progress(c.train.num_steps, start)
@@ -290,7 +290,8 @@ def train(c, workdir: str) -> list[dict]:
         run_eval(eval_rng, done_steps)
       if c.train.checkpoint_every and (done_steps % c.train.checkpoint_every == 0
                                        or done_steps == c.train.num_steps or timeout):
-        ckpt.save(done_steps, state, rng, data_lib.save_iterator_state(data_it))
+        ckpt.save(done_steps, (state, critic_state) if pcfg else state, rng,
+                  data_lib.save_iterator_state(data_it))
       if timeout:
         break
 

@@ -55,10 +55,11 @@ def test_bad_algorithm_config_is_named(field, value, match):
     train_lib.validate(c)
 
 
-def test_ppo_tiny_run(tmp_path):
+def test_ppo_tiny_run_and_resume(tmp_path):
   c = _cfg(advantage_estimator="gae")
   c.ppo.critic_warmup_steps = 1
   c.ppo.critic_learning_rate = 1e-3
+  c.train.checkpoint_every = 1
   c.rewards.weights.cosine = 1.0  # a non-zero (length-shaped) score for the critic to fit
   train_lib.validate(c)
   rows = train_lib.train(c, str(tmp_path))
@@ -70,3 +71,8 @@ def test_ppo_tiny_run(tmp_path):
   for r in rows:
     assert np.isfinite(r["critic/value_loss"]) and np.isfinite(r["critic/grad_norm"])
   assert np.isfinite(rows[1]["loss"]) and rows[1]["kl"] == 0.0  # KL is in the reward
+  # Resuming restores the critic with the policy: its values are not back at 0.
+  c.train.num_steps = 3
+  more = train_lib.train(c, str(tmp_path))
+  assert [r["step"] for r in more] == [3]
+  assert more[0]["critic/value_mean"] != 0.0
