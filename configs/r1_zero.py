@@ -40,8 +40,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.grpo = dict(epsilon=0.2, epsilon_high=None, beta=0.0, loss_aggregation="seq-mean-token-mean",
                 advantage_norm="std", advantage_eps=1e-6, std_ddof=1, kl_estimator="k3",
-                logprob_impl="auto", mu=1, prompts_per_step=4, micro_batch_size=8)
+                logprob_impl="auto", mu=1, prompts_per_step=4, micro_batch_size=8,
+                # The RL family (r1jax/advantages.py, r1jax/policy_loss.py): estimator in
+                # {grpo, rloo, reinforce_pp_baseline, gae (PPO, needs the ppo section)};
+                # policy_loss in {ppo_clip, dual_clip, gspo, gspo_token, cispo}; tis in
+                # {none, token, sequence}: weight min(pi_old / pi_sampler, tis_cap).
+                advantage_estimator="grpo", policy_loss="ppo_clip", dual_clip_c=3.0,
+                tis="none", tis_cap=2.0,
+                # DAPO dynamic sampling: drop groups with all-equal rewards and draw more
+                # prompts, at most max_sampling_rounds rollouts per step.
+                dynamic_sampling=False, max_sampling_rounds=4)
   c.grpo.epsilon_high = ml_collections.config_dict.placeholder(float)
+
+  # PPO with a critic (grpo.advantage_estimator="gae", r1jax/ppo.py): a value head on a copy
+  # of the policy with its own AdamW; kl_in="reward" puts beta * k1 per token in the reward,
+  # "loss" keeps the k3 term in the policy loss; only the critic trains for the warm-up steps.
+  c.ppo = dict(gamma=1.0, lam=0.95, value_clip=0.2, value_loss_weight=0.5,
+               whiten_advantages=True, kl_in="reward", critic_warmup_steps=0,
+               critic_learning_rate=1e-5)
 
   c.optim = dict(learning_rate=1e-5, warmup_steps=2, schedule="constant", weight_decay=0.0,
                  b1=0.9, b2=0.99, max_grad_norm=1.0)
@@ -59,7 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    # Per-source weights: task -> {reward name or "reward_model": weight}.
                    routing={})
 
-  c.train = dict(num_steps=200, log_every=1, sample_every=5, num_logged_samples=4,
+  # max_wall_s > 0 stops the loop after that many seconds (then a final eval and checkpoint).
+  c.train = dict(num_steps=200, max_wall_s=0, log_every=1, sample_every=5, num_logged_samples=4,
                  eval_every=10, eval_samples=4, eval_temperature=0.6, eval_top_p=0.95,
                  checkpoint_every=10, keep_checkpoints=3, max_nonfinite_steps=10,
                  reflection_words=(

@@ -5,6 +5,9 @@
     python -m r1jax.evaluate --config=configs/r1_zero.py --checkpoint=/tmp/r1z \\
         --num_samples=16 --source='{"kind": "jsonl", "path": "aime.jsonl"}' --output_dir=/tmp/ev
 
+Test-time compute beside cons@k: best-of-k (the sample an outcome scorer ranks first) and
+verifier-weighted majority voting, given any scorer (`records_metrics(..., scorer=)`).
+
 pass@1 = mean correctness over the k samples of a problem (then over problems);
 pass@k uses the unbiased estimator 1 - C(n-c, k) / C(n, k); cons@k is correctness of
 the majority answer among the k samples (answers normalised as the accuracy reward
@@ -62,14 +65,44 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def majority_vote(answers: Sequence[str | None], correct: Sequence[float]) -> float:
   """Correctness of the most common non-empty answer (first seen wins ties); 0 if none."""
-  counts = collections.Counter(a for a in answers if a)
-  if not counts:
+  return weighted_majority_vote(answers, [1.0] * len(answers), correct)
+
+
+def best_of_n(scores: Sequence[float], correct: Sequence[float]) -> float:
+  """Correctness of the sample an outcome scorer (ORM / verifier) ranks highest (first
+  seen wins ties); 0 with no samples."""
+  if len(scores) == 0:
     return 0.0
-  best = max(counts.values())
+  return float(correct[int(np.argmax(np.asarray(scores, np.float64)))])
+
+
+def weighted_majority_vote(answers: Sequence[str | None], weights: Sequence[float],
+                           correct: Sequence[float]) -> float:
+  """Verifier-weighted majority voting: the non-empty answer with the largest summed
+  weight (weights >= 0, e.g. an ORM's probability of correct) wins; first seen wins ties."""
+  totals: dict[str, float] = collections.defaultdict(float)
+  for a, w in zip(answers, weights):
+    if a:
+      if w < 0:
+        raise ValueError(f"weighted majority voting needs weights >= 0, got {w}")
+      totals[a] += float(w)
+  if not totals:
+    return 0.0
+  best = max(totals.values())
   for a, ok in zip(answers, correct):
-    if a and counts[a] == best:
+    if a and totals[a] == best:
       return float(ok)
   return 0.0
+
+
+def test_time_metrics(correct: np.ndarray, answers: Sequence[Sequence[str | None]],
+                      scores: np.ndarray) -> dict[str, float]:
+  """correct, scores [P, k]; answers [P][k] -> best-of-k and verifier-weighted cons@k."""
+  correct, scores = np.asarray(correct, np.float64), np.asarray(scores, np.float64)
+  k = correct.shape[1]
+  return {f"best_of_{k}": float(np.mean([best_of_n(s, c) for s, c in zip(scores, correct)])),
+          f"weighted_cons@{k}": float(np.mean([weighted_majority_vote(a, s, c) for a, s, c
+                                               in zip(answers, scores, correct)]))}
 
 
 def reflection_rate(texts: Sequence[str], words: Sequence[str]) -> float:
@@ -146,12 +179,16 @@ def _length_stats(lengths: np.ndarray, percentiles: Sequence[float]) -> dict[str
 
 def records_metrics(records: Sequence[Mapping[str, Any]], k: int,
                     reflection_words: Sequence[str] = (), *, ks: Sequence[int] | None = None,
-                    percentiles: Sequence[float] = (50, 90)) -> dict[str, float]:
+                    percentiles: Sequence[float] = (50, 90),
+                    scorer: Callable[[Sequence[Mapping[str, Any]]], Sequence[float]] | None = None
+                    ) -> dict[str, float]:
   """Protocol metrics from `sample_and_score` records (k consecutive records per problem).
 
   pass@1, pass@j for each j in `ks` (default: k) with 1 < j <= k, cons@k; response length
   mean, max and percentiles; format rate and truncation rate when recorded; reflection
   share; with several tasks, pass@1 / cons@k / pass@k per task (`pass@1/TASK`, ...).
+  `scorer` (any outcome scorer, e.g. an ORM: records -> one score each) adds best_of_k and
+  weighted_cons@k (`test_time_metrics`).
   """
   if not records:
     return {}
@@ -162,6 +199,9 @@ def records_metrics(records: Sequence[Mapping[str, Any]], k: int,
   answers = [[r["normalized"] for r in records[i:i + k]] for i in range(0, len(records), k)]
   out = summarize(correct, answers, ks=ks)
   out["num_problems"] = len(answers)
+  if scorer is not None:
+    scores = np.asarray(scorer(records), np.float64).reshape(-1, k)
+    out.update(test_time_metrics(correct, answers, scores))
   out.update(_length_stats(np.asarray([r["length"] for r in records]), percentiles))
   if "reward/format" in records[0]:
     out["format_rate"] = float(np.mean([r["reward/format"] for r in records]))

@@ -13,6 +13,10 @@ Aggregations (`loss_aggregation`):
   token-mean                sum_i,t / sum_i |o_i|    (DAPO)
   seq-mean-token-sum-norm   1/G sum_i sum_t / L_max  (Dr. GRPO)
 Across several groups in one batch, the per-sequence mean runs over all sequences.
+
+The advantage estimator (`advantage_estimator`: grpo, rloo, reinforce_pp_baseline, gae) lives
+in r1jax/advantages.py, the surrogate (`policy_loss`: ppo_clip, dual_clip, gspo, gspo_token,
+cispo) and the sampler/trainer correction (`tis`) in r1jax/policy_loss.py.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax import advantages as adv_lib
+from r1jax import policy_loss as pl
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
 
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 ADVANTAGE_NORMS = ("std", "none")
 KL_ESTIMATORS = ("k3", "k1", "k2")
+# GRPOConfig fields of the algorithm family (read from the config's grpo section when set).
+FAMILY_KNOBS = ("advantage_estimator", "policy_loss", "dual_clip_c", "tis", "tis_cap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +52,11 @@ class GRPOConfig:
   max_completion_len: int = 0  # L_max for seq-mean-token-sum-norm; 0 = padded length
   temperature: float = 1.0  # logits are divided by it, as in sampling
   logprob_impl: str = "auto"  # kernels.token_logprobs implementation
+  advantage_estimator: str = "grpo"  # advantages.ESTIMATORS
+  policy_loss: str = "ppo_clip"  # policy_loss.POLICY_LOSSES
+  dual_clip_c: float = 3.0  # dual_clip's bound on the loss of negative-advantage tokens
+  tis: str = "none"  # truncated importance sampling vs the sampler: none | token | sequence
+  tis_cap: float = 2.0  # C in min(pi_old / pi_sampler, C)
 
   def __post_init__(self):
     if self.loss_aggregation not in AGGREGATIONS:
@@ -60,6 +73,23 @@ class GRPOConfig:
       raise ValueError(f"beta must be >= 0, got {self.beta}")
     if self.temperature <= 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    if self.advantage_estimator not in adv_lib.ESTIMATORS:
+      raise ValueError(f"advantage_estimator={self.advantage_estimator!r}; choose from "
+                       f"{adv_lib.ESTIMATORS}")
+    if self.policy_loss not in pl.POLICY_LOSSES:
+      raise ValueError(f"policy_loss={self.policy_loss!r}; choose from {pl.POLICY_LOSSES}")
+    if self.policy_loss == "gspo" and self.loss_aggregation != "seq-mean-token-mean":
+      raise ValueError(f"policy_loss='gspo' with loss_aggregation={self.loss_aggregation!r}: "
+                       "GSPO's unit is the sequence, use seq-mean-token-mean (or gspo_token)")
+    if self.policy_loss == "gspo" and self.advantage_estimator == "gae":
+      raise ValueError("policy_loss='gspo' with advantage_estimator='gae': a sequence ratio "
+                       "needs per-sequence advantages, use gspo_token")
+    if self.policy_loss == "dual_clip" and self.dual_clip_c <= 1:
+      raise ValueError(f"dual_clip_c must be > 1, got {self.dual_clip_c}")
+    if self.tis not in pl.TIS_MODES:
+      raise ValueError(f"tis={self.tis!r}; choose from {pl.TIS_MODES}")
+    if self.tis_cap <= 0:
+      raise ValueError(f"tis_cap must be > 0, got {self.tis_cap}")
 
 
 def group_advantages(rewards: jax.Array | np.ndarray, group_size: int, norm: str = "std",
@@ -113,18 +143,24 @@ def micro_batch_weight(cfg: "GRPOConfig"):
 
 
 def grpo_objective(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None,
-                   advantages: jax.Array, mask: jax.Array, cfg: GRPOConfig
+                   advantages: jax.Array, mask: jax.Array, cfg: GRPOConfig,
+                   sampler_logp: jax.Array | None = None
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The GRPO loss (to minimise) from per-token log-probs [B, N] and advantages [B]."""
+  """The loss (to minimise) from per-token log-probs [B, N] and advantages [B] or [B, N]
+  (token-level, e.g. GAE); `sampler_logp` is needed for `cfg.tis`."""
   eps_hi = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
-  adv = advantages[:, None].astype(jnp.float32)
-  ratio = jnp.exp(logp - old_logp)
-  clipped = jnp.clip(ratio, 1.0 - cfg.epsilon, 1.0 + eps_hi)
-  surrogate = jnp.minimum(ratio * adv, clipped * adv)
-  per_token = surrogate
+  adv = advantages[:, None] if advantages.ndim == 1 else advantages
+  per_token, metrics = pl.surrogate(cfg.policy_loss, logp, old_logp, adv, mask, cfg.epsilon,
+                                    eps_hi, cfg.dual_clip_c)
+  if cfg.tis != "none":
+    if sampler_logp is None:
+      raise ValueError(f"tis={cfg.tis!r} needs the sampler's log-probs in the batch")
+    w = pl.tis_weights(old_logp, sampler_logp, mask, cfg.tis, cfg.tis_cap)
+    per_token = per_token * w
   maskf = mask.astype(jnp.float32)
   ntok = jnp.maximum(maskf.sum(), 1.0)
-  metrics = {}
+  if cfg.tis != "none":
+    metrics["tis_weight_mean"] = (jnp.broadcast_to(w, mask.shape) * maskf).sum() / ntok
   if cfg.beta > 0:
     if ref_logp is None:
       raise ValueError("beta > 0 needs reference log-probs")
@@ -134,10 +170,6 @@ def grpo_objective(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | N
   else:
     metrics["kl"] = jnp.zeros(())
   loss = -aggregate(per_token, mask, cfg.loss_aggregation, cfg.max_completion_len)
-  # A token is clipped when the clipped branch is the one the min picked (no gradient).
-  is_clipped = ((ratio > 1.0 + eps_hi) & (adv > 0)) | ((ratio < 1.0 - cfg.epsilon) & (adv < 0))
-  metrics["clip_frac"] = (is_clipped * maskf).sum() / ntok
-  metrics["ratio_mean"] = (ratio * maskf).sum() / ntok
   return loss, metrics
 
 
@@ -152,9 +184,10 @@ class Batch(NamedTuple):
   prompt_mask: jax.Array  # [B, P]
   completion_tokens: jax.Array  # [B*G, N]
   completion_mask: jax.Array  # [B*G, N]
-  advantages: jax.Array  # [B*G]
+  advantages: jax.Array  # [B*G], or [B*G, N] per token (gae)
   old_logp: jax.Array | None  # [B*G, N]; None: pi_old is the current params (mu = 1)
   ref_logp: jax.Array | None  # [B*G, N]; None when beta == 0
+  sampler_logp: jax.Array | None = None  # [B*G, N] the sampler's log-probs (mismatch, tis)
 
 
 def completion_hidden(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Array,
@@ -221,7 +254,9 @@ def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
   ref = batch.ref_logp if cfg.beta > 0 else None
   old = jax.lax.stop_gradient(logp) if batch.old_logp is None else batch.old_logp
   loss, metrics = grpo_objective(logp, old, ref, batch.advantages,
-                                 batch.completion_mask, cfg)
+                                 batch.completion_mask, cfg, batch.sampler_logp)
+  if batch.sampler_logp is not None:  # per micro-batch; the max is averaged over them
+    metrics.update(pl.mismatch_metrics(old, batch.sampler_logp, batch.completion_mask))
   maskf = batch.completion_mask.astype(jnp.float32)
   metrics["entropy"] = (ent * maskf).sum() / jnp.maximum(maskf.sum(), 1.0)
   return loss, metrics

@@ -24,7 +24,8 @@ from ml_collections import config_flags
 
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
-from r1jax import faults, grpo, steps
+from r1jax import advantages as adv_lib
+from r1jax import dynamic_sampling, faults, grpo, ppo, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
@@ -53,6 +54,10 @@ def validate(c) -> None:
   if c.sampling.num_samples < 2:
     raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
   sampling_config(c)  # raises on a bad value
+  grpo_config(c)  # raises on a bad value or an incompatible combination
+  ppo.from_config(c)
+  if c.grpo.get("dynamic_sampling") and c.grpo.max_sampling_rounds < 1:
+    raise ValueError(f"grpo.max_sampling_rounds={c.grpo.max_sampling_rounds} must be >= 1")
   if c.grpo.mu < 1:
     raise ValueError(f"grpo.mu={c.grpo.mu} must be >= 1")
   for key in ("num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every",
@@ -77,7 +82,7 @@ def grpo_config(c) -> grpo.GRPOConfig:
       loss_aggregation=g.loss_aggregation, advantage_norm=g.advantage_norm,
       advantage_eps=g.advantage_eps, std_ddof=g.std_ddof, kl_estimator=g.kl_estimator,
       max_completion_len=c.sampling.max_new_tokens, temperature=c.sampling.temperature or 1.0,
-      logprob_impl=g.logprob_impl)
+      logprob_impl=g.logprob_impl, **{k: g[k] for k in grpo.FAMILY_KNOBS if k in g})
 
 
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
@@ -86,7 +91,8 @@ def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -
   keep = min(n, max(bucket, -(-int(out.lengths.max()) // bucket) * bucket))
   return grpo.Batch(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
                     completion_tokens=out.tokens[:, :keep], completion_mask=out.mask[:, :keep],
-                    advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None)
+                    advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None,
+                    sampler_logp=out.logprobs[:, :keep])
 
 
 def main(argv) -> None:
@@ -146,20 +152,26 @@ def train(c, workdir: str) -> list[dict]:
   # Jitted steps; all share the mesh and the params' shardings.
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
   tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
-  loss_fn = functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg)
+  pcfg = ppo.from_config(c)  # PPO: a critic, GAE advantages (None for the outcome estimators)
+  loss_fn = functools.partial(_loss, gcfg=ppo.loss_config(gcfg, pcfg) if pcfg else gcfg,
+                              model_cfg=model_cfg)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
   logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
                                       temperature=gcfg.temperature, impl=gcfg.logprob_impl))
 
   state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
   del params
+  critic_state = None  # PPO's critic train state, checkpointed beside the policy's
+  if pcfg:
+    critic_state, critic = ppo.make_critic(state.params, model_cfg, pcfg, ocfg, n_micro, mesh)
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
-    state, rng, data_state, _ = ckpt.restore(abstract_like(state))
+    tree, rng, data_state, _ = ckpt.restore(abstract_like((state, critic_state) if pcfg else state))
+    state, critic_state = tree if pcfg else (tree, None)
     data_lib.restore_iterator_state(data_it, data_state)
-    print(f"resumed from step {int(state.step)} of {workdir}", flush=True)
-  start = int(state.step)
+    print(f"resumed from step {ckpt.latest_step()} of {workdir}", flush=True)
+  start = ckpt.latest_step() or 0  # loop steps (state.step counts updates: mu per step)
   dp = batch_parallel_size(mesh)
   if (c.grpo.micro_batch_size // g) % dp:
     logging.warning("grpo.micro_batch_size=%d holds %d prompts, not a multiple of the %d "
@@ -191,45 +203,61 @@ def train(c, workdir: str) -> list[dict]:
   with use_mesh(mesh):
     if start == 0 and c.train.eval_every > 0 and eval_examples:
       run_eval(jax.random.fold_in(rng, 10**9), 0)
+    t_loop = time.time()  # train.max_wall_s (0 = off) stops early, with a final eval + save
     for step in range(start, c.train.num_steps):
       t_step = time.time()
       rng, sample_rng, eval_rng = jax.random.split(rng, 3)
-      examples = next(data_it)
-      prompts = [render(ex) for ex in examples]
-      ptoks, pmask = pad_prompts([tokenizer.encode(p) for p in prompts], tokenizer.pad_id,
-                                 c.data.prompt_bucket)
+      times = {"sample": 0.0, "reward": 0.0}
 
-      # 1. Rollouts.
-      t0 = time.time()
-      dev_ptoks, dev_pmask = shard_batch((ptoks, pmask), mesh)
-      out = generate(state.params, model_cfg, dev_ptoks, dev_pmask, sample_rng, scfg)
-      faults.hit("sample", step + 1)
-      out = to_host(out)
-      t_sample = time.time() - t0
+      def draw(rnd, sample_rng=sample_rng):
+        """1. Rollouts of the next prompts on the mesh; 2. their rewards on the host."""
+        examples = next(data_it)
+        prompts = [render(ex) for ex in examples]
+        ids = [tokenizer.encode(p) for p in prompts]
+        t0 = time.time()
+        dev = shard_batch(pad_prompts(ids, tokenizer.pad_id, c.data.prompt_bucket), mesh)
+        out = generate(state.params, model_cfg, *dev,
+                       jax.random.fold_in(sample_rng, rnd) if rnd else sample_rng, scfg)
+        faults.hit("sample", step + 1)
+        out = to_host(out)
+        times["sample"] += time.time() - t0
+        t0 = time.time()
+        texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
+        row_examples = [dict(examples[i // g], prefill=prefill,
+                             completion_tokens=int(out.lengths[i])) for i in range(len(texts))]
+        faults.hit("reward", step + 1)
+        res = pool.score(texts, row_examples)
+        if rewarder is not None:
+          res = rewarder.rescore(res, [prompts[i // g] for i in range(len(texts))], texts,
+                                 row_examples)
+        times["reward"] += time.time() - t0
+        return dynamic_sampling.Rollout(examples, prompts, ids, out, texts, res)
 
-      # 2. Rewards on the host.
-      t0 = time.time()
-      texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
-      row_examples = [dict(examples[i // g], prefill=prefill,
-                           completion_tokens=int(out.lengths[i])) for i in range(len(texts))]
-      faults.hit("reward", step + 1)
-      res = pool.score(texts, row_examples)
-      if rewarder is not None:
-        res = rewarder.rescore(res, [prompts[i // g] for i in range(len(texts))], texts,
-                               row_examples)
-      t_reward = time.time() - t0
+      if c.grpo.get("dynamic_sampling"):
+        ro, dyn_metrics = dynamic_sampling.fill_batch(draw, c.grpo.prompts_per_step, g,
+                                                      c.grpo.max_sampling_rounds)
+      else:
+        ro, dyn_metrics = draw(0), {}
+      examples, prompts, out, texts, res = ro.examples, ro.prompts, ro.out, ro.texts, ro.res
+      ptoks, pmask = pad_prompts(ro.prompt_ids, tokenizer.pad_id, c.data.prompt_bucket)
+      t_sample, t_reward = times["sample"], times["reward"]
 
       # 3. Advantages and the GRPO update(s).
       t0 = time.time()
-      adv = grpo.group_advantages(res.total, g, gcfg.advantage_norm, gcfg.advantage_eps,
-                                  gcfg.std_ddof)
+      adv = np.zeros(len(texts)) if pcfg else adv_lib.outcome_advantages(
+          res.total, g, gcfg.advantage_estimator, gcfg.advantage_norm, gcfg.advantage_eps,
+          gcfg.std_ddof)
       batch = shard_batch(build_batch(ptoks, pmask, out, adv), mesh)
       if gcfg.beta > 0:
         batch = batch._replace(ref_logp=logp_fn(ref_params, batch))
-      if c.grpo.mu > 1:
+      if c.grpo.mu > 1 or pcfg:
         batch = batch._replace(old_logp=logp_fn(state.params, batch))
+      critic_m, m = {}, {}
+      if pcfg:
+        batch, critic_state, critic_m, adv = ppo.update_critic(critic, critic_state, batch,
+                                                               res.total, gcfg.beta)
       skipped = 0
-      for _ in range(c.grpo.mu):
+      for _ in range(0 if pcfg and step < pcfg.critic_warmup_steps else c.grpo.mu):
         state, m = train_step(state, batch)
         faults.hit("train", step + 1)
         skipped += m["nonfinite_skipped"]
@@ -239,7 +267,7 @@ def train(c, workdir: str) -> list[dict]:
       # 4. Metrics, samples, evaluation, checkpoints.
       step_time = time.time() - t_step
       n_gen = int(out.lengths.sum())
-      metrics = dict(m)
+      metrics = dict(m, **dyn_metrics, **critic_m)
       metrics.update(
           reward_mean=float(res.total.mean()), reward_std=float(res.total.std()),
           accuracy=float(res.per_reward["accuracy"].mean()),
@@ -258,6 +286,7 @@ def train(c, workdir: str) -> list[dict]:
       for name, n in res.failures.items():
         metrics[f"reward_failures/{name}"] = n
       done_steps = step + 1
+      timeout = 0 < c.train.get("max_wall_s", 0) <= time.time() - t_loop
       if c.train.log_every and (done_steps % c.train.log_every == 0 or done_steps == 1):
         rows.append(writer.write(done_steps, metrics))
         if is_main:
@@ -272,11 +301,15 @@ def train(c, workdir: str) -> list[dict]:
              **{f"reward/{n}": float(v[i]) for n, v in res.per_reward.items()}}
             for i in range(min(k, len(texts)))])
       guard.update(done_steps, metrics)  # raises after too many NaN/inf steps in a row
-      if c.train.eval_every and eval_examples and done_steps % c.train.eval_every == 0:
+      if c.train.eval_every and eval_examples and (done_steps % c.train.eval_every == 0
+                                                   or timeout):
         run_eval(eval_rng, done_steps)
       if c.train.checkpoint_every and (done_steps % c.train.checkpoint_every == 0
-                                       or done_steps == c.train.num_steps):
-        ckpt.save(done_steps, state, rng, data_lib.save_iterator_state(data_it))
+                                       or done_steps == c.train.num_steps or timeout):
+        ckpt.save(done_steps, (state, critic_state) if pcfg else state, rng,
+                  data_lib.save_iterator_state(data_it))
+      if timeout:
+        break
 
   pool.close()
   ckpt.close()

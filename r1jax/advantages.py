@@ -1,0 +1,107 @@
+"""Advantage estimators as pure functions (`grpo.advantage_estimator`).
+
+Outcome estimators give one advantage per completion, rows prompt-major in groups of G:
+  grpo                   (r_i - mean_group) / (std_group + eps)          (GRPO, MISSION 1.1)
+  rloo                   r_i - mean_{j != i} r_j  = G / (G - 1) * (r_i - mean_group)
+  reinforce_pp_baseline  r_i - mean_group, then whitened over the whole batch (REINFORCE++)
+The token-level estimator `gae` (PPO) is `gae()`: per-token advantages from per-token rewards
+and a critic's values, a reverse `lax.scan` over the completion.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline", "gae")
+
+
+def _groups(rewards) -> tuple[jax.Array, jax.Array]:
+  r = jnp.asarray(rewards, jnp.float32)
+  return r, r.max(axis=1, keepdims=True) > r.min(axis=1, keepdims=True)
+
+
+def rloo_advantages(rewards: jax.Array | np.ndarray, group_size: int) -> jax.Array:
+  """[B*G] -> [B*G]: each reward minus the mean of the other G - 1 rewards of its group."""
+  if group_size < 2:
+    raise ValueError(f"rloo needs groups of >= 2 samples, got group_size={group_size}")
+  r, varied = _groups(jnp.asarray(rewards, jnp.float32).reshape(-1, group_size))
+  loo = (r.sum(axis=1, keepdims=True) - r) / (group_size - 1)
+  return jnp.where(varied, r - loo, 0.0).reshape(-1)
+
+
+def whiten(x: jax.Array, mask: jax.Array | None = None, eps: float = 1e-8,
+           shift_mean: bool = True) -> jax.Array:
+  """(x - mean) / std over the valid entries (population std); masked entries come out 0."""
+  x = jnp.asarray(x, jnp.float32)
+  m = jnp.ones_like(x) if mask is None else jnp.asarray(mask, jnp.float32)
+  n = jnp.maximum(m.sum(), 1.0)
+  mean = (x * m).sum() / n
+  var = (jnp.square(x - mean) * m).sum() / n
+  out = (x - mean) if shift_mean else x
+  return out * jax.lax.rsqrt(var + eps) * m
+
+
+def reinforce_pp_advantages(rewards: jax.Array | np.ndarray, group_size: int,
+                            eps: float = 1e-8) -> jax.Array:
+  """REINFORCE++ with a group baseline: r_i - mean_group, then whitened over the batch."""
+  r, varied = _groups(jnp.asarray(rewards, jnp.float32).reshape(-1, group_size))
+  centred = jnp.where(varied, r - r.mean(axis=1, keepdims=True), 0.0).reshape(-1)
+  return whiten(centred, eps=eps)
+
+
+def outcome_advantages(rewards, group_size: int, estimator: str = "grpo", norm: str = "std",
+                       eps: float = 1e-6, ddof: int = 1) -> jax.Array:
+  """Per-completion advantages [B*G] for the outcome estimators (all but `gae`)."""
+  from r1jax import grpo
+  if estimator == "grpo":
+    return grpo.group_advantages(rewards, group_size, norm, eps, ddof)
+  if estimator == "rloo":
+    return rloo_advantages(rewards, group_size)
+  if estimator == "reinforce_pp_baseline":
+    return reinforce_pp_advantages(rewards, group_size)
+  raise ValueError(f"advantage_estimator={estimator!r} is not an outcome estimator; "
+                   f"choose from {ESTIMATORS[:3]} (gae needs a critic: r1jax.ppo)")
+
+
+def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0,
+        lam: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Generalised advantage estimation over completions: (advantages, returns), both [B, N].
+
+  rewards[b, t]: reward after token t; values[b, t]: V(state before token t). The episode
+  ends after the last valid token of each row: V there bootstraps from 0, and padding (mask
+  0, right of the completion) contributes nothing. Computed by a reverse `lax.scan`:
+    delta_t = r_t + gamma * V_{t+1} * valid_{t+1} - V_t
+    A_t     = delta_t + gamma * lam * valid_{t+1} * A_{t+1}
+  """
+  m = jnp.asarray(mask, jnp.float32)
+  r = jnp.asarray(rewards, jnp.float32) * m
+  v = jnp.asarray(values, jnp.float32) * m
+  next_v = jnp.concatenate([v[:, 1:], jnp.zeros_like(v[:, :1])], axis=1)
+  next_m = jnp.concatenate([m[:, 1:], jnp.zeros_like(m[:, :1])], axis=1)
+  delta = (r + gamma * next_v * next_m - v) * m
+
+  def step(carry, xs):
+    d, nm = xs
+    a = d + gamma * lam * nm * carry
+    return a, a
+
+  _, adv = jax.lax.scan(step, jnp.zeros(r.shape[0], jnp.float32), (delta.T, next_m.T),
+                        reverse=True)
+  adv = adv.T * m
+  return adv, (adv + v) * m
+
+
+def token_rewards(scores: jax.Array, mask: jax.Array, kl: jax.Array | None = None,
+                  beta: float = 0.0) -> jax.Array:
+  """Per-token rewards [B, N]: the outcome score at each row's last valid token, minus
+  beta * kl at every valid token (PPO's KL-in-reward, k1 per token)."""
+  m = jnp.asarray(mask, jnp.float32)
+  n = m.shape[1]
+  last = jnp.maximum(m.sum(axis=1).astype(jnp.int32) - 1, 0)
+  at_last = (jnp.arange(n)[None, :] == last[:, None]) & (m.sum(axis=1, keepdims=True) > 0)
+  r = jnp.where(at_last, jnp.asarray(scores, jnp.float32)[:, None], 0.0)
+  if kl is not None and beta:
+    r = r - beta * kl * m
+  return r * m

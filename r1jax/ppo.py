@@ -1,0 +1,177 @@
+"""PPO with a critic (`grpo.advantage_estimator="gae"`): value head, value loss, GAE advantages.
+
+The critic is a copy of the policy with a scalar value head ([D] -> 1 on the final hidden
+state that predicts each completion token, i.e. V(state before token t)); it has its own
+optimizer and train state, and shares the mesh, the rollout and the micro-batching with the
+policy. One PPO step (`update_critic`, called by the trainer before the policy update):
+  1. per-token rewards: the outcome score at each completion's last valid token, minus
+     beta * k1 = beta * (log pi_old - log pi_ref) per token when `kl_in="reward"`
+     (`kl_in="loss"` keeps the k3 penalty in the policy loss, as GRPO does);
+  2. values V_old of the critic, GAE(gamma, lam) by a reverse scan (advantages.gae),
+     returns = A + V_old, advantages whitened over the batch's valid tokens;
+  3. critic step on  w * 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)
+     (token mean; c = value_clip, 0 turns clipping off).
+During the first `critic_warmup_steps` steps the trainer updates only the critic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import advantages as adv_lib
+from r1jax import grpo, steps
+from r1jax.mesh import replicated
+
+KL_IN = ("reward", "loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+  gamma: float = 1.0
+  lam: float = 0.95
+  value_clip: float = 0.2  # 0: no value clipping
+  value_loss_weight: float = 0.5
+  whiten_advantages: bool = True
+  kl_in: str = "reward"  # reward: beta * k1 per token in the reward; loss: grpo's k3 term
+  critic_warmup_steps: int = 0
+  critic_learning_rate: float = 1e-5
+
+  def __post_init__(self):
+    if self.kl_in not in KL_IN:
+      raise ValueError(f"ppo.kl_in={self.kl_in!r}; choose from {KL_IN}")
+    for name in ("gamma", "lam"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"ppo.{name}={getattr(self, name)} must be in [0, 1]")
+    if self.value_clip < 0 or self.value_loss_weight <= 0:
+      raise ValueError(f"ppo.value_clip={self.value_clip} must be >= 0 and "
+                       f"ppo.value_loss_weight={self.value_loss_weight} > 0")
+    if self.critic_warmup_steps < 0 or self.critic_learning_rate <= 0:
+      raise ValueError(f"ppo.critic_warmup_steps={self.critic_warmup_steps} must be >= 0 and "
+                       f"ppo.critic_learning_rate={self.critic_learning_rate} > 0")
+
+
+def from_config(c) -> PPOConfig | None:
+  """The `ppo` section of an experiment config when the estimator is gae, else None."""
+  if c.grpo.get("advantage_estimator", "grpo") != "gae":
+    return None
+  return PPOConfig(**c.ppo.to_dict())
+
+
+def loss_config(gcfg: grpo.GRPOConfig, pcfg: PPOConfig) -> grpo.GRPOConfig:
+  """The policy loss's config: with the KL in the reward, no KL term in the loss."""
+  return dataclasses.replace(gcfg, beta=0.0) if pcfg.kl_in == "reward" else gcfg
+
+
+class CriticBatch(NamedTuple):
+  prompt_tokens: jax.Array  # [B, P]
+  prompt_mask: jax.Array  # [B, P]
+  completion_tokens: jax.Array  # [B*G, N]
+  completion_mask: jax.Array  # [B*G, N]
+  returns: jax.Array  # [B*G, N]
+  old_values: jax.Array  # [B*G, N]
+
+
+def init_critic_params(policy_params: Any, model_cfg, mesh=None) -> dict:
+  """A copy of the policy (same shardings) and a zero value head: V = 0 at the start."""
+  head = {"w": jnp.zeros((model_cfg.hidden_size,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+  if mesh is not None:
+    head = jax.device_put(head, replicated(mesh))
+  return {"model": jax.tree.map(jnp.copy, policy_params), "head": head}
+
+
+def values(critic: dict, model_cfg, prompt_tokens, prompt_mask, completion_tokens,
+           completion_mask) -> jax.Array:
+  """V(state before completion token t): [B*G, N] float32."""
+  h = grpo.completion_hidden(critic["model"], model_cfg, prompt_tokens, prompt_mask,
+                             completion_tokens, completion_mask)
+  return h.astype(jnp.float32) @ critic["head"]["w"] + critic["head"]["b"]
+
+
+def value_loss(v: jax.Array, old_v: jax.Array, returns: jax.Array, mask: jax.Array,
+               clip: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Clipped value loss 0.5 * max((V - R)^2, (V_clip - R)^2), token mean over `mask`."""
+  m = mask.astype(jnp.float32)
+  n = jnp.maximum(m.sum(), 1.0)
+  unclipped = jnp.square(v - returns)
+  if clip > 0:
+    v_clip = old_v + jnp.clip(v - old_v, -clip, clip)
+    clipped = jnp.square(v_clip - returns)
+    per_tok = jnp.maximum(unclipped, clipped)
+    frac = ((clipped > unclipped) * m).sum() / n
+  else:
+    per_tok, frac = unclipped, jnp.zeros(())
+  return 0.5 * (per_tok * m).sum() / n, {"value_clip_frac": frac}
+
+
+def critic_loss(critic: dict, batch: CriticBatch, pcfg: PPOConfig, model_cfg
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  v = values(critic, model_cfg, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
+             batch.completion_mask)
+  loss, m = value_loss(v, batch.old_values, batch.returns, batch.completion_mask,
+                       pcfg.value_clip)
+  maskf = batch.completion_mask.astype(jnp.float32)
+  m["value_mean"] = (v * maskf).sum() / jnp.maximum(maskf.sum(), 1.0)
+  m["value_loss"] = loss
+  return pcfg.value_loss_weight * loss, m
+
+
+def ppo_advantages(scores: jax.Array, old_values: jax.Array, mask: jax.Array,
+                   old_logp: jax.Array | None, ref_logp: jax.Array | None, beta: float,
+                   pcfg: PPOConfig) -> tuple[jax.Array, jax.Array]:
+  """(advantages, returns) [B*G, N] from outcome scores [B*G] and the critic's values."""
+  kl = None
+  if pcfg.kl_in == "reward" and beta > 0 and ref_logp is not None:
+    kl = old_logp - ref_logp  # k1 per token
+  r = adv_lib.token_rewards(scores, mask, kl, beta)
+  adv, ret = adv_lib.gae(r, old_values, mask, pcfg.gamma, pcfg.lam)
+  if pcfg.whiten_advantages:
+    adv = adv_lib.whiten(adv, mask)
+  return adv, ret
+
+
+class Critic(NamedTuple):
+  """The critic's jitted functions (its state is a steps.TrainState held by the trainer)."""
+  values: Callable
+  advantages: Callable
+  train_step: Callable
+
+
+def make_critic(policy_params: Any, model_cfg, pcfg: PPOConfig, ocfg: steps.OptimConfig,
+                n_micro: int, mesh=None) -> tuple[steps.TrainState, Critic]:
+  """Initial critic train state (own AdamW at `critic_learning_rate`) and jitted functions."""
+  ocfg = dataclasses.replace(ocfg, learning_rate=pcfg.critic_learning_rate)
+  tx = steps.make_optimizer(ocfg)
+  state = jax.jit(steps.init_state, static_argnums=1)(
+      init_critic_params(policy_params, model_cfg, mesh), tx)
+  loss_fn = functools.partial(critic_loss, pcfg=pcfg, model_cfg=model_cfg)
+  step = steps.jit_train_step(steps.make_train_step(
+      lambda p, b: loss_fn(p, b), tx, n_micro, lambda b: b.completion_mask.sum()), state)
+  vals = jax.jit(lambda p, b: jax.lax.stop_gradient(values(
+      p, model_cfg, b.prompt_tokens, b.prompt_mask, b.completion_tokens, b.completion_mask)))
+  advs = jax.jit(functools.partial(ppo_advantages, pcfg=pcfg), static_argnames=("beta",))
+  return state, Critic(vals, advs, step)
+
+
+def update_critic(critic: Critic, state: steps.TrainState, batch: grpo.Batch, scores,
+                  beta: float) -> tuple[grpo.Batch, steps.TrainState, dict, np.ndarray]:
+  """GAE advantages into `batch` (from the critic before its update) and one critic step.
+
+  `batch.old_logp` must hold pi_old's log-probs when the KL is in the reward. Returns the
+  batch, the new critic state, its metrics and each row's mean advantage (for logging).
+  """
+  old_v = critic.values(state.params, batch)
+  adv, ret = critic.advantages(jnp.asarray(scores, jnp.float32), old_v, batch.completion_mask,
+                               batch.old_logp, batch.ref_logp, beta=beta)
+  cb = CriticBatch(batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
+                   batch.completion_mask, ret, old_v)
+  state, m = critic.train_step(state, cb)
+  m = {f"critic/{k}": v for k, v in jax.device_get(m).items()}
+  mask = np.asarray(jax.device_get(batch.completion_mask), np.float32)
+  row_adv = (np.asarray(jax.device_get(adv)) * mask).sum(1) / np.maximum(mask.sum(1), 1)
+  return batch._replace(advantages=adv), state, m, row_adv
