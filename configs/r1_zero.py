@@ -55,7 +55,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.train = dict(num_steps=200, log_every=1, sample_every=5, num_logged_samples=4,
                  eval_every=10, eval_samples=4, eval_temperature=0.6, eval_top_p=0.95,
-                 checkpoint_every=10, keep_checkpoints=3, reflection_words=(
+                 checkpoint_every=10, keep_checkpoints=3, eval_at_start=True,
+                 # JAX's persistent compilation cache: "auto" (~/.cache/r1jax/jax_cache or
+                 # $R1JAX_CACHE_DIR), "workdir" (WORKDIR/jax_cache), a path, or "" (off).
+                 compilation_cache="auto", reflection_words=(
                      "wait", "let me re-check", "re-evaluate", "double-check", "hmm"))
 
   if arg == "tiny":
@@ -78,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.eval_every = 2
     c.train.eval_samples = 2
     c.train.checkpoint_every = 1
+    c.train.compilation_cache = ""  # tests run in one process; a run opts in
     c.rewards.timeout_s = 10.0
     c.rewards.num_workers = 1
   elif arg not in (None, ""):

@@ -24,10 +24,10 @@ from ml_collections import config_flags
 
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
-from r1jax import grpo, steps
+from r1jax import compile_cache, grpo, steps
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
-from r1jax.metrics import MetricsWriter, Progress
+from r1jax.metrics import MetricsWriter, Progress, bar
 from r1jax.model.loader import load_model
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
@@ -79,9 +79,9 @@ def grpo_config(c) -> grpo.GRPOConfig:
 
 
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
-  """Host numpy training batch; completion columns trimmed to the longest row (bucketed)."""
-  n = out.tokens.shape[1]
-  keep = min(n, max(bucket, -(-int(out.lengths.max()) // bucket) * bucket))
+  """Host numpy training batch; completion columns trimmed to the longest row, padded to a
+  power-of-two bucket (few distinct shapes, so few train-step compilations)."""
+  keep = compile_cache.completion_bucket(int(out.lengths.max()), out.tokens.shape[1], bucket)
   return grpo.Batch(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
                     completion_tokens=out.tokens[:, :keep], completion_mask=out.mask[:, :keep],
                     advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None)
@@ -104,6 +104,14 @@ def train(c, workdir: str) -> list[dict]:
   """Run (or resume) a GRPO run described by config `c`; returns the logged metric rows."""
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  cache_dir = compile_cache.resolve_dir(c.train.get("compilation_cache", "auto"), workdir)
+  if cache_dir:
+    compile_cache.enable(cache_dir)
+  compile_cache.watch()
+  if is_main:
+    print(f"r1jax.train: loading model ({c.model.source} {c.model.preset or c.model.path}) "
+          f"and data; the first step then compiles the sampler and train step "
+          f"({'cached in ' + cache_dir if cache_dir else 'compilation cache off'})", flush=True)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(c.to_json_best_effort(indent=2))
@@ -170,11 +178,16 @@ def train(c, workdir: str) -> list[dict]:
   rows = []
 
   def run_eval(step_rng, step):
-    t0 = time.time()
+    t0, done = time.time(), []
+    def show(recs):  # progress bar: one update per batch of prompts
+      done.append(len(recs) // eval_scfg.num_samples)
+      if is_main:
+        print(f"eval step {step} {bar(sum(done), len(eval_examples))} prompts "
+              f"{time.time() - t0:.0f}s", flush=True)
     with use_mesh(mesh):
       recs = eval_lib.sample_and_score(state.params, model_cfg, tokenizer, eval_examples, render,
                                        pool, eval_scfg, step_rng, prompt_bucket=c.data.prompt_bucket,
-                                       prefill=prefill)
+                                       prefill=prefill, on_records=show)
     m = eval_lib.records_metrics(recs, eval_scfg.num_samples, c.train.reflection_words)
     m["eval_time_s"] = time.time() - t0
     writer.write(step, m, filename="eval.jsonl")
@@ -184,10 +197,14 @@ def train(c, workdir: str) -> list[dict]:
     return m
 
   with use_mesh(mesh):
-    if start == 0 and c.train.eval_every > 0 and eval_examples:
+    if (start == 0 and c.train.eval_every > 0 and eval_examples
+        and c.train.get("eval_at_start", True)):
+      if is_main:
+        print(f"eval step 0: {len(eval_examples)} held-out prompts (compiling the sampler "
+              f"first; train.eval_at_start=False skips this)", flush=True)
       run_eval(jax.random.fold_in(rng, 10**9), 0)
     for step in range(start, c.train.num_steps):
-      t_step = time.time()
+      t_step, compiles0 = time.time(), compile_cache.snapshot()
       rng, sample_rng, eval_rng = jax.random.split(rng, 3)
       examples = next(data_it)
       prompts = [render(ex) for ex in examples]
@@ -239,6 +256,8 @@ def train(c, workdir: str) -> list[dict]:
           step_time_s=step_time, sample_time_s=t_sample, reward_time_s=t_reward,
           train_time_s=t_train, reward_invalid=res.invalid,
           learning_rate=float(schedule(step)))
+      compiled = compile_cache.since(compiles0)
+      metrics.update(compile_s=compiled["compile_s"], cache_hits=compiled["cache_hits"])
       for name, v in res.per_reward.items():
         metrics[f"reward/{name}"] = float(v.mean())
       for name, n in res.failures.items():
