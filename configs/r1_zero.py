@@ -43,6 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 logprob_impl="auto", mu=1, prompts_per_step=4, micro_batch_size=8)
   c.grpo.epsilon_high = ml_collections.config_dict.placeholder(float)
 
+  # LoRA on the policy (rank 0 = full fine-tuning); targets: regex over q|k|v|o|gate|up|down.
+  c.lora = dict(rank=0, alpha=16.0, targets="q|k|v|o|gate|up|down")
+
   c.optim = dict(learning_rate=1e-5, warmup_steps=2, schedule="constant", weight_decay=0.0,
                  b1=0.9, b2=0.99, max_grad_norm=1.0)
 

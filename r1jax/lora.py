@@ -15,6 +15,7 @@ regex matched in full against the layer weight names, e.g. "q|k|v|o|gate|up|down
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any, Callable, Mapping
@@ -127,9 +128,32 @@ def base(params: Any, lcfg: LoraConfig) -> Any:
   return params["base"] if lcfg.enabled else params
 
 
-def wrap_params(params: Any, lcfg: LoraConfig, rng: jax.Array) -> Any:
-  """Train-state params: `{"base": params, "lora": adapters}` with LoRA on, else `params`."""
-  return {"base": params, "lora": init(params, lcfg, rng)} if lcfg.enabled else params
+def wrap_params(params: Any, lcfg: LoraConfig, rng: jax.Array, sharding: Any = None) -> Any:
+  """Train-state params: `{"base": params, "lora": adapters}` with LoRA on, else `params`.
+  The adapters are small: placed whole on every device (`sharding`, e.g. replicated)."""
+  if not lcfg.enabled:
+    return params
+  adapters = init(params, lcfg, rng)
+  if sharding is not None:
+    adapters = jax.device_put(adapters, sharding)
+  return {"base": params, "lora": adapters}
+
+
+def policy_fn(lcfg: LoraConfig) -> Callable[[Any], Any]:
+  """Train-state params -> plain model params for sampling (a jitted merge; identity if off)."""
+  if not lcfg.enabled:
+    return lambda params: params
+  return jax.jit(functools.partial(merge, lcfg=lcfg))
+
+
+def abstract_params(param_shapes: Any, lcfg: LoraConfig, sharding: Any = None) -> Any:
+  """ShapeDtypeStructs of the train-state params (to restore a checkpoint, then `merge`), the
+  adapters placed by `sharding` (e.g. replicated) when given."""
+  if not lcfg.enabled:
+    return param_shapes
+  ad = jax.eval_shape(lambda: init(param_shapes, lcfg, jax.random.key(0)))
+  ad = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), ad)
+  return {"base": param_shapes, "lora": ad}
 
 
 def wrap_loss(loss_fn: Callable, lcfg: LoraConfig) -> Callable:

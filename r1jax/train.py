@@ -25,6 +25,7 @@ from ml_collections import config_flags
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
 from r1jax import compile_cache, grpo, steps
+from r1jax import lora as lora_lib
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress, bar
@@ -58,6 +59,7 @@ def validate(c) -> None:
     if c.train[key] < 0:
       raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
   data_lib.prefill_text(c.data.template, c.data.think_prefill)  # validates the template name
+  lora_lib.from_config(c.get("lora"))  # raises on a bad rank / targets
 
 
 def sampling_config(c, **extra) -> SamplingConfig:
@@ -123,8 +125,10 @@ def train(c, workdir: str) -> list[dict]:
     with open(os.path.join(workdir, "model_config.json"), "w") as f:
       json.dump(dataclasses.asdict(model_cfg), f, indent=2)
   gcfg = grpo_config(c)
-  # The reference policy is a frozen copy (the train state is donated every step).
-  ref_params = jax.tree.map(jnp.copy, params) if gcfg.beta > 0 else None
+  lcfg = lora_lib.from_config(c.get("lora"))
+  # The reference policy is a frozen copy (the train state is donated every step); with LoRA
+  # it is the frozen base inside the train state.
+  ref_params = jax.tree.map(jnp.copy, params) if gcfg.beta > 0 and not lcfg.enabled else None
 
   # Data: held-out split, checkpointable iterator over the rest.
   source = data_lib.make_source(dict(c.data.source))
@@ -149,12 +153,15 @@ def train(c, workdir: str) -> list[dict]:
 
   # Jitted steps; all share the mesh and the params' shardings.
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
-  tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
-  loss_fn = functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg)
+  tx, schedule = lora_lib.optimizer(steps.make_optimizer(ocfg), lcfg), steps.make_schedule(ocfg)
+  loss_fn = lora_lib.wrap_loss(functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg), lcfg)
+  policy = lora_lib.policy_fn(lcfg)  # train-state params -> model params (LoRA merged)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
   logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
                                       temperature=gcfg.temperature, impl=gcfg.logprob_impl))
 
+  params = lora_lib.wrap_params(params, lcfg, jax.random.key(c.seed + 1),
+                                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
   del params
   rng = jax.random.key(c.seed)
@@ -185,7 +192,7 @@ def train(c, workdir: str) -> list[dict]:
         print(f"eval step {step} {bar(sum(done), len(eval_examples))} prompts "
               f"{time.time() - t0:.0f}s", flush=True)
     with use_mesh(mesh):
-      recs = eval_lib.sample_and_score(state.params, model_cfg, tokenizer, eval_examples, render,
+      recs = eval_lib.sample_and_score(policy(state.params), model_cfg, tokenizer, eval_examples, render,
                                        pool, eval_scfg, step_rng, prompt_bucket=c.data.prompt_bucket,
                                        prefill=prefill, on_records=show)
     m = eval_lib.records_metrics(recs, eval_scfg.num_samples, c.train.reflection_words)
@@ -214,7 +221,7 @@ def train(c, workdir: str) -> list[dict]:
       # 1. Rollouts.
       t0 = time.time()
       dev_ptoks, dev_pmask = shard_batch((ptoks, pmask), mesh)
-      out = to_host(generate(state.params, model_cfg, dev_ptoks, dev_pmask, sample_rng, scfg))
+      out = to_host(generate(policy(state.params), model_cfg, dev_ptoks, dev_pmask, sample_rng, scfg))
       t_sample = time.time() - t0
 
       # 2. Rewards on the host.
@@ -231,9 +238,10 @@ def train(c, workdir: str) -> list[dict]:
                                   gcfg.std_ddof)
       batch = shard_batch(build_batch(ptoks, pmask, out, adv), mesh)
       if gcfg.beta > 0:
-        batch = batch._replace(ref_logp=logp_fn(ref_params, batch))
+        ref = lora_lib.base(state.params, lcfg) if ref_params is None else ref_params
+        batch = batch._replace(ref_logp=logp_fn(ref, batch))
       if c.grpo.mu > 1:
-        batch = batch._replace(old_logp=logp_fn(state.params, batch))
+        batch = batch._replace(old_logp=logp_fn(policy(state.params), batch))
       for _ in range(c.grpo.mu):
         state, m = train_step(state, batch)
       m = to_host(m)

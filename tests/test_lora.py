@@ -128,3 +128,26 @@ def test_merged_export_loads_in_transformers_with_same_logits(tmp_path):
   base = np.asarray(forward(params, CFG, jnp.asarray(tokens), pos)[0])
   assert np.abs(ours - base).max() > 1e-3  # the adapters matter
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_checkpointed_lora_state_restores_and_merges(tmp_path):
+  """A LoRA run's checkpoint (train-state params {"base", "lora"}) restores from the abstract
+  tree `abstract_params` gives and merges to the model's param structure."""
+  from r1jax.checkpoint import Checkpointer
+  from r1jax.model import param_shapes
+  params = init_params(CFG, 0)
+  state = {"base": params, "lora": _adapters(params)}
+  ck = Checkpointer(str(tmp_path))
+  ck.save(1, steps.TrainState(jnp.zeros((), jnp.int32), state, ()), jax.random.key(0), {})
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev),
+                        param_shapes(CFG))
+  abstract = steps.TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=dev),
+                              lora.abstract_params(shapes, LCFG, dev), ())
+  restored = ck.restore(abstract)[0].params
+  ck.close()
+  merged = lora.merge(restored, LCFG)
+  assert jax.tree.structure(merged) == jax.tree.structure(params)
+  want = _naive_merge(params, state["lora"])
+  for x, y in zip(jax.tree.leaves(merged), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
