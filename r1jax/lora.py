@@ -5,9 +5,9 @@ W + (alpha / rank) A @ B with A [in..., r] (normal, std 1/sqrt(in)) and B [r, ou
 so training starts exactly at the base model. The model computes x @ W + x @ A @ (s B)
 (`transformer._dense`), never forming the full weight update or its gradient.
 
-The train state holds `{"base": params, "lora": adapters}`: the loss stops gradients at the
-base, the optimizer (`optimizer`) keeps state for the adapters only, and the reference
-policy is `base(params)` (no copy). `merge(params)` folds the adapters into plain params for
+The train state holds `{"base": params, "lora": adapters}`: `make_train_step` differentiates
+the adapters only, the optimizer state covers the adapters only (`trainable`), and the
+reference policy is `base(params)` (no copy). `merge(params)` folds the adapters into plain params for
 sampling, evaluation and HF export. Config section `lora`: rank (0 = off), alpha, targets (a
 regex matched in full against the layer weight names, e.g. "q|k|v|o|gate|up|down").
 """
@@ -23,6 +23,8 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import optax
+
+from r1jax import steps
 
 WEIGHTS = ("q", "k", "v", "o", "gate", "up", "down")
 IN_DIMS = {"o": 2}  # leading dims of W that x contracts with (1 for the others)
@@ -156,21 +158,24 @@ def abstract_params(param_shapes: Any, lcfg: LoraConfig, sharding: Any = None) -
   return {"base": param_shapes, "lora": ad}
 
 
-def wrap_loss(loss_fn: Callable, lcfg: LoraConfig) -> Callable:
-  """`loss_fn(model_params, batch)` -> the same loss of train-state params (base frozen)."""
+def trainable(lcfg: LoraConfig) -> Callable[[Any], Any]:
+  """Train-state params -> the part the optimizer updates (the adapters with LoRA on)."""
+  return (lambda params: params["lora"]) if lcfg.enabled else (lambda params: params)
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, n_micro: int = 1,
+                    micro_weight: Callable | None = None,
+                    lcfg: LoraConfig = LoraConfig()) -> Callable:
+  """`steps.make_train_step` for `loss_fn(model_params, batch)`; with LoRA on, gradients,
+  optimizer state and updates cover the adapters only (the base is an input, never
+  differentiated, so no base-sized gradient buffer exists) and the base passes through."""
   if not lcfg.enabled:
-    return loss_fn
+    return steps.make_train_step(loss_fn, tx, n_micro, micro_weight)
 
-  def loss(params, batch):
-    frozen = jax.lax.stop_gradient(params["base"])
-    return loss_fn(combine(frozen, params["lora"], lcfg), batch)
-  return loss
-
-
-def optimizer(tx: optax.GradientTransformation, lcfg: LoraConfig) -> optax.GradientTransformation:
-  """`tx` on the adapters; the base gets zero updates and no optimizer state."""
-  if not lcfg.enabled:
-    return tx
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                               lambda p: {"base": jax.tree.map(lambda _: "frozen", p["base"]),
-                                          "lora": jax.tree.map(lambda _: "train", p["lora"])})
+  def train_step(state: steps.TrainState, batch: Any):
+    base = state.params["base"]
+    inner = steps.make_train_step(lambda ad, mb: loss_fn(combine(base, ad, lcfg), mb), tx,
+                                  n_micro, micro_weight)
+    out, metrics = inner(state._replace(params=state.params["lora"]), batch)
+    return out._replace(params={"base": base, "lora": out.params}), metrics
+  return train_step

@@ -26,6 +26,7 @@ from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
 from r1jax import compile_cache, grpo, steps
 from r1jax import lora as lora_lib
+from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress, bar
@@ -153,8 +154,8 @@ def train(c, workdir: str) -> list[dict]:
 
   # Jitted steps; all share the mesh and the params' shardings.
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
-  tx, schedule = lora_lib.optimizer(steps.make_optimizer(ocfg), lcfg), steps.make_schedule(ocfg)
-  loss_fn = lora_lib.wrap_loss(functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg), lcfg)
+  tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
+  loss_fn = functools.partial(_loss, gcfg=gcfg, model_cfg=model_cfg)
   policy = lora_lib.policy_fn(lcfg)  # train-state params -> model params (LoRA merged)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
   logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
@@ -162,7 +163,8 @@ def train(c, workdir: str) -> list[dict]:
 
   params = lora_lib.wrap_params(params, lcfg, jax.random.key(c.seed + 1),
                                 jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
+  # Optimizer state (of the adapters only with LoRA) sharded like its params.
+  state = memory_lib.init_state(params, tx, lora_lib.trainable(lcfg))
   del params
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
@@ -177,8 +179,8 @@ def train(c, workdir: str) -> list[dict]:
                     "data-parallel devices (the mesh axes of `batch`): XLA will reshard every "
                     "micro-batch the slow way", c.grpo.micro_batch_size,
                     c.grpo.micro_batch_size // g, dp)
-  train_step = steps.jit_train_step(
-      steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg)), state)
+  train_step = steps.jit_train_step(lora_lib.make_train_step(
+      loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg), lcfg), state)
 
   writer = MetricsWriter(workdir, enabled=is_main)
   progress = Progress(c.train.num_steps, start)

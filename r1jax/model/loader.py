@@ -32,7 +32,7 @@ def load_model(spec: Mapping[str, Any], mesh: Mesh, rules=None, seed: int = 0):
   from r1jax.tokenizer import Tokenizer
   source = spec["source"]
   dtypes = dict(dtype=spec.get("dtype", "float32"), param_dtype=spec.get("param_dtype", "float32"),
-                remat=bool(spec.get("remat", False)))
+                remat=spec.get("remat", False))
   if source == "preset":
     name = spec.get("preset")
     if name not in PRESETS:

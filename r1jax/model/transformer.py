@@ -249,7 +249,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & slot_mask[:, None, :]
   block = _block
   if cfg.remat:
-    block = jax.checkpoint(_block, static_argnums=(2,))
+    from r1jax.memory import remat_policy
+    block = jax.checkpoint(_block, static_argnums=(2,), policy=remat_policy(cfg.remat))
   new_k, new_v = [], []
   for i in range(cfg.num_layers):
     layer = params["layers"][i]
