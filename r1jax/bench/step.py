@@ -63,6 +63,7 @@ def trl_worker(req: dict) -> dict:
             max_grad_norm=1.0, temperature=1.0, top_p=1.0, max_steps=req["steps"],
             logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
             seed=0, dataloader_num_workers=0, log_completions=False, disable_dropout=True)
+  kw.update(req.get("trl_args") or {})
   args = trl.GRPOConfig(**{k: v for k, v in kw.items() if k in fields})
   rng = np.random.default_rng(0)
   reward = lambda completions, **_: rng.standard_normal(len(completions)).tolist()
@@ -148,17 +149,10 @@ def step_flops(cfg, b: int, g: int, p: int, n: int, beta: float) -> dict[str, fl
 
 def matmul_rate(dtype: str = "float32", n: int = 2048) -> float:
   """GFLOP/s of one [n, n] x [n, n] XLA dot (float32 result), best of 5."""
-  import jax
-  import jax.numpy as jnp
-  x = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-  f(x, x).block_until_ready()
-  best = float("inf")
-  for _ in range(5):
-    t0 = time.perf_counter()
-    f(x, x).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2.0 * n ** 3 / best / 1e9
+  from types import SimpleNamespace
+
+  from r1jax.bench.sampling import dot_ceiling  # the same timing, shaped [n, n] x [n, n]
+  return dot_ceiling(SimpleNamespace(hidden_size=n, vocab_size=n), n, dtype)
 
 
 def cpu_flags() -> str:
@@ -258,6 +252,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--model", default="smollm2", help="smollm2 | a preset name (r1jax only)")
   ap.add_argument("--trl_python", default=DEFAULT_TRL_PYTHON, help="'' skips TRL")
   ap.add_argument("--torch_threads", type=int, default=0)
+  ap.add_argument("--trl_args", default="", help='extra GRPOConfig fields as JSON, e.g. '
+                  '\'{"gradient_checkpointing": false}\' (TRL 1.x defaults it to true)')
   ap.add_argument("--rate_size", type=int, default=2048, help="matmul side for the rate")
   ap.add_argument("--json_out", default="")
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -306,7 +302,8 @@ def main(argv=None) -> dict:
         try:
           out = _run_trl(trl_python, dict(hf_dir=hf_dir, out_dir=os.path.join(tmp, "trl"),
                                           prompts=prompts, b=b, g=g, n=n, beta=beta,
-                                          steps=args.repeats + 1, threads=args.torch_threads))
+                                          steps=args.repeats + 1, threads=args.torch_threads,
+                                          trl_args=json.loads(args.trl_args or "{}")))
           row["trl"] = dict(out["steps"][-1], version=out["trl"], prompt_lens=out["prompt_lens"])
         except RuntimeError as e:  # report and go on with r1jax alone
           print(f"TRL failed on {shape} beta={beta}: {e}")
