@@ -7,9 +7,9 @@ so training starts exactly at the base model. The model computes x @ W + x @ A @
 
 The train state holds `{"base": params, "lora": adapters}`: `make_train_step` differentiates
 the adapters only, the optimizer state covers the adapters only (`trainable`), and the
-reference policy is `base(params)` (no copy). `merge(params)` folds the adapters into plain params for
-sampling, evaluation and HF export. Config section `lora`: rank (0 = off), alpha, targets (a
-regex matched in full against the layer weight names, e.g. "q|k|v|o|gate|up|down").
+reference policy is `base(params)` (no copy). `merge(params)` folds the adapters into plain
+params for sampling, evaluation and HF export. Config section `lora`: rank (0 = off), alpha,
+targets (a regex matched in full against the weight names, e.g. "q|k|v|o|gate|up|down").
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Memory knobs of a train step: optimizer state sharded like the params, remat policies.
 
-- `init_state(params, tx, trainable)`: the train state with every param-shaped optimizer leaf (Adam's
-  mu / nu) laid out like its param (FSDP-sharded params -> FSDP-sharded moments). Left to
-  sharding propagation, `tx.init`'s zeros come back replicated: on an `fsdp` mesh of n devices
+- `init_state(params, tx, trainable)`: the train state with every param-shaped optimizer leaf
+  (Adam's mu / nu) laid out like its param (FSDP-sharded params -> FSDP-sharded moments). Left
+  to sharding propagation, `tx.init`'s zeros come back replicated: on an `fsdp` mesh of n devices
   every device would hold the whole optimizer state.
 - `remat_policy(name)`: `model.remat` values -> `jax.checkpoint` policies.
 """

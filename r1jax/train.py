@@ -194,9 +194,10 @@ def train(c, workdir: str) -> list[dict]:
         print(f"eval step {step} {bar(sum(done), len(eval_examples))} prompts "
               f"{time.time() - t0:.0f}s", flush=True)
     with use_mesh(mesh):
-      recs = eval_lib.sample_and_score(policy(state.params), model_cfg, tokenizer, eval_examples, render,
-                                       pool, eval_scfg, step_rng, prompt_bucket=c.data.prompt_bucket,
-                                       prefill=prefill, on_records=show)
+      recs = eval_lib.sample_and_score(policy(state.params), model_cfg, tokenizer, eval_examples,
+                                       render, pool, eval_scfg, step_rng,
+                                       prompt_bucket=c.data.prompt_bucket, prefill=prefill,
+                                       on_records=show)
     m = eval_lib.records_metrics(recs, eval_scfg.num_samples, c.train.reflection_words)
     m["eval_time_s"] = time.time() - t0
     writer.write(step, m, filename="eval.jsonl")
@@ -223,7 +224,8 @@ def train(c, workdir: str) -> list[dict]:
       # 1. Rollouts.
       t0 = time.time()
       dev_ptoks, dev_pmask = shard_batch((ptoks, pmask), mesh)
-      out = to_host(generate(policy(state.params), model_cfg, dev_ptoks, dev_pmask, sample_rng, scfg))
+      out = to_host(generate(policy(state.params), model_cfg, dev_ptoks, dev_pmask, sample_rng,
+                             scfg))
       t_sample = time.time() - t0
 
       # 2. Rewards on the host.

@@ -281,7 +281,8 @@ def main(argv=None) -> dict:
       else ""
   rate = matmul_rate("float32", args.rate_size)
   print(f"machine: {machine()}\ncpu flags: {cpu_flags()}\njax {jax.__version__}, "
-        f"XLA float32 dot {rate:.0f} GFLOP/s, bf16 dot {matmul_rate('bfloat16', args.rate_size):.0f} "
+        f"XLA float32 dot {rate:.0f} GFLOP/s, "
+        f"bf16 dot {matmul_rate('bfloat16', args.rate_size):.0f} "
         f"GFLOP/s ({args.rate_size}^3, float32 result)", flush=True)
   if not trl_python:
     print("TRL: skipped (no --trl_python interpreter, or a preset model): r1jax only")
