@@ -38,8 +38,9 @@ def _model(name: str):
 
 
 def step_memory(cfg, lora_rank: int, *, rows: int, micro: int, prompt_len: int, new_tokens: int,
-                fsdp: int = 1, beta: float = 0.04) -> dict:
-  """Bytes per device of the compiled GRPO train step (see module doc)."""
+                fsdp: int = 1, beta: float = 0.04, compile: bool = True) -> dict:
+  """Bytes per device of the compiled GRPO train step (see module doc); `compile=False`
+  counts params / optimizer / reference bytes only (peak 0)."""
   import jax
   import jax.numpy as jnp
   from r1jax import grpo, lora, memory, steps
@@ -65,14 +66,16 @@ def step_memory(cfg, lora_rank: int, *, rows: int, micro: int, prompt_len: int, 
   batch = grpo.Batch(bsh((rows // g, prompt_len), jnp.int32), bsh((rows // g, prompt_len), bool),
                      bsh((rows, n), jnp.int32), bsh((rows, n), bool), bsh((rows,), jnp.float32),
                      None, bsh((rows, n), jnp.float32) if beta > 0 else None)
-  with mesh_lib.use_mesh(mesh):
-    ma = step.lower(state, batch).compile().memory_analysis()
-  peak = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
-          + ma.temp_size_in_bytes)
+  peak = temp = args = 0
+  if compile:
+    with mesh_lib.use_mesh(mesh):
+      ma = step.lower(state, batch).compile().memory_analysis()
+    temp, args = ma.temp_size_in_bytes, ma.argument_size_in_bytes
+    peak = args + ma.output_size_in_bytes - ma.alias_size_in_bytes + temp
   nbytes = lambda tree: sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
   base = params["base"] if lcfg.enabled else params
   ref = 0 if (lcfg.enabled or beta == 0) else nbytes(base) / fsdp
-  return dict(peak=peak, temp=ma.temp_size_in_bytes, args=ma.argument_size_in_bytes,
+  return dict(peak=peak, temp=temp, args=args,
               params=nbytes(params) / fsdp, opt=nbytes(state.opt_state) / fsdp, ref=ref,
               total=peak + ref)
 
