@@ -58,6 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ppo = dict(gamma=1.0, lam=0.95, value_clip=0.2, value_loss_weight=0.5,
                whiten_advantages=True, kl_in="reward", critic_warmup_steps=0,
                critic_learning_rate=1e-5)
+  # LoRA on the policy (rank 0 = full fine-tuning); targets: regex over q|k|v|o|gate|up|down.
+  c.lora = dict(rank=0, alpha=16.0, targets="q|k|v|o|gate|up|down")
 
   c.optim = dict(learning_rate=1e-5, warmup_steps=2, schedule="constant", weight_decay=0.0,
                  b1=0.9, b2=0.99, max_grad_norm=1.0)
@@ -79,7 +81,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train = dict(num_steps=200, max_wall_s=0, log_every=1, sample_every=5, num_logged_samples=4,
                  eval_every=10, eval_samples=4, eval_temperature=0.6, eval_top_p=0.95,
                  checkpoint_every=10, keep_checkpoints=3, max_nonfinite_steps=10,
-                 reflection_words=(
+                 eval_at_start=True,
+                 # JAX's persistent compilation cache: "auto" (~/.cache/r1jax/jax_cache or
+                 # $R1JAX_CACHE_DIR), "workdir" (WORKDIR/jax_cache), a path, or "" (off).
+                 compilation_cache="auto", reflection_words=(
                      "wait", "let me re-check", "re-evaluate", "double-check", "hmm"))
 
   if arg == "tiny":
@@ -102,6 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.eval_every = 2
     c.train.eval_samples = 2
     c.train.checkpoint_every = 1
+    c.train.compilation_cache = ""  # tests run in one process; a run opts in
     c.rewards.timeout_s = 10.0
     c.rewards.num_workers = 1
   elif arg not in (None, ""):

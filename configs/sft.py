@@ -49,7 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # num_steps 0: num_epochs passes over the packed rows.
   c.train = dict(num_steps=0, num_epochs=1, micro_batch_size=4, log_every=1, eval_every=0,
-                 checkpoint_every=20, keep_checkpoints=2, max_nonfinite_steps=10)
+                 checkpoint_every=20, keep_checkpoints=2, max_nonfinite_steps=10,
+                 compilation_cache="auto")  # "auto" | "workdir" | a path | "" (off)
 
   # Held-out evaluation by sampling (before training, every train.eval_every steps, at the
   # end): pass@1 / cons@k / format rates on a task the rule rewards can check.
@@ -68,7 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          config=dict(_ARITH, max_digits=1))
     c.data.seq_len = 512
     c.data.batch_size = 2
-    c.train.update(num_steps=4, micro_batch_size=1, checkpoint_every=2, eval_every=4)
+    c.train.update(num_steps=4, micro_batch_size=1, checkpoint_every=2, eval_every=4,
+                   compilation_cache="")
     c.optim.update(learning_rate=1e-3, warmup_steps=1)
     c.eval.source = dict(kind="reasoning_gym", task="basic_arithmetic", size=8, seed=7,
                          config=dict(_ARITH, max_digits=1))

@@ -276,20 +276,39 @@ def restore_params(path: str, like: Any) -> tuple[Any, int]:
   """Params of a trainer checkpoint (only the `params` of its TrainState is read), placed
   like the arrays of `like` (a params pytree of the same structure). Returns (params, step)."""
   import orbax.checkpoint as ocp
-  ckpt_dir, step, _ = resolve_checkpoint(path)
+
+  from r1jax import lora
+  ckpt_dir, step, workdir = resolve_checkpoint(path)
+  lcfg = _run_lora(workdir)  # a LoRA run saves {"base", "lora"}: restore both, then merge
   mngr = ocp.CheckpointManager(ckpt_dir)
   try:
     step = mngr.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no finished checkpoint under {ckpt_dir}")
-    abstract = {"params": jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)}
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    if lcfg.enabled:
+      mesh = jax.tree.leaves(target)[0].sharding.mesh
+      target = lora.abstract_params(target, lcfg, jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec()))
+    abstract = {"params": target}
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
     out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=abstract, restore_args=restore_args, partial_restore=True)))
   finally:
     mngr.close()
-  return out["state"]["params"], int(step)
+  return lora.merge(out["state"]["params"], lcfg), int(step)
+
+
+def _run_lora(workdir: str):
+  """The LoRA config of the run in `workdir` (off when its config.json has none)."""
+  from r1jax import lora
+  path = os.path.join(workdir, "config.json")
+  section = None
+  if os.path.exists(path):
+    with open(path) as f:
+      section = json.load(f).get("lora")
+  return lora.from_config(section)
 
 
 def load_examples(c, source: Mapping[str, Any] | None, num_problems: int = 0) -> list[dict]:

@@ -91,26 +91,46 @@ class MetricsWriter:
 
 
 class Progress:
-  """One line per step: step/total, a few metrics, step time and ETA."""
+  """One line per step: step/total, a few metrics, step time and ETA.
+
+  The ETA leaves compilation out: it is the median time of the recent steps that compiled
+  nothing (`metrics["compile_s"]` under 5% of `step_time_s`), or, before there is one, the
+  latest step's time less its compile time.
+  """
 
   def __init__(self, total: int, start: int = 0, stream=sys.stdout):
     self.total, self.start, self.stream = total, start, stream
     self.t0 = time.time()
+    self._steady: list[float] = []
+
+  def eta(self, step: int, metrics: Mapping[str, Any]) -> float:
+    t = float(metrics.get("step_time_s", 0.0))
+    compile_s = float(metrics.get("compile_s", 0.0))
+    if compile_s <= 0.05 * t:
+      self._steady = (self._steady + [t])[-20:]
+    per_step = float(np.median(self._steady)) if self._steady else max(t - compile_s, 0.0)
+    return per_step * (self.total - step)
 
   def line(self, step: int, metrics: Mapping[str, Any],
            keys: Sequence[str] = ("reward_mean", "accuracy", "format_rate",
                                   "completion_len_mean", "kl", "loss")) -> str:
-    done = step - self.start
-    elapsed = time.time() - self.t0
-    eta = elapsed / max(done, 1) * (self.total - step)
+    eta = self.eta(step, metrics)
     parts = [f"step {step}/{self.total}"]
     for k in keys:
       if k in metrics:
         parts.append(f"{k}={float(metrics[k]):.4g}")
-    parts.append(f"{metrics.get('step_time_s', 0):.1f}s/step eta {_hms(eta)}")
+    compiled = float(metrics.get("compile_s", 0.0))
+    note = f" ({compiled:.0f}s compiling)" if compiled >= 1 else ""
+    parts.append(f"{metrics.get('step_time_s', 0):.1f}s/step{note} eta {_hms(eta)}")
     msg = " | ".join(parts)
     print(msg, file=self.stream, flush=True)
     return msg
+
+
+def bar(done: int, total: int, width: int = 20) -> str:
+  """A text progress bar: `[#####-----] done/total`."""
+  n = int(width * done / max(total, 1))
+  return f"[{'#' * n}{'-' * (width - n)}] {done}/{total}"
 
 
 def _hms(s: float) -> str:

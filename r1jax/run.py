@@ -17,7 +17,7 @@ import jax
 
 from r1jax import evaluate as eval_lib
 from r1jax.mesh import use_mesh
-from r1jax.metrics import MetricsWriter
+from r1jax.metrics import MetricsWriter, bar
 from r1jax.sampling import SamplingConfig
 
 
@@ -42,15 +42,24 @@ def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[st
                    verbose: bool = True) -> Callable[[Any, jax.Array, int], dict]:
   """`run_eval(params, rng, step) -> metrics`: held-out pass@1 / cons@k / format / length
   of `examples` sampled with `scfg`, written to eval.jsonl (and TensorBoard)."""
+  is_main = verbose and jax.process_index() == 0
+
   def run_eval(params: Any, rng: jax.Array, step: int) -> dict:
-    t0 = time.time()
+    t0, done = time.time(), []
+
+    def show(recs):  # progress bar: one update per batch of prompts
+      done.append(len(recs) // scfg.num_samples)
+      if is_main:
+        print(f"eval step {step} {bar(sum(done), len(examples))} prompts "
+              f"{time.time() - t0:.0f}s", flush=True)
     with use_mesh(mesh):
       recs = eval_lib.sample_and_score(params, model_cfg, tokenizer, examples, render, pool,
-                                       scfg, rng, prompt_bucket=prompt_bucket, prefill=prefill)
+                                       scfg, rng, prompt_bucket=prompt_bucket, prefill=prefill,
+                                       on_records=show)
     m = eval_lib.records_metrics(recs, scfg.num_samples, reflection_words)
     m["eval_time_s"] = time.time() - t0
     writer.write(step, m, filename="eval.jsonl")
-    if verbose and jax.process_index() == 0:
+    if is_main:
       print(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())),
             flush=True)
     return m

@@ -22,7 +22,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from r1jax import data as data_lib
-from r1jax import distill, faults, steps
+from r1jax import compile_cache, distill, faults, steps
+from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.data import sft as sft_data
 from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
@@ -136,7 +137,9 @@ def main(argv) -> None:
 def train(c, workdir: str) -> list[dict]:
   """Run (or resume) an SFT / distillation run described by config `c`; returns the logged
   metric rows."""
-  print(f"sft: loading model ({c.model.source}) and data into {workdir}", flush=True)
+  cache_dir = compile_cache.setup(c.train.get("compilation_cache", "auto"), workdir)
+  print(f"sft: loading model ({c.model.source}) and data into {workdir}; compilation cache "
+        f"{cache_dir or 'off'}", flush=True)
   mesh = make_mesh(tuple(c.mesh.shape))
   model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
   is_main = write_run_files(workdir, c, model_cfg)
@@ -162,7 +165,7 @@ def train(c, workdir: str) -> list[dict]:
   ocfg = steps.OptimConfig(total_steps=num_steps, **c.optim.to_dict())
   tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
   loss_fn = functools.partial(_loss, model_cfg=model_cfg, dcfg=dcfg, teacher_cfg=teacher_cfg)
-  state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
+  state = memory_lib.init_state(params, tx)  # optimizer state sharded like the params
   del params
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(f"{workdir}/checkpoints", c.train.keep_checkpoints)

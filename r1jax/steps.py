@@ -102,7 +102,8 @@ def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
       def body(acc, xs):
         mb, wt = xs
         (l, m), g = grad_fn(state.params, mb, *consts)
-        return jax.tree.map(lambda a, x: a + wt * x, acc, (l, m, g)), None
+        # (cast back: bf16 params' gradients would otherwise turn float32 in the carry)
+        return jax.tree.map(lambda a, x: a + (wt * x).astype(a.dtype), acc, (l, m, g)), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro),

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +23,15 @@ from ml_collections import config_flags
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
 from r1jax import advantages as adv_lib
-from r1jax import dynamic_sampling, faults, grpo, ppo, steps
+from r1jax import compile_cache, dynamic_sampling, faults, grpo, ppo, steps
+from r1jax import lora as lora_lib
+from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer, abstract_like
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model.loader import load_model
 from r1jax.nonfinite import Guard
+from r1jax.run import make_evaluator, write_run_files
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -65,6 +66,9 @@ def validate(c) -> None:
     if c.train[key] < 0:
       raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
   data_lib.prefill_text(c.data.template, c.data.think_prefill)  # validates the template name
+  if lora_lib.from_config(c.get("lora")).enabled and ppo.from_config(c):  # raises on bad values
+    raise ValueError("lora.rank > 0 with grpo.advantage_estimator='gae': the PPO critic is a "
+                     "copy of the full policy and does not take LoRA adapters; use one or the other")
 
 
 def sampling_config(c, **extra) -> SamplingConfig:
@@ -86,9 +90,9 @@ def grpo_config(c) -> grpo.GRPOConfig:
 
 
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
-  """Host numpy training batch; completion columns trimmed to the longest row (bucketed)."""
-  n = out.tokens.shape[1]
-  keep = min(n, max(bucket, -(-int(out.lengths.max()) // bucket) * bucket))
+  """Host numpy training batch; completion columns trimmed to the longest row, padded to a
+  power-of-two bucket (few distinct shapes, so few train-step compilations)."""
+  keep = compile_cache.completion_bucket(int(out.lengths.max()), out.tokens.shape[1], bucket)
   return grpo.Batch(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
                     completion_tokens=out.tokens[:, :keep], completion_mask=out.mask[:, :keep],
                     advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None,
@@ -112,19 +116,21 @@ def train(c, workdir: str) -> list[dict]:
   """Run (or resume) a GRPO run described by config `c`; returns the logged metric rows."""
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  cache_dir = compile_cache.setup(c.train.get("compilation_cache", "auto"), workdir)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(c.to_json_best_effort(indent=2))
+    print(f"r1jax.train: loading model ({c.model.source} {c.model.preset or c.model.path}) "
+          f"and data; the first step then compiles the sampler and train step "
+          f"({'cached in ' + cache_dir if cache_dir else 'compilation cache off'})", flush=True)
 
   # Mesh and model: params are placed by the logical-axis rules, once.
   mesh = make_mesh(tuple(c.mesh.shape))
   model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
-  if is_main:
-    with open(os.path.join(workdir, "model_config.json"), "w") as f:
-      json.dump(dataclasses.asdict(model_cfg), f, indent=2)
+  write_run_files(workdir, c, model_cfg)  # config.json, model_config.json
   gcfg = grpo_config(c)
-  # The reference policy is a frozen copy (the train state is donated every step).
-  ref_params = jax.tree.map(jnp.copy, params) if gcfg.beta > 0 else None
+  lcfg = lora_lib.from_config(c.get("lora"))
+  # The reference policy is a frozen copy (the train state is donated every step); with LoRA
+  # it is the frozen base inside the train state.
+  ref_params = jax.tree.map(jnp.copy, params) if gcfg.beta > 0 and not lcfg.enabled else None
 
   # Data: held-out split, checkpointable iterator over the rest.
   source = data_lib.make_source(dict(c.data.source))
@@ -155,11 +161,15 @@ def train(c, workdir: str) -> list[dict]:
   pcfg = ppo.from_config(c)  # PPO: a critic, GAE advantages (None for the outcome estimators)
   loss_fn = functools.partial(_loss, gcfg=ppo.loss_config(gcfg, pcfg) if pcfg else gcfg,
                               model_cfg=model_cfg)
+  policy = lora_lib.policy_fn(lcfg)  # train-state params -> model params (LoRA merged)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
   logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
                                       temperature=gcfg.temperature, impl=gcfg.logprob_impl))
 
-  state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
+  params = lora_lib.wrap_params(params, lcfg, jax.random.key(c.seed + 1),
+                                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  # Optimizer state (of the adapters only with LoRA) sharded like its params.
+  state = memory_lib.init_state(params, tx, lora_lib.trainable(lcfg))
   del params
   critic_state = None  # PPO's critic train state, checkpointed beside the policy's
   if pcfg:
@@ -178,34 +188,28 @@ def train(c, workdir: str) -> list[dict]:
                     "data-parallel devices (the mesh axes of `batch`): XLA will reshard every "
                     "micro-batch the slow way", c.grpo.micro_batch_size,
                     c.grpo.micro_batch_size // g, dp)
-  train_step = steps.jit_train_step(
-      steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg)), state)
+  train_step = steps.jit_train_step(lora_lib.make_train_step(
+      loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg), lcfg), state)
 
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows after start
   progress = Progress(c.train.num_steps, start)
   guard = Guard(c.train.max_nonfinite_steps)
   rows = []
 
-  def run_eval(step_rng, step):
-    t0 = time.time()
-    with use_mesh(mesh):
-      recs = eval_lib.sample_and_score(state.params, model_cfg, tokenizer, eval_examples, render,
-                                       pool, eval_scfg, step_rng, prompt_bucket=c.data.prompt_bucket,
-                                       prefill=prefill)
-    m = eval_lib.records_metrics(recs, eval_scfg.num_samples, c.train.reflection_words)
-    m["eval_time_s"] = time.time() - t0
-    writer.write(step, m, filename="eval.jsonl")
-    if is_main:
-      print(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())),
-            flush=True)
-    return m
+  run_eval = make_evaluator(model_cfg, tokenizer, eval_examples, render, prefill, pool,
+                            eval_scfg, writer, mesh, prompt_bucket=c.data.prompt_bucket,
+                            reflection_words=tuple(c.train.reflection_words))
 
   with use_mesh(mesh):
-    if start == 0 and c.train.eval_every > 0 and eval_examples:
-      run_eval(jax.random.fold_in(rng, 10**9), 0)
+    if (start == 0 and c.train.eval_every > 0 and eval_examples
+        and c.train.get("eval_at_start", True)):
+      if is_main:
+        print(f"eval step 0: {len(eval_examples)} held-out prompts (compiling the sampler "
+              f"first; train.eval_at_start=False skips this)", flush=True)
+      run_eval(policy(state.params), jax.random.fold_in(rng, 10**9), 0)
     t_loop = time.time()  # train.max_wall_s (0 = off) stops early, with a final eval + save
     for step in range(start, c.train.num_steps):
-      t_step = time.time()
+      t_step, compiles0 = time.time(), compile_cache.snapshot()
       rng, sample_rng, eval_rng = jax.random.split(rng, 3)
       times = {"sample": 0.0, "reward": 0.0}
 
@@ -216,7 +220,7 @@ def train(c, workdir: str) -> list[dict]:
         ids = [tokenizer.encode(p) for p in prompts]
         t0 = time.time()
         dev = shard_batch(pad_prompts(ids, tokenizer.pad_id, c.data.prompt_bucket), mesh)
-        out = generate(state.params, model_cfg, *dev,
+        out = generate(policy(state.params), model_cfg, *dev,
                        jax.random.fold_in(sample_rng, rnd) if rnd else sample_rng, scfg)
         faults.hit("sample", step + 1)
         out = to_host(out)
@@ -249,9 +253,10 @@ def train(c, workdir: str) -> list[dict]:
           gcfg.std_ddof)
       batch = shard_batch(build_batch(ptoks, pmask, out, adv), mesh)
       if gcfg.beta > 0:
-        batch = batch._replace(ref_logp=logp_fn(ref_params, batch))
+        ref = lora_lib.base(state.params, lcfg) if ref_params is None else ref_params
+        batch = batch._replace(ref_logp=logp_fn(ref, batch))
       if c.grpo.mu > 1 or pcfg:
-        batch = batch._replace(old_logp=logp_fn(state.params, batch))
+        batch = batch._replace(old_logp=logp_fn(policy(state.params), batch))
       critic_m, m = {}, {}
       if pcfg:
         batch, critic_state, critic_m, adv = ppo.update_critic(critic, critic_state, batch,
@@ -281,6 +286,8 @@ def train(c, workdir: str) -> list[dict]:
           step_time_s=step_time, sample_time_s=t_sample, reward_time_s=t_reward,
           train_time_s=t_train, reward_invalid=res.invalid,
           learning_rate=float(schedule(step)))
+      compiled = compile_cache.since(compiles0)
+      metrics.update(compile_s=compiled["compile_s"], cache_hits=compiled["cache_hits"])
       for name, v in res.per_reward.items():
         metrics[f"reward/{name}"] = float(v.mean())
       for name, n in res.failures.items():
@@ -303,7 +310,7 @@ def train(c, workdir: str) -> list[dict]:
       guard.update(done_steps, metrics)  # raises after too many NaN/inf steps in a row
       if c.train.eval_every and eval_examples and (done_steps % c.train.eval_every == 0
                                                    or timeout):
-        run_eval(eval_rng, done_steps)
+        run_eval(policy(state.params), eval_rng, done_steps)
       if c.train.checkpoint_every and (done_steps % c.train.checkpoint_every == 0
                                        or done_steps == c.train.num_steps or timeout):
         ckpt.save(done_steps, (state, critic_state) if pcfg else state, rng,

@@ -101,7 +101,8 @@ def trl_worker(path: str) -> None:
                    max_steps=spec["steps"] + 1, learning_rate=1e-5, lr_scheduler_type="constant",
                    logging_steps=1000, save_strategy="no", report_to=[], use_cpu=True,
                    dataloader_num_workers=0, completion_only_loss=True, seed=0)
-  trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+  trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                       callbacks=[Timer()])
   collate = trainer.data_collator
 
   def counting(features):

@@ -31,7 +31,9 @@ class ModelConfig:
   max_position_embeddings: int = 8192
   dtype: str = "float32"
   param_dtype: str = "float32"
-  remat: bool = False  # rematerialise each block in the backward pass
+  # Rematerialise each block in the backward pass: False/"" off, True/"full" recompute all,
+  # or a jax.checkpoint_policies name ("dots_saveable", ...; r1jax.memory.REMAT_POLICIES).
+  remat: bool | str = False
 
   @property
   def hd(self) -> int:
@@ -57,6 +59,9 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
+    if self.remat not in (False, True, ""):
+      from r1jax.memory import remat_policy
+      remat_policy(self.remat)  # raises naming the bad value
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"ModelConfig.{name} must be float32|bfloat16|float16, "

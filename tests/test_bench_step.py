@@ -1,0 +1,31 @@
+"""The GRPO step benchmark runs (r1jax side, tiny model) and counts the model's FLOPs."""
+
+import pytest
+
+from r1jax.bench import step as bench
+from r1jax.model import PRESETS
+
+
+def test_step_flops_by_hand():
+  cfg = PRESETS["tiny"]  # D=64, L=2, H=4, Hkv=2, Dh=16, F=128, V=256, tied
+  weights = 2 * (64 * (4 + 2 * 2) * 16 + 4 * 16 * 64 + 3 * 64 * 128) + 64 * 256
+  attn = 4 * 2 * 4 * 16
+  b, g, p, n = 2, 3, 5, 4
+  fwd = b * p * (2 * weights + attn * 3) + b * g * n * (2 * weights + attn * (5 + 2.5))
+  f = bench.step_flops(cfg, b, g, p, n, beta=0.04)
+  assert f["generate"] == pytest.approx(fwd) and f["reference"] == pytest.approx(fwd)
+  assert f["policy"] == pytest.approx(3 * fwd)
+  assert bench.step_flops(cfg, b, g, p, n, beta=0.0)["reference"] == 0
+
+
+def test_bench_runs_r1jax_alone(tmp_path, capsys):
+  res = bench.main(["--model=tiny", "--shapes=1x2x4", "--betas=0.04", "--prompt_len=6",
+                    "--trl_python=", "--rate_size=256", f"--json_out={tmp_path / 'out.json'}"])
+  (row,) = res["rows"]
+  r = row["r1jax"]
+  assert r["lengths"] == 4  # every completion full length
+  assert r["total"] > 0 and r["generate"] > 0 and r["reference"] > 0 and r["policy"] > 0
+  assert "trl" not in row and res["rate_gflops"] > 0
+  out = capsys.readouterr().out
+  assert "cpu flags:" in out and "| 1x2x4 | 0.04 | r1jax |" in out
+  assert (tmp_path / "out.json").exists()
