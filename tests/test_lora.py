@@ -36,7 +36,7 @@ def _adapters(params, seed=1):
   return jax.tree.map(lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape), ad)
 
 
-def _naive_merge(params, adapters):
+def _naive_merge(params, adapters, scale=8.0 / 4):
   """W + (alpha/r) A @ B written out with matrices: W as [in, out], A [in, r], B [r, out]."""
   out = jax.tree.map(lambda x: x, params)
   for i, ad in enumerate(adapters["layers"] if isinstance(adapters["layers"], list)
@@ -48,7 +48,7 @@ def _naive_merge(params, adapters):
       rows = int(np.prod(w.shape[:n_in]))
       a = ab["a"].reshape(rows, -1)
       b = ab["b"].reshape(a.shape[1], -1)
-      layer[name] = (w.reshape(rows, -1) + (8.0 / 4) * (a @ b)).reshape(w.shape)
+      layer[name] = (w.reshape(rows, -1) + scale * (a @ b)).reshape(w.shape)
   return out
 
 
@@ -143,3 +143,45 @@ def test_checkpointed_lora_state_restores_and_merges(tmp_path):
   want = _naive_merge(params, state["lora"])
   for x, y in zip(jax.tree.leaves(merged), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_lora_grpo_run_exports_merged_weights(tmp_path):
+  """End to end: a tiny GRPO run with adapters trains with the base frozen; then (with the
+  adapters' B made non-zero, as training would) the export function restores base +
+  adapters from the trainer's checkpoint and writes the merged model, which transformers
+  reads with the logits of a hand-merged W + (alpha / r) A B."""
+  transformers = pytest.importorskip("transformers")
+  from configs import r1_zero
+  from hf_oracle import hf_logits
+  from r1jax import train as train_lib
+  from r1jax.checkpoint import Checkpointer
+  from r1jax.export import export
+  c = r1_zero.get_config("tiny")
+  c.unlock()
+  c.train.update(num_steps=2, eval_every=0, checkpoint_every=2)
+  c.lora.update(rank=4, alpha=8.0)
+  run = str(tmp_path / "run")
+  train_lib.train(c, run)
+  ck = Checkpointer(run + "/checkpoints")
+  lcfg = lora.from_config(c.lora)
+  tx = steps.make_optimizer(steps.OptimConfig(total_steps=2, **c.optim.to_dict()))
+  like = memory.init_state(lora.wrap_params(init_params(PRESETS["tiny"], 0), lcfg,
+                                            jax.random.key(0)), tx, lora.trainable(lcfg))
+  state, rng, data_state, _ = ck.restore(jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like))
+  base0 = init_params(PRESETS["tiny"], c.seed)
+  for x, y in zip(jax.tree.leaves(state.params["base"]), jax.tree.leaves(base0)):
+    np.testing.assert_array_equal(x, y)  # the base never moves
+  keys = iter(jax.random.split(jax.random.key(3), 100))
+  adapters = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape),
+                          state.params["lora"])
+  ck.save(3, state._replace(params=dict(state.params, lora=adapters)), rng, data_state)
+  ck.close()
+  export(run, str(tmp_path / "hf"))
+  back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+  merged = _naive_merge(state.params["base"], adapters, c.lora.alpha / c.lora.rank)
+  toks = np.asarray([[3, 40, 41, 42, 9]])
+  ours, _ = _forward(merged, PRESETS["tiny"], jnp.asarray(toks), jnp.arange(5)[None])
+  plain, _ = _forward(base0, PRESETS["tiny"], jnp.asarray(toks), jnp.arange(5)[None])
+  assert not np.allclose(ours, plain, atol=1e-3)
+  np.testing.assert_allclose(hf_logits(back, toks), ours, atol=1e-4)
