@@ -204,7 +204,7 @@ def train(c, workdir: str) -> list[dict]:
     if start == 0 and run_eval is not None:
       run_eval(state.params, jax.random.fold_in(rng, 10**9), 0)
     for step in range(start, num_steps):
-      t0 = time.time()
+      t0, compiles0 = time.time(), compile_cache.snapshot()
       rng, pol_rng, eval_rng = jax.random.split(rng, 3)
       batch = sft_data.collate(next(data_it))
       on_policy = c.distill.on_policy > 0 and \
@@ -222,6 +222,8 @@ def train(c, workdir: str) -> list[dict]:
                      tokens_per_s=float((batch["segment_ids"] > 0).sum()) / dt,
                      on_policy=float(on_policy), learning_rate=float(schedule(step)),
                      epoch=step * bsz / len(rows))
+      compiled = compile_cache.since(compiles0)
+      metrics.update(compile_s=compiled["compile_s"], cache_hits=compiled["cache_hits"])
       if step == 0:
         metrics.update({f"data/{k}": v for k, v in data_stats.items()})
       done = step + 1
