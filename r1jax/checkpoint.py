@@ -17,6 +17,7 @@ every array straight into its target sharding.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from typing import Any
@@ -122,3 +123,67 @@ def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a pytree of arrays, as a restore target."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+
+def resolve_checkpoint(path: str) -> tuple[str, int | None, str]:
+  """WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/STEP -> (manager dir, step, workdir).
+
+  step None means the latest.
+  """
+  path = os.path.abspath(path)
+  base = os.path.basename(path.rstrip("/"))
+  if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
+    ckpt_dir = os.path.dirname(path)
+    return ckpt_dir, int(base), _workdir_of(ckpt_dir)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None, path
+  if os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path)):
+    return path, None, _workdir_of(path)
+  raise FileNotFoundError(f"no checkpoint at {path} (want a workdir, its checkpoints/ "
+                          "directory, or one step directory inside it)")
+
+
+def _workdir_of(ckpt_dir: str) -> str:
+  return os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
+
+
+def restore_params(path: str, like: Any) -> tuple[Any, int]:
+  """Params of a trainer checkpoint (only the `params` of its TrainState is read), placed
+  like the arrays of `like` (a params pytree of the same structure). Returns (params, step)."""
+  import orbax.checkpoint as ocp
+
+  from r1jax import lora
+  ckpt_dir, step, workdir = resolve_checkpoint(path)
+  lcfg = _run_lora(workdir)  # a LoRA run saves {"base", "lora"}: restore both, then merge
+  mngr = ocp.CheckpointManager(ckpt_dir)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no finished checkpoint under {ckpt_dir}")
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    if lcfg.enabled:
+      mesh = jax.tree.leaves(target)[0].sharding.mesh
+      target = lora.abstract_params(target, lcfg, jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec()))
+    abstract = {"params": target}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=restore_args, partial_restore=True)))
+  finally:
+    mngr.close()
+  return lora.merge(out["state"]["params"], lcfg), int(step)
+
+
+def _run_lora(workdir: str):
+  """The LoRA config of the run in `workdir` (off when its config.json has none)."""
+  from r1jax import lora
+  path = os.path.join(workdir, "config.json")
+  section = None
+  if os.path.exists(path):
+    with open(path) as f:
+      section = json.load(f).get("lora")
+  return lora.from_config(section)

@@ -57,7 +57,7 @@ def restore_params(workdir: str, cfg, step: int | None = None, mesh=None) -> tup
                             param_shapes(cfg), shardings)
     if os.path.isdir(os.path.join(ckpt_dir, str(step), "state")):
       # A trainer's checkpoint (r1jax.train / r1jax.sft): the params of its TrainState.
-      from r1jax.evaluate import restore_params as restore_state_params
+      from r1jax.checkpoint import restore_params as restore_state_params
       return step, restore_state_params(os.path.join(ckpt_dir, str(step)), abstract)[0]
     restored = mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract)))

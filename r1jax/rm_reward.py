@@ -53,7 +53,7 @@ def load_scorer(workdir: str, mesh, scope: str = "full", max_len: int = 0,
                                                                        Sequence[str]], np.ndarray]:
   """(prompts, completions) -> float32 scores of the RM checkpoint in `workdir`, computed in a
   jitted forward on `mesh` (params placed by the logical-axis rules)."""
-  from r1jax.evaluate import restore_params
+  from r1jax.checkpoint import restore_params
   from r1jax.mesh import shard_batch, to_host, use_mesh
   from r1jax.model.loader import load_model
   from r1jax.reward_model import encode

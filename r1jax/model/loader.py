@@ -106,7 +106,7 @@ def _load(spec: Mapping[str, Any], mesh: Mesh, rules, seed: int):
     cfg = cfg.replace(**dtypes)
     return cfg, params, Tokenizer.from_hf_dir(spec["path"])
   if source == "run":
-    from r1jax.evaluate import restore_params
+    from r1jax.checkpoint import restore_params
     from r1jax.model.checkpoint_io import load_model_config
     from r1jax.model.transformer import param_shapes
     run_cfg, cfg_file = _run_files(spec["path"])
