@@ -3,6 +3,7 @@ restarted ends with the same outputs as an uninterrupted one; a missing input is
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -100,5 +101,7 @@ def test_killed_inside_a_stage_and_restarted_gives_the_same_outputs(full_run, tm
                         timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   assert all(f"{s}: done, skipped" in done.stdout for s in STAGES[:-1])
-  assert "resumed from step 1" in open(os.path.join(d, last, "stage.log")).read()
+  # Killed once checkpoint 1 existed; the stage may have finished step 2 before the kill
+  # landed, so it resumes from step 1 or 2 (it must resume, not start over or be skipped).
+  assert re.search(r"resumed from step [12] ", open(os.path.join(d, last, "stage.log")).read())
   assert _outputs(d) == _outputs(full_run)
