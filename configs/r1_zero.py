@@ -55,9 +55,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # PPO with a critic (grpo.advantage_estimator="gae", r1jax/ppo.py): a value head on a copy
   # of the policy with its own AdamW; kl_in="reward" puts beta * k1 per token in the reward,
   # "loss" keeps the k3 term in the policy loss; only the critic trains for the warm-up steps.
+  # critic_model: {} is the copy of the policy; a smaller critic is a model spec as `model`
+  # takes (same vocabulary), or dict(source="policy", prune_every=k): every k-th block of
+  # the policy. Command line: --config.ppo.critic_model="{'source':'policy','prune_every':2}"
   c.ppo = dict(gamma=1.0, lam=0.95, value_clip=0.2, value_loss_weight=0.5,
                whiten_advantages=True, kl_in="reward", critic_warmup_steps=0,
-               critic_learning_rate=1e-5)
+               critic_learning_rate=1e-5, critic_model={})
   # LoRA on the policy (rank 0 = full fine-tuning); targets: regex over q|k|v|o|gate|up|down.
   c.lora = dict(rank=0, alpha=16.0, targets="q|k|v|o|gate|up|down")
 

@@ -1,9 +1,13 @@
 """PPO with a critic (`grpo.advantage_estimator="gae"`): value head, value loss, GAE advantages.
 
-The critic is a copy of the policy with a scalar value head ([D] -> 1 on the final hidden
-state that predicts each completion token, i.e. V(state before token t)); it has its own
+The critic is a transformer with a scalar value head ([D] -> 1 on the final hidden state
+that predicts each completion token, i.e. V(state before token t)); it has its own
 optimizer and train state, and shares the mesh, the rollout and the micro-batching with the
-policy. One PPO step (`update_critic`, called by the trainer before the policy update):
+policy. Its transformer is `ppo.critic_model`: {} a copy of the policy; a model spec as
+`model` takes (gguf, hf_dir, run, ...) a separate model, usually smaller, reading the same
+token ids; `dict(source="policy", prune_every=k)` every k-th block of the policy's initial
+weights (`load_critic_model`). Every critic function takes the critic's own model config.
+One PPO step (`update_critic`, called by the trainer before the policy update):
   1. per-token rewards: the outcome score at each completion's last valid token, minus
      beta * k1 = beta * (log pi_old - log pi_ref) per token when `kl_in="reward"`
      (`kl_in="loss"` keeps the k3 penalty in the policy loss, as GRPO does);
@@ -27,8 +31,10 @@ import numpy as np
 from r1jax import advantages as adv_lib
 from r1jax import grpo, steps
 from r1jax.mesh import replicated
+from r1jax.model import loader
 
 KL_IN = ("reward", "loss")
+CRITIC_SOURCES = ("policy",) + loader.SOURCES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +66,48 @@ def from_config(c) -> PPOConfig | None:
   """The `ppo` section of an experiment config when the estimator is gae, else None."""
   if c.grpo.get("advantage_estimator", "grpo") != "gae":
     return None
-  return PPOConfig(**c.ppo.to_dict())
+  return PPOConfig(**{k: v for k, v in c.ppo.to_dict().items() if k != "critic_model"})
+
+
+def critic_spec(c) -> dict:
+  """`ppo.critic_model` checked, with the policy's dtypes where it names none ({}: a copy)."""
+  spec = c.ppo.get("critic_model") or {}
+  spec = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+  if not spec:
+    return {}
+  source = spec.get("source")
+  if source not in CRITIC_SOURCES:
+    raise ValueError(f"ppo.critic_model.source={source!r}; choose from {CRITIC_SOURCES} "
+                     "(or ppo.critic_model={} for a copy of the policy)")
+  every = spec.get("prune_every", 0)
+  if not isinstance(every, int) or every < 0:
+    raise ValueError(f"ppo.critic_model.prune_every={every!r} must be an int >= 0")
+  if source == "policy":
+    extra = sorted(set(spec) - {"source", "prune_every"})
+    if extra:
+      raise ValueError(f"ppo.critic_model={spec}: source='policy' takes only prune_every, "
+                       f"not {extra}")
+    return spec
+  return {**{k: c.model[k] for k in ("dtype", "param_dtype", "remat") if k in c.model}, **spec}
+
+
+def load_critic_model(spec: dict, policy_params: Any, policy_cfg, mesh, seed: int = 0):
+  """(model config, params) of the critic's transformer from `critic_spec`; the value head
+  comes on top in `init_critic_params`. Raises naming `ppo.critic_model` when the critic's
+  vocabulary is not the policy's (it reads the policy's token ids)."""
+  if not spec:
+    return policy_cfg, policy_params
+  if spec["source"] == "policy":
+    every = spec.get("prune_every", 0)
+    if every > 1:
+      return loader.prune_layers(policy_params, policy_cfg, every)
+    return policy_cfg, policy_params
+  cfg, params, _ = loader.load_model(spec, mesh, seed=seed)
+  if cfg.vocab_size != policy_cfg.vocab_size:
+    raise ValueError(f"ppo.critic_model={spec}: the critic's vocab_size={cfg.vocab_size} is "
+                     f"not the policy's {policy_cfg.vocab_size}; the critic reads the policy's "
+                     "token ids, so it needs the same tokenizer")
+  return cfg, params
 
 
 def loss_config(gcfg: grpo.GRPOConfig, pcfg: PPOConfig) -> grpo.GRPOConfig:
@@ -77,12 +124,13 @@ class CriticBatch(NamedTuple):
   old_values: jax.Array  # [B*G, N]
 
 
-def init_critic_params(policy_params: Any, model_cfg, mesh=None) -> dict:
-  """A copy of the policy (same shardings) and a zero value head: V = 0 at the start."""
+def init_critic_params(model_params: Any, model_cfg, mesh=None) -> dict:
+  """A copy of the critic's transformer (same shardings; its arrays may be the policy's,
+  whose train state is donated) and a zero value head: V = 0 at the start."""
   head = {"w": jnp.zeros((model_cfg.hidden_size,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
   if mesh is not None:
     head = jax.device_put(head, replicated(mesh))
-  return {"model": jax.tree.map(jnp.copy, policy_params), "head": head}
+  return {"model": jax.tree.map(jnp.copy, model_params), "head": head}
 
 
 def values(critic: dict, model_cfg, prompt_tokens, prompt_mask, completion_tokens,
@@ -142,13 +190,16 @@ class Critic(NamedTuple):
   train_step: Callable
 
 
-def make_critic(policy_params: Any, model_cfg, pcfg: PPOConfig, ocfg: steps.OptimConfig,
+def make_critic(model_params: Any, model_cfg, pcfg: PPOConfig, ocfg: steps.OptimConfig,
                 n_micro: int, mesh=None) -> tuple[steps.TrainState, Critic]:
-  """Initial critic train state (own AdamW at `critic_learning_rate`) and jitted functions."""
+  """Initial critic train state (own AdamW at `critic_learning_rate`) and jitted functions.
+
+  `model_params`, `model_cfg`: the critic's transformer (`load_critic_model`), not the policy's.
+  """
   ocfg = dataclasses.replace(ocfg, learning_rate=pcfg.critic_learning_rate)
   tx = steps.make_optimizer(ocfg)
   state = jax.jit(steps.init_state, static_argnums=1)(
-      init_critic_params(policy_params, model_cfg, mesh), tx)
+      init_critic_params(model_params, model_cfg, mesh), tx)
   loss_fn = functools.partial(critic_loss, pcfg=pcfg, model_cfg=model_cfg)
   step = steps.jit_train_step(steps.make_train_step(
       lambda p, b: loss_fn(p, b), tx, n_micro, lambda b: b.completion_mask.sum()), state)

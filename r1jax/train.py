@@ -1,10 +1,10 @@
 """R1-Zero GRPO trainer: `python -m r1jax.train --config=configs/r1_zero.py --workdir=DIR`.
 
-Reads top to bottom: config -> mesh -> model -> data -> rewards -> jitted functions ->
-restore -> loop. Each step: sample G completions per prompt on the mesh, score them on
-the host, compute group advantages, take `mu` GRPO steps, write metrics / samples /
-checkpoints. A restart with the same workdir resumes from the latest checkpoint
-(params, optimizer, step, RNG and data iterator).
+Reads top to bottom: config -> mesh -> model -> data -> jitted functions (and PPO's
+critic) -> rewards -> restore -> loop. Each step: sample G completions per prompt on the
+mesh, score them on the host, compute group advantages, take `mu` GRPO steps, write
+metrics / samples / checkpoints. A restart with the same workdir resumes from the latest
+checkpoint (params, optimizer, step, RNG and data iterator).
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def validate(c) -> None:
     raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
   sampling_config(c)  # raises on a bad value
   grpo_config(c)  # raises on a bad value or an incompatible combination
-  ppo.from_config(c)
+  if ppo.from_config(c):
+    ppo.critic_spec(c)  # raises naming ppo.critic_model
   if c.grpo.get("dynamic_sampling") and c.grpo.max_sampling_rounds < 1:
     raise ValueError(f"grpo.max_sampling_rounds={c.grpo.max_sampling_rounds} must be >= 1")
   if c.grpo.mu < 1:
@@ -67,8 +68,8 @@ def validate(c) -> None:
       raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
   data_lib.prefill_text(c.data.template, c.data.think_prefill)  # validates the template name
   if lora_lib.from_config(c.get("lora")).enabled and ppo.from_config(c):  # raises on bad values
-    raise ValueError("lora.rank > 0 with grpo.advantage_estimator='gae': the PPO critic is a "
-                     "copy of the full policy and does not take LoRA adapters; use one or the other")
+    raise ValueError("lora.rank > 0 with grpo.advantage_estimator='gae': the PPO critic starts "
+                     "from full weights and does not take LoRA adapters; use one or the other")
 
 
 def sampling_config(c, **extra) -> SamplingConfig:
@@ -143,13 +144,6 @@ def train(c, workdir: str) -> list[dict]:
   render = data_lib.make_renderer(c.data, tokenizer)
   prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
 
-  # Rewards run on the host, in worker processes with a per-completion deadline.
-  from r1jax import rm_reward
-  from r1jax.rewards import RewardPool, scored_weights
-  rewarder = rm_reward.from_config(c, mesh, prefill)  # reward model / per-source routing
-  pool = RewardPool(scored_weights(rewarder.pool_weights if rewarder else c.rewards.weights),
-                    timeout_s=c.rewards.timeout_s, num_workers=c.rewards.num_workers)
-
   g = c.sampling.num_samples
   scfg = sampling_config(c, eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
   eval_scfg = dataclasses.replace(scfg, num_samples=c.train.eval_samples,
@@ -172,8 +166,24 @@ def train(c, workdir: str) -> list[dict]:
   state = memory_lib.init_state(params, tx, lora_lib.trainable(lcfg))
   del params
   critic_state = None  # PPO's critic train state, checkpointed beside the policy's
-  if pcfg:
-    critic_state, critic = ppo.make_critic(state.params, model_cfg, pcfg, ocfg, n_micro, mesh)
+  if pcfg:  # the critic's own transformer: a copy of the policy, or ppo.critic_model
+    cspec = ppo.critic_spec(c)
+    critic_cfg, critic_params = ppo.load_critic_model(cspec, state.params, model_cfg, mesh,
+                                                      seed=c.seed)
+    critic_state, critic = ppo.make_critic(critic_params, critic_cfg, pcfg, ocfg, n_micro, mesh)
+    del critic_params
+    if is_main:
+      print(f"PPO critic: {critic_cfg.num_layers} layers, hidden {critic_cfg.hidden_size} "
+            f"({cspec or 'a copy of the policy'})", flush=True)
+
+  # Rewards run on the host, in worker processes with a per-completion deadline (started after
+  # the models, so that a bad model spec stops the run before any worker exists).
+  from r1jax import rm_reward
+  from r1jax.rewards import RewardPool, scored_weights
+  rewarder = rm_reward.from_config(c, mesh, prefill)  # reward model / per-source routing
+  pool = RewardPool(scored_weights(rewarder.pool_weights if rewarder else c.rewards.weights),
+                    timeout_s=c.rewards.timeout_s, num_workers=c.rewards.num_workers)
+
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
   if ckpt.latest_step() is not None:

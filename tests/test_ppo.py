@@ -1,11 +1,14 @@
-"""PPO pieces: clipped value loss and GAE advantages with the KL in the reward, by hand."""
+"""PPO pieces: clipped value loss and GAE advantages with the KL in the reward, by hand;
+a layer-pruned critic's values against a plain forward of the blocks it should keep."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import ppo
+from r1jax import grpo, ppo, steps
+from r1jax.mesh import make_mesh
+from r1jax.model import PRESETS, forward, init_params, positions_from_mask
 
 
 def test_value_clipping_hand_numbers():
@@ -62,3 +65,36 @@ def test_bad_ppo_config_is_named():
     ppo.PPOConfig(kl_in="both")
   with pytest.raises(ValueError, match="ppo.lam=1.5"):
     ppo.PPOConfig(lam=1.5)
+
+
+def test_pruned_policy_critic_values_vs_plain_forward():
+  # A 4-block policy; critic_model=dict(source="policy", prune_every=2) keeps blocks 0 and 2.
+  cfg = PRESETS["tiny"].replace(num_layers=4)
+  params = init_params(cfg, 0)
+  mesh = make_mesh((1, 1, 1))
+  ccfg, cparams = ppo.load_critic_model(dict(source="policy", prune_every=2), params, cfg, mesh)
+  state, critic = ppo.make_critic(cparams, ccfg, ppo.PPOConfig(), steps.OptimConfig(), 1, mesh)
+  assert ccfg.num_layers == 2 and len(state.params["model"]["layers"]) == 2
+  rng = np.random.default_rng(0)
+  w, b = rng.normal(size=cfg.hidden_size).astype(np.float32), np.float32(0.3)
+  head = {"w": jnp.asarray(w), "b": jnp.asarray(b)}
+  # Two prompts (one left-padded), three completions each, some finished early.
+  g, p, n = 3, 6, 5
+  prompt = rng.integers(3, cfg.vocab_size, (2, p)).astype(np.int32)
+  pmask = np.ones((2, p), np.int32)
+  pmask[1, :2], prompt[1, :2] = 0, 0
+  comp = rng.integers(3, cfg.vocab_size, (2 * g, n)).astype(np.int32)
+  cmask = np.ones((2 * g, n), np.int32)
+  cmask[2, 3:], cmask[4, 1:] = 0, 0
+  comp[cmask == 0] = 0
+  batch = grpo.Batch(prompt, pmask, comp, cmask, np.zeros(2 * g, np.float32), None, None)
+  got = np.asarray(critic.values(dict(state.params, head=head), batch))
+  # Reference: blocks 0 and 2 of the policy picked by hand, each row's whole sequence through
+  # one plain causal forward; V(t) = h(state before token t) . w + b.
+  ref = dict(params, layers={0: params["layers"][0], 1: params["layers"][2]})
+  toks = np.concatenate([np.repeat(prompt, g, 0), comp], 1)
+  mask = np.concatenate([np.repeat(pmask, g, 0), cmask], 1)
+  h, _ = forward(ref, cfg.replace(num_layers=2), jnp.asarray(toks),
+                 positions_from_mask(jnp.asarray(mask)), jnp.asarray(mask), return_hidden=True)
+  want = np.asarray(h)[:, p - 1:p + n - 1] @ w + b
+  np.testing.assert_allclose(got[cmask == 1], want[cmask == 1], atol=1e-4)

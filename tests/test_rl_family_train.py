@@ -8,6 +8,7 @@ import pytest
 
 from configs import r1_zero
 from r1jax import train as train_lib
+from r1jax.model import PRESETS
 
 
 def _cfg(**grpo):
@@ -55,8 +56,13 @@ def test_bad_algorithm_config_is_named(field, value, match):
     train_lib.validate(c)
 
 
-def test_ppo_tiny_run_and_resume(tmp_path):
+@pytest.mark.parametrize("critic_model,critic_layers", [
+    ({}, 2),  # a copy of the (2-block) policy
+    (dict(source="policy", prune_every=2), 1),  # its block 0 only
+])
+def test_ppo_tiny_run_and_resume(tmp_path, capsys, critic_model, critic_layers):
   c = _cfg(advantage_estimator="gae")
+  c.ppo.critic_model = critic_model
   c.ppo.critic_warmup_steps = 1
   c.ppo.critic_learning_rate = 1e-3
   c.train.checkpoint_every = 1
@@ -64,6 +70,7 @@ def test_ppo_tiny_run_and_resume(tmp_path):
   c.rewards.weights.cosine = 1.0  # a non-zero (length-shaped) score for the critic to fit
   train_lib.validate(c)
   first = train_lib.train(c, str(tmp_path))
+  assert f"PPO critic: {critic_layers} layers" in capsys.readouterr().out
   # Step 1 is the critic warm-up (no policy loss); the zero-initialised head predicted 0.
   assert [r["step"] for r in first] == [1] and "loss" not in first[0]
   assert first[0]["critic/value_mean"] == 0.0
@@ -76,3 +83,17 @@ def test_ppo_tiny_run_and_resume(tmp_path):
   assert second[0]["critic/value_mean"] != 0.0
   assert np.isfinite(second[0]["loss"]) and second[0]["kl"] == 0.0  # KL is in the reward
   assert np.isfinite(second[0]["critic/value_loss"])
+
+
+def test_ppo_critic_model_with_another_vocabulary_stops_at_start(tmp_path, monkeypatch):
+  monkeypatch.setitem(PRESETS, "tiny_v512", PRESETS["tiny"].replace(vocab_size=512))
+  c = _cfg(advantage_estimator="gae")
+  c.ppo.critic_model = dict(source="preset", preset="tiny_v512")
+  train_lib.validate(c)
+  with pytest.raises(ValueError, match=r"ppo.critic_model=.*vocab_size=512 is not the "
+                                       r"policy's 256"):
+    train_lib.train(c, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, "metrics.jsonl"))
+  c.ppo.critic_model = dict(source="hf", path="/nowhere")
+  with pytest.raises(ValueError, match="ppo.critic_model.source='hf'"):
+    train_lib.validate(c)
