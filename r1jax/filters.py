@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from r1jax.data.templates import COLD_START_TOKEN
-from r1jax.rewards.language import language_consistency
+from r1jax.rewards.language import language_share
 
 # Every drop reason, in the order the checks run (also the keys of the stats file).
 REASONS = ("truncated", "unverifiable", "incorrect", "mixed_language", "long_paragraph",
@@ -69,12 +69,14 @@ def truncated(text: str, hit_limit: bool) -> str | None:
 
 
 def mixed_language(text: str, example: Mapping[str, Any], min_share: float) -> str | None:
-  """Drop when the CoT's share of words in the example's language (default en) < min_share."""
+  """Drop when the CoT's share of words in the example's language (default en) < min_share.
+  A CoT with no words at all (only numbers and symbols) is kept: it mixes nothing."""
   if min_share <= 0:
     return None
   cot = split_reasoning(text)
   body = f"<think>{cot[0]}</think>" if cot else text
-  return "mixed_language" if language_consistency(body, example) < min_share else None
+  share = language_share(body, example)
+  return "mixed_language" if share is not None and share < min_share else None
 
 
 def long_paragraph(text: str, max_chars: int) -> str | None:

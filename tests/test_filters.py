@@ -26,6 +26,11 @@ GOOD = "<think> Two plus three makes five. </think> <answer> 5 </answer>"
      " </think> <answer> 5 </answer>", {}, "long_paragraph"),
     ("<think> Run it:\n```python\nprint(2 + 3)\n```\n gives five. </think> <answer> 5 </answer>",
      {}, "code_in_cot"),
+    # A reasoning of bare arithmetic has no words: nothing to call mixed (a small model's
+    # cold-start traces look like this; the pipeline's rejection sampler kept none of them).
+    ("|special_token|13 - 92 = -79.|special_token|The answer is $\\boxed{-79}$.", {}, None),
+    ("<think> 13 - 92 = -79. </think> <answer> -79 </answer>", {}, None),
+    ("<think> 13 - 92 = -79, 答案是 </think> <answer> -79 </answer>", {}, "mixed_language"),
     # A code block in the summary (after the reasoning) is fine.
     ("<think> Two plus three makes five. </think> <answer> 5 </answer>\n```\n5\n```", {}, None),
 ])

@@ -331,6 +331,12 @@ def test_language_script_shares(completion, language, expected):
   assert got == pytest.approx(expected)
 
 
+def test_language_share_is_none_without_words():
+  from r1jax.rewards.language import language_share
+  assert language_share("<think>$1+1=2$</think>", {}, use_lingua=False) is None
+  assert language_share("<think>1 + 1 = 2, so two</think>", {}, use_lingua=False) == 1.0
+
+
 def test_language_lingua_separates_latin_languages():
   pytest.importorskip("lingua")
   fr = "Nous calculons la somme des deux nombres et nous obtenons le résultat final."

@@ -120,10 +120,20 @@ def _off_target(sentence_words: list[str], detector: Any) -> bool:
 
 def language_consistency(completion: str, example: Example, *, use_lingua: bool = True,
                          min_words_for_detection: int = 4) -> float:
-  """Share (0..1) of the chain of thought's words in example.get("language", "en").
+  """Share (0..1) of the chain of thought's words in example.get("language", "en"); 0 when
+  it has no words (the reward pays for readable prose, not for bare formulas).
 
   The language is an ISO 639-1 code ("en", "zh", "fr"; "zh-CN" reads as "zh").
   """
+  share = language_share(completion, example, use_lingua=use_lingua,
+                         min_words_for_detection=min_words_for_detection)
+  return 0.0 if share is None else share
+
+
+def language_share(completion: str, example: Example, *, use_lingua: bool = True,
+                   min_words_for_detection: int = 4) -> float | None:
+  """As `language_consistency`, but None when the chain of thought has no words (a bare
+  `13 - 92 = -79.` is in no language, so a filter has nothing to call mixed)."""
   language = str(example.get("language") or "en").lower().replace("_", "-").split("-")[0]
   scripts = _target_scripts(language)
   text = _prose(extract_cot(completion)[:MAX_COT_CHARS])
@@ -143,7 +153,7 @@ def language_consistency(completion: str, example: Example, *, use_lingua: bool 
       if _off_target(same, detector):
         continue
     in_target += len(same)
-  return in_target / total if total else 0.0
+  return in_target / total if total else None
 
 
 def warmup() -> None:
