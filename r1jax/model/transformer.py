@@ -171,23 +171,33 @@ def _attention(q, k, v, allowed, dtype):
   return out.reshape(b, t, h, hd)
 
 
-def _dense(spec: str, x: jax.Array, layer: Params, name: str, cast) -> jax.Array:
-  """x @ layer[name] by `spec`, plus x @ A @ B when LoRA adapters ride along (r1jax.lora)."""
-  y = jnp.einsum(spec, x, cast(layer[name]))
+def _dense(x: jax.Array, layer: Params, name: str, cast) -> jax.Array:
+  """x [B, T, *in] @ layer[name] [*in, *out] -> [B, T, *out], plus x @ A @ B when LoRA
+  adapters ride along (r1jax.lora; A [*in, r], B [r, *out]).
+
+  Computed as 2-D [tokens, in] x [in, out] matmuls: XLA:CPU runs the backward of the
+  equivalent rank-3/4 einsum (the weight gradient contracts over batch and length) at a
+  fraction of its matmul rate, and a 2-D dot is what every backend tiles best.
+  """
+  w = cast(layer[name])
+  b, t = x.shape[:2]
+  x2 = x.reshape(b * t, -1)
+  out = w.shape[x.ndim - 2:]
+  y = x2 @ w.reshape(x2.shape[1], -1)
   if name + "_lora_a" in layer:
-    a, b = cast(layer[name + "_lora_a"]), cast(layer[name + "_lora_b"])
-    xa = jnp.tensordot(x, a, axes=a.ndim - 1)  # contracts x's trailing `in` dims
-    y = y + jnp.tensordot(xa, b, axes=1)
-  return y
+    a, bb = cast(layer[name + "_lora_a"]), cast(layer[name + "_lora_b"])
+    xa = x2 @ a.reshape(x2.shape[1], -1)
+    y = y + xa @ bb.reshape(xa.shape[1], -1)
+  return y.reshape(b, t, *out)
 
 
 def _block(x, layer, cfg: ModelConfig, positions, inv_freq, allowed, cache_kv, index):
   dt = jnp.dtype(cfg.dtype)
   c = lambda w: w.astype(dt)
   hn = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
-  q = _dense("btd,dhk->bthk", hn, layer, "q", c)
-  k = _dense("btd,dhk->bthk", hn, layer, "k", c)
-  v = _dense("btd,dhk->bthk", hn, layer, "v", c)
+  q = _dense(hn, layer, "q", c)
+  k = _dense(hn, layer, "k", c)
+  v = _dense(hn, layer, "v", c)
   if cfg.qkv_bias:
     q, k, v = q + c(layer["q_bias"]), k + c(layer["k_bias"]), v + c(layer["v_bias"])
   q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
@@ -201,13 +211,13 @@ def _block(x, layer, cfg: ModelConfig, positions, inv_freq, allowed, cache_kv, i
   else:
     new_kv = None
   attn = _attention(q, k.astype(dt), v.astype(dt), allowed, dt)
-  x = x + _dense("bthk,hkd->btd", attn, layer, "o", c)
+  x = x + _dense(attn, layer, "o", c)
   x = constrain(x, ("batch", "length", "embed"))
   hn = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
-  g = _dense("btd,df->btf", hn, layer, "gate", c)
-  u = _dense("btd,df->btf", hn, layer, "up", c)
+  g = _dense(hn, layer, "gate", c)
+  u = _dense(hn, layer, "up", c)
   mlp = constrain(jax.nn.silu(g) * u, ("batch", "length", "mlp"))
-  x = x + _dense("btf,fd->btd", mlp, layer, "down", c)
+  x = x + _dense(mlp, layer, "down", c)
   return constrain(x, ("batch", "length", "embed")), new_kv
 
 
