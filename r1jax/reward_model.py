@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -230,12 +231,16 @@ def train(c, workdir: str) -> list[dict]:
   with use_mesh(mesh):
     if start == 0 and c.train.eval_every:
       run_eval(0)
+    t_last, logged = time.time(), start  # step time: wall time per step since the last line
     for step in range(start, c.train.num_steps):
       batch = shard_batch(mk(batch_items(train_items, step, bs, c.seed)), mesh)
       state, m = train_step(state, batch)
       done = step + 1
       if c.train.log_every and (done % c.train.log_every == 0 or done == 1):
-        rows.append(writer.write(done, to_host(m)))
+        m = to_host(m)
+        now = time.time()
+        m["step_time_s"], t_last, logged = (now - t_last) / (done - logged), now, done
+        rows.append(writer.write(done, m))
         progress.line(done, rows[-1], keys=("loss", "accuracy", "reward_mean", "grad_norm"))
       if c.train.eval_every and (done % c.train.eval_every == 0 or done == c.train.num_steps):
         run_eval(done)

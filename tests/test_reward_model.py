@@ -123,6 +123,7 @@ def test_tiny_run_and_resume(tmp_path):
   reward_model.train(no_eval(_config(tmp_path, steps=2)), part)  # "killed" after step 2
   rows_part = reward_model.train(no_eval(_config(tmp_path)), part)  # resumes at step 2
   assert [r["step"] for r in rows_part] == [3, 4]
+  assert all(r["step_time_s"] > 0 for r in rows_full + rows_part)  # the progress line's s/step
   for a, b in zip(rows_full[2:], rows_part):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
   stats = json.load(open(os.path.join(full, "data_stats.json")))
