@@ -3,6 +3,7 @@
 Pure functions on arrays (see MISSION.md 1.1):
 
   A_i   = (r_i - mean(r_group)) / (std(r_group) + eps)          (advantage_norm="std")
+          (std of the whole batch's rewards: "batch_std"; no division: "none")
   rho   = exp(logp - old_logp)
   obj   = min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A) - beta * k3
   k3    = exp(ref_logp - logp) - (ref_logp - logp) - 1
@@ -33,7 +34,7 @@ from r1jax import policy_loss as pl
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
 
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-ADVANTAGE_NORMS = ("std", "none")
+ADVANTAGE_NORMS = ("std", "batch_std", "none")
 KL_ESTIMATORS = ("k3", "k1", "k2")
 # GRPOConfig fields of the algorithm family (read from the config's grpo section when set).
 FAMILY_KNOBS = ("advantage_estimator", "policy_loss", "dual_clip_c", "tis", "tis_cap")
@@ -94,7 +95,10 @@ class GRPOConfig:
 
 def group_advantages(rewards: jax.Array | np.ndarray, group_size: int, norm: str = "std",
                      eps: float = 1e-6, ddof: int = 1) -> jax.Array:
-  """rewards [B*G] (prompt-major) -> advantages [B*G], normalised within each group."""
+  """rewards [B*G] (prompt-major) -> advantages [B*G]: centred within each group, divided by
+  the group's std ("std"), the whole batch's reward std ("batch_std", TRL's
+  scale_rewards="batch": a group of near-equal scores, as a reward model gives, stays near 0
+  instead of being blown up to +-1), or nothing ("none", Dr. GRPO)."""
   r = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
   # A group whose rewards are all equal carries no signal: its advantage is exactly 0.
   # (Tested on the rewards themselves: float error in the mean would otherwise leave
@@ -104,6 +108,9 @@ def group_advantages(rewards: jax.Array | np.ndarray, group_size: int, norm: str
   if norm == "std":
     std = jnp.std(r, axis=1, ddof=ddof, keepdims=True) if group_size > ddof else jnp.ones_like(r)
     centred = jnp.where(varied, centred / (std + eps), 0.0)
+  elif norm == "batch_std":
+    std = jnp.std(r, ddof=ddof) if r.size > ddof else jnp.ones(())
+    centred = centred / (std + eps)
   elif norm != "none":
     raise ValueError(f"advantage_norm={norm!r}; choose from {ADVANTAGE_NORMS}")
   return centred.reshape(-1)

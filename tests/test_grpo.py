@@ -30,6 +30,18 @@ def test_group_advantages_hand_computed():
   np.testing.assert_allclose(adv, [0.5, -0.5, 0.0, 0.0])
 
 
+def test_batch_std_scales_by_the_whole_batch():
+  # Rule-reward group (1, 0) and a reward-model group of near-equal scores (0.501, 0.499).
+  r = [1.0, 0.0, 0.501, 0.499]
+  # batch mean 0.5, unbiased batch std sqrt((0.25 + 0.25 + 1e-6 + 1e-6) / 3) = 0.408249
+  std = np.sqrt((0.25 + 0.25 + 2e-6) / 3)
+  adv = np.asarray(grpo.group_advantages(r, 2, norm="batch_std", eps=0.0))
+  np.testing.assert_allclose(adv, [0.5 / std, -0.5 / std, 0.001 / std, -0.001 / std], rtol=1e-4)
+  # Per-group std would make the reward model's 0.002 gap as loud as the rule reward's 1.
+  per_group = np.asarray(grpo.group_advantages(r, 2, norm="std", eps=0.0))
+  np.testing.assert_allclose(np.abs(per_group), 0.70710678, rtol=1e-3)
+
+
 def test_constant_groups_get_exactly_zero_advantage():
   # 1.2 is not exact in float32: the group mean differs from the members by rounding,
   # which std-normalisation must not amplify into a spurious signal.
