@@ -17,8 +17,9 @@ interrupted one is run again in the same directory, where the trainers resume fr
 last checkpoint and the rejection sampler from its last written prompt. After each
 model-producing stage (sft, grpo; and the base model first) the held-out evaluation of
 `eval` (r1jax.evaluate, in this process) runs into DIR/<stage>/eval/. At the end DIR/summary.md tabulates
-per stage: pass@1, cons@k, format rate, language consistency, mean response length and
-wall time, and DIR/summary.png plots them.
+per finished stage: pass@1, cons@k, format rate, language consistency, mean response length
+(for the stages that make a model), the stage's and its evaluation's wall time, and their sum;
+DIR/summary.png plots the metrics.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ def evaluate(name: str, model: Mapping[str, Any], eval_cfg: Mapping[str, Any],
   if not os.path.exists(path):
     print(f"[pipeline] evaluating {name}", flush=True)
     cfg = dict(resolve(eval_cfg, workdir), model=resolve(dict(model), workdir))
+    t0 = time.time()
     res = eval_lib.run(ml_collections.ConfigDict(cfg), None, out)
+    res["metrics"]["eval_wall_s"] = time.time() - t0
     with open(os.path.join(out, "samples.jsonl")) as f:
       lang = [json.loads(l).get("reward/language") for l in f]
     if lang and None not in lang:
@@ -146,14 +149,19 @@ def _cell(metrics: Mapping[str, Any], key: str) -> str:
 
 
 def summary(rows: Sequence[tuple[str, str, dict, float | None]], total_s: float) -> str:
-  """Markdown: one row per evaluated stage (name, kind, metrics, stage wall time)."""
-  head = "| stage | kind | " + " | ".join(c for c, _ in COLUMNS) + " | wall (s) |"
-  lines = ["# R1 pipeline summary", "", head, "|" + "---|" * (len(COLUMNS) + 3)]
+  """Markdown: one row per finished stage (name, kind, held-out metrics of the model it made,
+  its wall time and its evaluation's), and the sum of those wall times."""
+  head = ("| stage | kind | " + " | ".join(c for c, _ in COLUMNS)
+          + " | stage wall (s) | eval wall (s) |")
+  lines = ["# R1 pipeline summary", "", head, "|" + "---|" * (len(COLUMNS) + 4)]
+  fmt = lambda v: "-" if v is None else f"{v:.0f}"
   for name, kind, m, wall in rows:
     cells = " | ".join(_cell(m, key) for _, key in COLUMNS)
-    lines.append(f"| {name} | {kind} | {cells} | {'-' if wall is None else f'{wall:.0f}'} |")
-  lines += ["", f"Wall time of the invocation that wrote this: {total_s:.0f} s (finished "
-            "stages were skipped; a stage's own wall time is in its row)."]
+    lines.append(f"| {name} | {kind} | {cells} | {fmt(wall)} | {fmt(m.get('eval_wall_s'))} |")
+  spent = sum(w or 0.0 for *_, w in rows) + sum(m.get("eval_wall_s") or 0.0 for _, _, m, _ in rows)
+  lines += ["", f"Stages and evaluations: {spent:.0f} s ({spent / 60:.1f} min) in all, over "
+            f"every invocation. This invocation: {total_s:.0f} s (finished stages and cached "
+            "evaluations are skipped)."]
   return "\n".join(lines) + "\n"
 
 
@@ -161,6 +169,9 @@ def plot(rows, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  rows = [r for r in rows if r[2]]  # the stages that made a model
+  if not rows:
+    return
   keys = [(c, k) for c, k in COLUMNS if k != "completion_len_mean"]
   fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 3, 4))
   width = 0.8 / len(keys)
@@ -210,14 +221,17 @@ def run(c, workdir: str, stages: Sequence[str] | None = None) -> str:
     run_stage(name, spec, workdir)
     if ev and spec["kind"] in MODEL_KINDS:
       evaluate(name, {"source": "run", "path": "@" + name}, ev, workdir)
-  # The table covers every finished model stage, also those of earlier invocations.
+  # The table covers every finished stage, also those of earlier invocations.
   for name in list(cd["order"]) + [s for s in order if s not in cd["order"]]:
     done = os.path.join(workdir, name, "DONE.json")
-    if ev and cd["stages"][name]["kind"] in MODEL_KINDS and os.path.exists(done):
-      with open(done) as f:
-        wall = json.load(f)["wall_s"]
-      rows.append((name, cd["stages"][name]["kind"],
-                   evaluate(name, {"source": "run", "path": "@" + name}, ev, workdir), wall))
+    if not os.path.exists(done):
+      continue
+    with open(done) as f:
+      wall = json.load(f)["wall_s"]
+    kind = cd["stages"][name]["kind"]
+    m = (evaluate(name, {"source": "run", "path": "@" + name}, ev, workdir)
+         if ev and kind in MODEL_KINDS else {})
+    rows.append((name, kind, m, wall))
   text = summary(rows, time.time() - t0)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(text)

@@ -75,6 +75,16 @@ def test_tiny_pipeline_runs_every_stage(full_run):
   text = open(os.path.join(full_run, "summary.md")).read()
   for s in ("base", "cold_start_sft", "reasoning_rl", "sft", "all_scenario_rl"):
     assert f"| {s} |" in text
+  rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]]
+          for l in text.splitlines() if l.startswith("| ") and "---" not in l}
+  # every stage has a row with its wall time; the data stages have no held-out metrics
+  assert set(rows) == {"stage", "base", *STAGES}
+  walls = [float(r[-2]) for s, r in rows.items() if s in STAGES]
+  evals = [float(r[-1]) for r in rows.values() if r[-1] not in ("-", "eval wall (s)")]
+  assert all(w > 0 for w in walls) and len(evals) == 5
+  assert rows["rejection_sampling"][1] == "-" and rows["sft"][1] != "-"
+  total = float(text.split("Stages and evaluations: ")[1].split(" s")[0])
+  assert total == pytest.approx(sum(walls) + sum(evals), abs=len(walls) + len(evals))
   assert os.path.getsize(os.path.join(full_run, "summary.png")) > 0
   assert os.path.exists(os.path.join(full_run, "reward_model", "checkpoints"))
   m = [json.loads(l) for l in open(os.path.join(full_run, "all_scenario_rl", "metrics.jsonl"))]
