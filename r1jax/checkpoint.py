@@ -86,6 +86,19 @@ class Checkpointer:
     raise FileNotFoundError(f"no readable checkpoint under {self.directory}"
                             + (f" (damaged steps: {damaged})" if damaged else ""))
 
+  def resume(self, state: Any, rng: jax.Array, data_it: Any = None) -> tuple[Any, jax.Array, int]:
+    """Restore or start: (state, rng, step) of the newest readable checkpoint, with `data_it`
+    (a grain iterator) moved to its saved position; the inputs and step 0 without one."""
+    if self.latest_step() is None:
+      return state, rng, 0
+    state, rng, data_state, _ = self.restore(abstract_like(state))
+    if data_it is not None:
+      from r1jax.data import restore_iterator_state
+      restore_iterator_state(data_it, data_state)
+    step = self.latest_step()  # damaged newer steps were set aside by `restore`
+    print(f"resumed from step {step} of {os.path.dirname(self.directory)}", flush=True)
+    return state, rng, step
+
   def _set_aside(self, step: int) -> None:
     """Rename a damaged step directory out of Orbax's view (kept for inspection)."""
     src = os.path.join(self.directory, str(step))

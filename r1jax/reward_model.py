@@ -181,7 +181,7 @@ def load_data(c, tokenizer) -> tuple[list, list, dict]:
 
 def train(c, workdir: str) -> list[dict]:
   """Run (or resume) reward-model training; returns the logged metric rows."""
-  from r1jax.checkpoint import Checkpointer, abstract_like
+  from r1jax.checkpoint import Checkpointer
   from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
   from r1jax.metrics import MetricsWriter, Progress
   from r1jax.model.loader import load_model
@@ -205,10 +205,7 @@ def train(c, workdir: str) -> list[dict]:
   del params
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state, rng, _, _ = ckpt.restore(abstract_like(state))
-    print(f"resumed from step {int(state.step)} of {workdir}", flush=True)
-  start = int(state.step)
+  state, rng, start = ckpt.resume(state, rng)
   train_step = steps.jit_train_step(steps.make_train_step(loss, tx), state)
   eval_fn = jax.jit(loss)
   writer, progress, rows = MetricsWriter(workdir), Progress(c.train.num_steps, start), []

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 from r1jax import data as data_lib
 from r1jax import compile_cache, distill, faults, steps
 from r1jax import memory as memory_lib
-from r1jax.checkpoint import Checkpointer, abstract_like
+from r1jax.checkpoint import Checkpointer
 from r1jax.data import sft as sft_data
 from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
@@ -169,11 +169,7 @@ def train(c, workdir: str) -> list[dict]:
   del params
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(f"{workdir}/checkpoints", c.train.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state, rng, data_state, _ = ckpt.restore(abstract_like(state))
-    data_lib.restore_iterator_state(data_it, data_state)
-    print(f"resumed from step {int(state.step)} of {workdir}", flush=True)
-  start = int(state.step)
+  state, rng, start = ckpt.resume(state, rng, data_it)
   n_micro = bsz // c.train.micro_batch_size
   train_step = steps.jit_train_step(
       steps.make_train_step(loss_fn, tx, n_micro, distill.token_count), state)

@@ -26,7 +26,7 @@ from r1jax import advantages as adv_lib
 from r1jax import compile_cache, dynamic_sampling, faults, grpo, ppo, steps
 from r1jax import lora as lora_lib
 from r1jax import memory as memory_lib
-from r1jax.checkpoint import Checkpointer, abstract_like
+from r1jax.checkpoint import Checkpointer
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model.loader import load_model
@@ -186,12 +186,9 @@ def train(c, workdir: str) -> list[dict]:
 
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    tree, rng, data_state, _ = ckpt.restore(abstract_like((state, critic_state) if pcfg else state))
-    state, critic_state = tree if pcfg else (tree, None)
-    data_lib.restore_iterator_state(data_it, data_state)
-    print(f"resumed from step {ckpt.latest_step()} of {workdir}", flush=True)
-  start = ckpt.latest_step() or 0  # loop steps (state.step counts updates: mu per step)
+  # `start` counts loop steps (state.step counts updates: mu per step)
+  tree, rng, start = ckpt.resume((state, critic_state) if pcfg else state, rng, data_it)
+  state, critic_state = tree if pcfg else (tree, None)
   dp = batch_parallel_size(mesh)
   if (c.grpo.micro_batch_size // g) % dp:
     logging.warning("grpo.micro_batch_size=%d holds %d prompts, not a multiple of the %d "
