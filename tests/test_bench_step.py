@@ -18,14 +18,28 @@ def test_step_flops_by_hand():
   assert bench.step_flops(cfg, b, g, p, n, beta=0.0)["reference"] == 0
 
 
+@pytest.mark.parametrize("rows,g,mbs,want", [
+    (8, 4, 8, 1),     # 2x4: one micro-batch of 8
+    (32, 8, 8, 4),    # 4x8 with the default 8 rows: one group each
+    (32, 8, 0, 1),    # 0: the whole batch
+    (32, 8, 20, 2),   # 20 rows -> 2 whole groups (16)
+    (24, 8, 16, 3),   # 2 groups do not divide 3 groups -> 1 group each
+    (32, 8, 4, 4),    # fewer rows than a group -> one group
+    (32, 8, 64, 1)])
+def test_micro_batches_by_hand(rows, g, mbs, want):
+  assert bench.micro_batches(rows, g, mbs) == want
+
+
 def test_bench_runs_r1jax_alone(tmp_path, capsys):
-  res = bench.main(["--model=tiny", "--shapes=1x2x4", "--betas=0.04", "--prompt_len=6",
-                    "--trl_python=", "--rate_size=256", f"--json_out={tmp_path / 'out.json'}"])
+  res = bench.main(["--model=tiny", "--shapes=2x2x4", "--betas=0.04", "--prompt_len=6",
+                    "--micro_batch_size=2", "--trl_python=", "--rate_size=256",
+                    f"--json_out={tmp_path / 'out.json'}"])
   (row,) = res["rows"]
   r = row["r1jax"]
   assert r["lengths"] == 4  # every completion full length
+  assert r["micro_batches"] == 2  # one group each, as the trainer would split
   assert r["total"] > 0 and r["generate"] > 0 and r["reference"] > 0 and r["policy"] > 0
   assert "trl" not in row and res["rate_gflops"] > 0
   out = capsys.readouterr().out
-  assert "cpu flags:" in out and "| 1x2x4 | 0.04 | r1jax |" in out
+  assert "cpu flags:" in out and "| 2x2x4 | 0.04 | r1jax |" in out
   assert (tmp_path / "out.json").exists()

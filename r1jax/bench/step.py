@@ -165,10 +165,21 @@ def cpu_flags() -> str:
   return " ".join(sorted(keep)) or "no avx"
 
 
+def micro_batches(rows: int, g: int, micro_batch_size: int) -> int:
+  """How many micro-batches the trainer would split `rows` completions into: `micro_batch_size`
+  rounded to whole groups of `g` and to a divisor of `rows` (0: one micro-batch)."""
+  if micro_batch_size <= 0 or micro_batch_size >= rows:
+    return 1
+  groups, per = rows // g, max(micro_batch_size // g, 1)
+  while groups % per:
+    per -= 1
+  return groups // per
+
+
 def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
-               repeats: int = 1, train_dtype: str = "") -> dict:
+               repeats: int = 1, train_dtype: str = "", micro_batch_size: int = 0) -> dict:
   """Times one GRPO step of r1jax (after `repeats` warm-up steps): generate, reference
-  log-probs, train step."""
+  log-probs, train step (gradients accumulated over micro-batches as `train.py` does)."""
   import functools
 
   import jax
@@ -186,7 +197,9 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
   state = jax.jit(steps.init_state, static_argnums=1)(jax.tree.map(jnp.copy, params), tx)
   ref_params = params if beta > 0 else None
   loss = lambda prm, batch: grpo.grpo_loss(prm, batch, gcfg, tcfg)
-  train_step = steps.jit_train_step(steps.make_train_step(loss, tx), state)
+  n_micro = micro_batches(b * g, g, micro_batch_size)
+  train_step = steps.jit_train_step(
+      steps.make_train_step(loss, tx, n_micro, grpo.micro_batch_weight(gcfg)), state)
   logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=cfg))
   ptoks = jnp.asarray(prompt_ids, jnp.int32)
   pmask = jnp.ones_like(ptoks, bool)
@@ -206,7 +219,7 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
     jax.block_until_ready(m)
     t3 = time.perf_counter()
     res = dict(total=t3 - t0, generate=t1 - t0, reference=t2 - t1, policy=t3 - t2,
-               lengths=int(np.asarray(out.lengths).min()))
+               lengths=int(np.asarray(out.lengths).min()), micro_batches=n_micro)
   return res
 
 
@@ -249,6 +262,9 @@ def main(argv=None) -> dict:
   ap.add_argument("--prompt_len", type=int, default=32)
   ap.add_argument("--repeats", type=int, default=1)
   ap.add_argument("--train_dtype", default="", help="r1jax train-step compute dtype")
+  ap.add_argument("--micro_batch_size", type=int, default=8,
+                  help="r1jax completions per micro-batch, as grpo.micro_batch_size (the "
+                  "default config's 8 = one group); 0: the whole batch at once")
   ap.add_argument("--model", default="smollm2", help="smollm2 | a preset name (r1jax only)")
   ap.add_argument("--trl_python", default=DEFAULT_TRL_PYTHON, help="'' skips TRL")
   ap.add_argument("--torch_threads", type=int, default=0)
@@ -298,7 +314,8 @@ def main(argv=None) -> dict:
     for beta in (float(x) for x in args.betas.split(",")):
       flops = step_flops(cfg, b, g, args.prompt_len, n, beta)
       row = dict(shape=shape, beta=beta, flops=flops, rate_gflops=rate)
-      row["r1jax"] = r1jax_step(cfg, params, ids, g, n, beta, args.repeats, args.train_dtype)
+      row["r1jax"] = r1jax_step(cfg, params, ids, g, n, beta, args.repeats, args.train_dtype,
+                                args.micro_batch_size)
       if trl_python:
         try:
           out = _run_trl(trl_python, dict(hf_dir=hf_dir, out_dir=os.path.join(tmp, "trl"),
@@ -321,7 +338,8 @@ def main(argv=None) -> dict:
 def _print_row(row: dict) -> None:
   r = row["r1jax"]
   msg = (f"{row['shape']} beta={row['beta']}: r1jax {r['total']:.2f}s (generate "
-         f"{r['generate']:.2f}, reference {r['reference']:.2f}, policy {r['policy']:.2f})")
+         f"{r['generate']:.2f}, reference {r['reference']:.2f}, policy {r['policy']:.2f} in "
+         f"{r['micro_batches']} micro-batch(es))")
   if "trl" in row:
     t = row["trl"]
     msg += (f" | TRL {t['total']:.2f}s (generate {t['generate']:.2f}, reference "
@@ -332,8 +350,8 @@ def _print_row(row: dict) -> None:
 
 def _print_table(rows: list[dict]) -> None:
   print("\n| shape BxGxN | beta | impl | step s | generate s | reference s | policy fwd+bwd+opt s "
-        "| policy at rate s | policy / at rate | step GFLOP | speedup vs TRL |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        "| policy at rate s | policy / at rate | step GFLOP | speedup vs TRL | micro-batches |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for row in rows:
     f, rate = row["flops"], row["rate_gflops"]
     at_rate = f["policy"] / (rate * 1e9)
@@ -347,7 +365,8 @@ def _print_table(rows: list[dict]) -> None:
       name = impl if impl == "r1jax" else f"TRL {r.get('version', '')}"
       print(f"| {row['shape']} | {row['beta']:g} | {name} | {r['total']:.2f} | "
             f"{r['generate']:.2f} | {r['reference']:.2f} | {r['policy']:.2f} | {at_rate:.2f} | "
-            f"{r['policy'] / at_rate:.2f}x | {total_gf:.0f} | {speed} |")
+            f"{r['policy'] / at_rate:.2f}x | {total_gf:.0f} | {speed} | "
+            f"{r.get('micro_batches', '')} |")
 
 
 if __name__ == "__main__":

@@ -158,17 +158,30 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   return (xf * cos + rot * sin).astype(x.dtype)
 
 
-def _attention(q, k, v, allowed, dtype):
-  """q [B,T,H,Dh], k/v [B,S,Hkv,Dh], allowed [B,T,S] -> [B,T,H,Dh]."""
+# Additive mask: 0 where a query may attend, this where it may not. Finite, so a query with
+# no visible key (a left-padding slot) gets a uniform softmax, never a NaN.
+MASKED = -1e30
+
+
+def _attention(q, k, v, bias, dtype):
+  """q [B,T,H,Dh], k/v [B,S,Hkv,Dh], bias [B,T,S] (0 or MASKED) -> [B,T,H,Dh].
+
+  The dots run on explicitly transposed operands, [B, Hkv, T*G, Dh] x [B, Hkv, S, Dh] (G
+  query heads per kv head), so both are plain batched matmuls, and the mask is one add:
+  as one einsum over the natural layouts with a select, XLA:CPU ran the forward 2.8x and
+  the forward+backward 1.4x slower (SmolLM2-135M's heads, 32 rows of 127 queries).
+  """
   b, t, h, hd = q.shape
-  kvh = k.shape[2]
-  q = q.reshape(b, t, kvh, h // kvh, hd)
-  s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  s = s / math.sqrt(hd)
-  s = jnp.where(allowed[:, None, None], s, jnp.finfo(jnp.float32).min)
-  p = jax.nn.softmax(s, axis=-1).astype(dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", p, v)
-  return out.reshape(b, t, h, hd)
+  s, kvh = k.shape[1], k.shape[2]
+  g = h // kvh
+  q = (q * jnp.asarray(1 / math.sqrt(hd), q.dtype)).reshape(b, t, kvh, g, hd)
+  q = q.transpose(0, 2, 1, 3, 4).reshape(b, kvh, t * g, hd)
+  scores = jnp.einsum("bkmd,bksd->bkms", q, k.transpose(0, 2, 1, 3),
+                      preferred_element_type=jnp.float32)
+  scores = scores.reshape(b, kvh, t, g, s) + bias[:, None, :, None, :]
+  p = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, kvh, t * g, s)
+  out = jnp.einsum("bkms,bksd->bkmd", p, v.transpose(0, 2, 1, 3))
+  return out.reshape(b, kvh, t, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, t, h, hd)
 
 
 def _dense(x: jax.Array, layer: Params, name: str, cast) -> jax.Array:
@@ -191,7 +204,7 @@ def _dense(x: jax.Array, layer: Params, name: str, cast) -> jax.Array:
   return y.reshape(b, t, *out)
 
 
-def _block(x, layer, cfg: ModelConfig, positions, inv_freq, allowed, cache_kv, index):
+def _block(x, layer, cfg: ModelConfig, positions, inv_freq, bias, cache_kv, index):
   dt = jnp.dtype(cfg.dtype)
   c = lambda w: w.astype(dt)
   hn = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
@@ -210,7 +223,7 @@ def _block(x, layer, cfg: ModelConfig, positions, inv_freq, allowed, cache_kv, i
     new_kv = (k, v)
   else:
     new_kv = None
-  attn = _attention(q, k.astype(dt), v.astype(dt), allowed, dt)
+  attn = _attention(q, k.astype(dt), v.astype(dt), bias, dt)
   x = x + _dense(attn, layer, "o", c)
   x = constrain(x, ("batch", "length", "embed"))
   hn = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
@@ -264,6 +277,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, mask, index, axis=1)
     q_slot = index + jnp.arange(t)
     allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & slot_mask[:, None, :]
+  bias = jnp.where(allowed, 0.0, MASKED).astype(jnp.float32)
   block = _block
   if cfg.remat:
     from r1jax.memory import remat_policy
@@ -272,7 +286,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   for i in range(cfg.num_layers):
     layer = params["layers"][i]
     kv = (cache.k[i], cache.v[i]) if cache is not None else None
-    x, kv = block(x, layer, cfg, positions, inv_freq, allowed, kv, index)
+    x, kv = block(x, layer, cfg, positions, inv_freq, bias, kv, index)
     if kv is not None:
       new_k.append(kv[0])
       new_v.append(kv[1])
