@@ -18,6 +18,17 @@ def test_step_flops_by_hand():
   assert bench.step_flops(cfg, b, g, p, n, beta=0.0)["reference"] == 0
 
 
+def test_train_matmuls_by_hand():
+  cfg = PRESETS["tiny"]  # D=64, L=2, H=4, Hkv=2, Dh=16, F=128, V=256
+  layer = lambda m, c: [(m, 64, 64, c), (m, 64, 32, 2 * c), (m, 64, 64, c), (m, 64, 128, 2 * c),
+                        (m, 128, 64, c)]
+  # 2 prompts of 5 tokens x 3 samples of 4 new tokens: 10 prompt tokens and 6 x 3 completion
+  # tokens through the 2 layers, 6 x 4 rows through the unembedding (1 block of 256)
+  assert bench.train_matmuls(cfg, 2, 3, 5, 4, 1) == layer(10, 2) + layer(18, 2) + [(24, 64, 256, 1)]
+  # 2 micro-batches of one prompt group each: half the rows, twice the count
+  assert bench.train_matmuls(cfg, 2, 3, 5, 4, 2) == layer(5, 4) + layer(9, 4) + [(12, 64, 256, 2)]
+
+
 @pytest.mark.parametrize("rows,g,mbs,want", [
     (8, 4, 8, 1),     # 2x4: one micro-batch of 8
     (32, 8, 8, 4),    # 4x8 with the default 8 rows: one group each
@@ -39,7 +50,7 @@ def test_bench_runs_r1jax_alone(tmp_path, capsys):
   assert r["lengths"] == 4  # every completion full length
   assert r["micro_batches"] == 2  # one group each, as the trainer would split
   assert r["total"] > 0 and r["generate"] > 0 and r["reference"] > 0 and r["policy"] > 0
-  assert "trl" not in row and res["rate_gflops"] > 0
+  assert "trl" not in row and res["rate_gflops"] > 0 and row["matmul_floor"] > 0
   out = capsys.readouterr().out
   assert "cpu flags:" in out and "| 2x2x4 | 0.04 | r1jax |" in out
   assert (tmp_path / "out.json").exists()

@@ -16,7 +16,9 @@ FLOPs are model FLOPs: 2 per weight per token forward (unembedding included) plu
 attention dots, the prompt counted once per group (r1jax runs it once per group; TRL runs it
 once per row, so it does more work than counted). The policy step is 3x a forward. "at rate"
 is FLOPs / the measured rate of one large float32 XLA dot on this machine, so
-`train / at rate` says how far the train step is from the machine's matmul speed.
+`train / at rate` says how far the train step is from the machine's matmul speed, and
+"matmuls alone" times every matmul of the train step by itself at its own shape: the part of
+that distance the matmul kernels account for at these (narrow) shapes.
 
 TRL pins its own dependencies, so it runs in a separate interpreter (`--trl_python`, a venv
 made with `python -m venv /tmp/trlvenv && /tmp/trlvenv/bin/pip install trl==1.16.0
@@ -153,6 +155,53 @@ def matmul_rate(dtype: str = "float32", n: int = 2048) -> float:
 
   from r1jax.bench.sampling import dot_ceiling  # the same timing, shaped [n, n] x [n, n]
   return dot_ceiling(SimpleNamespace(hidden_size=n, vocab_size=n), n, dtype)
+
+
+def train_matmuls(cfg, b: int, g: int, p: int, n: int, n_micro: int
+                  ) -> list[tuple[int, int, int, int]]:
+  """The train step's matmuls as (rows, in, out, times per step), forward shapes: each runs
+  forward, then backward as dx = dy @ w.T and dw = x.T @ dy. Per micro-batch: the prompts
+  through every layer, the completions' first n-1 tokens through every layer (with a KV
+  cache of the prompt), and the unembedding of n tokens per row in 2048-wide vocabulary
+  blocks, whose forward runs twice (the fused log-prob recomputes it in the backward)."""
+  from r1jax.kernels.logprob import XLA_BLOCK_V
+  d, h, kvh, hd, f = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd,
+                      cfg.intermediate_size)
+  rows, prompts = b * g // n_micro, b // n_micro
+  out = []
+  for m in (prompts * p, rows * (n - 1)):
+    if m:
+      out += [(m, d, h * hd, 1), (m, d, kvh * hd, 2), (m, h * hd, d, 1), (m, d, f, 2),
+              (m, f, d, 1)]
+  out = [(m, k, o, c * cfg.num_layers * n_micro) for m, k, o, c in out]
+  bv = min(XLA_BLOCK_V, cfg.vocab_size)
+  return out + [(rows * n, d, bv, -(-cfg.vocab_size // bv) * n_micro)]
+
+
+def matmul_floor(cfg, b: int, g: int, p: int, n: int, n_micro: int) -> float:
+  """Seconds the train step's matmuls (`train_matmuls`) take timed one by one, each at its
+  own shape (best of 3): what the step would take if nothing but its matmuls cost time."""
+  import jax
+  import jax.numpy as jnp
+  rng = np.random.default_rng(0)
+
+  def best(fn, *args) -> float:
+    fn = jax.jit(fn)
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(3):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times.append(time.perf_counter() - t0)
+    return min(times)
+
+  total = 0.0
+  mats = train_matmuls(cfg, b, g, p, n, n_micro)
+  for i, (m, k, o, count) in enumerate(mats):
+    x, w, dy = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((m, k), (k, o), (m, o)))
+    fwd = best(lambda x, w: x @ w, x, w) * (2 if i == len(mats) - 1 else 1)
+    total += count * (fwd + best(lambda dy, w: dy @ w.T, dy, w) + best(lambda x, dy: x.T @ dy, x, dy))
+  return total
 
 
 def cpu_flags() -> str:
@@ -302,7 +351,7 @@ def main(argv=None) -> dict:
         f"GFLOP/s ({args.rate_size}^3, float32 result)", flush=True)
   if not trl_python:
     print("TRL: skipped (no --trl_python interpreter, or a preset model): r1jax only")
-  rows = []
+  rows, floors = [], {}
   tmp = tempfile.mkdtemp(prefix="r1jax_bench_step_")
   hf_dir = os.path.join(tmp, "hf")
   if trl_python:
@@ -316,6 +365,10 @@ def main(argv=None) -> dict:
       row = dict(shape=shape, beta=beta, flops=flops, rate_gflops=rate)
       row["r1jax"] = r1jax_step(cfg, params, ids, g, n, beta, args.repeats, args.train_dtype,
                                 args.micro_batch_size)
+      if "matmul_floor" not in floors.get(shape, {}):
+        floors[shape] = dict(matmul_floor=matmul_floor(cfg, b, g, args.prompt_len, n,
+                                                       row["r1jax"]["micro_batches"]))
+      row.update(floors[shape])
       if trl_python:
         try:
           out = _run_trl(trl_python, dict(hf_dir=hf_dir, out_dir=os.path.join(tmp, "trl"),
@@ -350,8 +403,9 @@ def _print_row(row: dict) -> None:
 
 def _print_table(rows: list[dict]) -> None:
   print("\n| shape BxGxN | beta | impl | step s | generate s | reference s | policy fwd+bwd+opt s "
-        "| policy at rate s | policy / at rate | step GFLOP | speedup vs TRL | micro-batches |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "| policy at rate s | policy / at rate | its matmuls alone / at rate | step GFLOP "
+        "| speedup vs TRL | micro-batches |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for row in rows:
     f, rate = row["flops"], row["rate_gflops"]
     at_rate = f["policy"] / (rate * 1e9)
@@ -363,9 +417,10 @@ def _print_table(rows: list[dict]) -> None:
       speed = (f"{row['trl']['total'] / r['total']:.2f}x" if impl == "r1jax" and "trl" in row
                else "")
       name = impl if impl == "r1jax" else f"TRL {r.get('version', '')}"
+      floor = f"{row['matmul_floor'] / at_rate:.2f}x" if impl == "r1jax" else ""
       print(f"| {row['shape']} | {row['beta']:g} | {name} | {r['total']:.2f} | "
             f"{r['generate']:.2f} | {r['reference']:.2f} | {r['policy']:.2f} | {at_rate:.2f} | "
-            f"{r['policy'] / at_rate:.2f}x | {total_gf:.0f} | {speed} | "
+            f"{r['policy'] / at_rate:.2f}x | {floor} | {total_gf:.0f} | {speed} | "
             f"{r.get('micro_batches', '')} |")
 
 
