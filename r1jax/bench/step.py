@@ -183,24 +183,16 @@ def matmul_floor(cfg, b: int, g: int, p: int, n: int, n_micro: int) -> float:
   own shape (best of 3): what the step would take if nothing but its matmuls cost time."""
   import jax
   import jax.numpy as jnp
+  from r1jax.bench.sampling import best_time
   rng = np.random.default_rng(0)
-
-  def best(fn, *args) -> float:
-    fn = jax.jit(fn)
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(3):
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times.append(time.perf_counter() - t0)
-    return min(times)
-
+  best = lambda fn, *args: best_time(jax.jit(fn), *args, repeats=3)
   total = 0.0
   mats = train_matmuls(cfg, b, g, p, n, n_micro)
   for i, (m, k, o, count) in enumerate(mats):
     x, w, dy = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((m, k), (k, o), (m, o)))
-    fwd = best(lambda x, w: x @ w, x, w) * (2 if i == len(mats) - 1 else 1)
-    total += count * (fwd + best(lambda dy, w: dy @ w.T, dy, w) + best(lambda x, dy: x.T @ dy, x, dy))
+    passes = 2 if i == len(mats) - 1 else 1  # the unembedding (last) recomputes its forward
+    total += count * (passes * best(lambda x, w: x @ w, x, w) +
+                      best(lambda dy, w: dy @ w.T, dy, w) + best(lambda x, dy: x.T @ dy, x, dy))
   return total
 
 
@@ -365,10 +357,9 @@ def main(argv=None) -> dict:
       row = dict(shape=shape, beta=beta, flops=flops, rate_gflops=rate)
       row["r1jax"] = r1jax_step(cfg, params, ids, g, n, beta, args.repeats, args.train_dtype,
                                 args.micro_batch_size)
-      if "matmul_floor" not in floors.get(shape, {}):
-        floors[shape] = dict(matmul_floor=matmul_floor(cfg, b, g, args.prompt_len, n,
-                                                       row["r1jax"]["micro_batches"]))
-      row.update(floors[shape])
+      if shape not in floors:  # the same for both betas
+        floors[shape] = matmul_floor(cfg, b, g, args.prompt_len, n, row["r1jax"]["micro_batches"])
+      row["matmul_floor"] = floors[shape]
       if trl_python:
         try:
           out = _run_trl(trl_python, dict(hf_dir=hf_dir, out_dir=os.path.join(tmp, "trl"),
