@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import pallas_gpu, pallas_tpu, xla
+from . import pallas_gpu, pallas_tpu, sharded, xla
 from .common import combine, match_vma, sum_to_vma, vma_of
 from .reference import naive_token_logprobs
 
@@ -129,7 +129,9 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 def token_logprobs(hidden: jax.Array, unembed: jax.Array, targets: jax.Array,
                    temperature: float = 1.0, *, return_entropy: bool = False,
                    impl: str = "auto", block_n: int | None = None,
-                   block_v: int | None = None, axis_name: Hashable | None = None):
+                   block_v: int | None = None, axis_name: Hashable | None = None,
+                   mesh=None, row_axes: Sequence[str] | None = None,
+                   vocab_axes: Sequence[str] | None = None):
   """log softmax(hidden @ unembed / temperature)[targets], never forming [N, V].
 
   Args:
@@ -146,7 +148,12 @@ def token_logprobs(hidden: jax.Array, unembed: jax.Array, targets: jax.Array,
       (full logits, for tests and benchmarks).
     block_n, block_v: static token / vocab block sizes (None: per-backend
       defaults; "xla" ignores block_n).
-    axis_name: mesh axis (or tuple) over which `unembed` is vocab-sharded.
+    axis_name: mesh axis (or tuple) over which `unembed` is vocab-sharded, when
+      called inside `shard_map` on this shard's operands.
+    mesh, row_axes, vocab_axes: outside `shard_map`, operands on a mesh of several
+      devices (`mesh`, else the mesh the operands carry) are split over it: rows over
+      `row_axes`, the vocabulary over `vocab_axes` (see `kernels/sharded.py` for the
+      defaults). This is what lets the Pallas kernels run on sharded operands.
 
   Returns:
     logp [N] float32, or (logp, entropy) when return_entropy.
@@ -158,6 +165,14 @@ def token_logprobs(hidden: jax.Array, unembed: jax.Array, targets: jax.Array,
     raise ValueError(f"want hidden [N, D] and unembed [D, V]; got {hidden.shape}, {unembed.shape}")
   if targets.shape != hidden.shape[:1]:
     raise ValueError(f"targets must be [N]={hidden.shape[:1]}, got {targets.shape}")
+  if axis_name is None:
+    mesh = mesh if mesh is not None else sharded.operand_mesh(hidden, unembed)
+    if mesh is not None and mesh.size > 1:
+      per_shard = lambda h, w, t, axis: token_logprobs(
+          h, w, t, temperature, return_entropy=return_entropy, impl=impl, block_n=block_n,
+          block_v=block_v, axis_name=axis)
+      return sharded.shard_mapped(per_shard, mesh, hidden, unembed, targets, row_axes,
+                                  vocab_axes, n_out=2 if return_entropy else 1)
   if impl == "naive":
     return naive_token_logprobs(hidden, unembed, targets, temperature,
                                 return_entropy=return_entropy, axis_name=axis_name)

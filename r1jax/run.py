@@ -1,4 +1,5 @@
-"""What every trainer shares: the run directory's files and the held-out evaluation hook.
+"""What every trainer shares: the run directory's files, the held-out evaluation hook, and the
+config -> SamplingConfig / GRPOConfig readers (the trainer and `r1jax.aot` build the same ones).
 
 A run directory (`--workdir`) holds config.json (the experiment config), model_config.json
 (the trained model's architecture, read back by export / evaluation / later pipeline
@@ -16,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 
 from r1jax import evaluate as eval_lib
+from r1jax import grpo
 from r1jax.mesh import use_mesh
 from r1jax.metrics import MetricsWriter, bar
 from r1jax.sampling import SamplingConfig
@@ -65,3 +67,21 @@ def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[st
     return m
 
   return run_eval
+
+
+def sampling_config(c, **extra) -> SamplingConfig:
+  """The rollout SamplingConfig of config `c` (its `sampling` section) plus `extra` fields."""
+  s = c.sampling
+  return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                        top_p=s.top_p, top_k=s.top_k, num_samples=s.num_samples,
+                        decode_dtype=s.get("decode_dtype", ""), **extra)
+
+
+def grpo_config(c) -> grpo.GRPOConfig:
+  g = c.grpo
+  return grpo.GRPOConfig(
+      epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
+      loss_aggregation=g.loss_aggregation, advantage_norm=g.advantage_norm,
+      advantage_eps=g.advantage_eps, std_ddof=g.std_ddof, kl_estimator=g.kl_estimator,
+      max_completion_len=c.sampling.max_new_tokens, temperature=c.sampling.temperature or 1.0,
+      logprob_impl=g.logprob_impl, **{k: g[k] for k in grpo.FAMILY_KNOBS if k in g})

@@ -31,7 +31,7 @@ from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model.loader import load_model
 from r1jax.nonfinite import Guard
-from r1jax.run import make_evaluator, write_run_files
+from r1jax.run import grpo_config, make_evaluator, sampling_config, write_run_files
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -70,24 +70,6 @@ def validate(c) -> None:
   if lora_lib.from_config(c.get("lora")).enabled and ppo.from_config(c):  # raises on bad values
     raise ValueError("lora.rank > 0 with grpo.advantage_estimator='gae': the PPO critic starts "
                      "from full weights and does not take LoRA adapters; use one or the other")
-
-
-def sampling_config(c, **extra) -> SamplingConfig:
-  """The rollout SamplingConfig of config `c` (its `sampling` section) plus `extra` fields."""
-  s = c.sampling
-  return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                        top_p=s.top_p, top_k=s.top_k, num_samples=s.num_samples,
-                        decode_dtype=s.get("decode_dtype", ""), **extra)
-
-
-def grpo_config(c) -> grpo.GRPOConfig:
-  g = c.grpo
-  return grpo.GRPOConfig(
-      epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
-      loss_aggregation=g.loss_aggregation, advantage_norm=g.advantage_norm,
-      advantage_eps=g.advantage_eps, std_ddof=g.std_ddof, kl_estimator=g.kl_estimator,
-      max_completion_len=c.sampling.max_new_tokens, temperature=c.sampling.temperature or 1.0,
-      logprob_impl=g.logprob_impl, **{k: g[k] for k in grpo.FAMILY_KNOBS if k in g})
 
 
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:

@@ -35,7 +35,7 @@ def main(argv) -> None:
   from r1jax.mesh import make_mesh, use_mesh
   from r1jax.model.loader import load_model
   from r1jax.sampling import generate, pad_prompts
-  from r1jax.train import sampling_config
+  from r1jax.run import sampling_config
 
   c = r1_zero.get_config()
   mesh = make_mesh((1, 1, 1))
