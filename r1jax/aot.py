@@ -380,7 +380,7 @@ def make_mesh(shape, devices, topology: str):
     known *= s if s != -1 else 1
   if (-1 in shape and n % known) or (-1 not in shape and known != n):
     raise ValueError(f"mesh.shape={tuple(shape)} does not divide the {n} chips of "
-                     f"--topology={topology}")
+                     f"--topology={topology} (e.g. --config.mesh.shape='(1,-1,1)')")
   return mesh_lib.make_mesh(tuple(shape), devices)
 
 
