@@ -411,6 +411,88 @@ def test_code_reward_hacks_fail():
                      {"tests": ["assert f(1) == P(2)", "assert not f(1) == P(3)"]}) == 1.0
 
 
+# Disguises: each f returns an object that claims to equal anything, or hides one inside a
+# container; every assert below is false for honest values, so none may pass.
+_DISGUISES = [
+  ("int subclass equal to everything", "class E(int):\n  def __eq__(s, o): return True\n"
+   "  __hash__ = int.__hash__\ndef f(x): return E(0)", ["assert f(1) == 2"]),
+  ("the same inside containers", "class E(int):\n  def __eq__(s, o): return True\n"
+   "  __hash__ = int.__hash__\ndef f(x): return E(0)",
+   ["assert [f(1)] == [2]", "assert (1, [f(1)]) == (1, [2])", "assert {'a': f(1)} == {'a': 2}",
+    "assert [[f(1)]] == [[2]]"]),
+  ("disguised dict key and set element", "class E(int):\n  def __eq__(s, o): return True\n"
+   "  def __hash__(s): return hash(5)\ndef f(x): return E(0)",
+   ["assert {f(1): 1} == {5: 1}", "assert {f(1)} == {5}", "assert frozenset([f(1)]) == {5}"]),
+  ("str and float subclasses", "class S(str):\n  def __eq__(s, o): return True\n"
+   "class F(float):\n  def __eq__(s, o): return True\ndef f(x): return [S('no'), F(0.0)]",
+   ["assert f(1) == ['yes', 2.5]"]),
+  ("AlwaysEqual claiming to be a builtin", "class A:\n  def __eq__(s, o): return True\n"
+   "A.__module__ = 'builtins'\ndef f(x): return [A(), A()]", ["assert f(1) == [1, 2]"]),
+  ("a list hiding its items from iteration", "class L(list):\n"
+   "  def __iter__(s): return iter([4])\n  def __eq__(s, o): return True\n"
+   "def f(x): return L([0])", ["assert f(1) == [4]"]),
+  ("a plain list subclass hiding a disguise from iteration",
+   "class E(int):\n  def __eq__(s, o): return True\n"
+   "class L(list):\n  def __iter__(s): return iter([4])\ndef f(x): return L([E(0)])",
+   ["assert f(1) == [4]"]),
+  ("a metaclass lying about its class", "class M(type):\n  __mro__ = (int, object)\n"
+   "class A(metaclass=M):\n  def __eq__(s, o): return True\ndef f(x): return [A()]",
+   ["assert f(1) == [3]"]),
+]
+
+
+@pytest.mark.parametrize("name, program, tests", _DISGUISES, ids=[d[0] for d in _DISGUISES])
+def test_code_reward_compares_values_not_disguises(name, program, tests):
+  assert code_reward(_code(program), {"tests": tests}) == 0.0, name
+
+
+def test_code_reward_honest_values_compare_as_python_does():
+  """Honest values (builtin, stdlib, numpy, namedtuple, the solution's own dataclass) pass
+  or fail exactly as Python's == says, computed here; a few deliberate exceptions follow."""
+  import collections
+  import dataclasses
+  import decimal
+  import fractions
+  program = ("import collections, dataclasses, decimal, fractions\nimport numpy as np\n"
+             "P = collections.namedtuple('P', 'x y')\n"
+             "@dataclasses.dataclass\nclass D:\n  a: int\n  b: list\n"
+             "def f(x): return x\n")
+  pairs = [
+    "f(2) == 2.0", "f(True) == 1", "f([1, 2.0, 'a']) == [1, 2, 'a']", "f([1, 2]) == [2, 1]",
+    "f((1, (2, [3]))) == (1, (2, [3]))", "f([1, 2]) == (1, 2)", "f(None) == None",
+    "f({'a': [1, {2, 3}]}) == {'a': [1, {3, 2}]}", "f({'a': 1}) == {'a': 2}",
+    "f({1, 2}) == frozenset({2, 1})", "f(P(1, 2)) == (1, 2)", "f(P(1, 2)) == P(1, 3)",
+    "f(collections.OrderedDict(a=1, b=2)) == collections.OrderedDict(b=2, a=1)",
+    "f(collections.OrderedDict(a=1, b=2)) == {'b': 2, 'a': 1}",
+    "f(collections.defaultdict(list, a=[1])) == {'a': [1]}",
+    "f(collections.deque([1, 2])) == collections.deque([1, 2])",
+    "f(decimal.Decimal('1.5')) == 1.5", "f(fractions.Fraction(1, 2)) == fractions.Fraction(2, 4)",
+    "f(fractions.Fraction(1, 2)) == fractions.Fraction(1, 3)",
+    "f(collections.Counter('aab')) == collections.Counter('aba')",
+    "f(D(1, [2])) == D(1, [2])", "f(D(1, [2])) == D(1, [3])", "f(float('nan')) == float('nan')",
+    "f(np.int64(3)) == 3", "f(np.float64(0.5)) == 0.5", "f([np.int64(1), 2]) == [1, 2]",
+    "f(b'ab') == b'ab'", "f(range(3)) == range(0, 3)", "f('x' * 3) == 'xxx'",
+  ]
+  from r1jax.rewards.code_exec import run_tests
+  got = run_tests(program, "assert", [f"assert {p}" for p in pairs], timeout_s=30.0)
+  P = collections.namedtuple("P", "x y")
+
+  @dataclasses.dataclass
+  class D:
+    a: int
+    b: list
+  np = pytest.importorskip("numpy")
+  env = dict(collections=collections, decimal=decimal, fractions=fractions, np=np, P=P, D=D,
+             f=lambda x: x)
+  want = ["pass" if eval(p, env) else "fail" for p in pairs]
+  assert got == want, [(p, g) for p, g, w in zip(pairs, got, want) if g != w]
+  # Deliberate: a value of a type with a Python-level __eq__ equals only its own type.
+  exceptions = ["f(fractions.Fraction(1, 2)) == 0.5", "f(collections.Counter('ab')) == {'a': 1, 'b': 1}"]
+  assert all(eval(p, env) for p in exceptions)
+  assert run_tests(program, "assert", [f"assert {p}" for p in exceptions],
+                   timeout_s=30.0) == ["fail", "fail"]
+
+
 def test_code_invalid_tests():
   with pytest.raises(InvalidReference):
     code_reward(_code("x = 1"), {})
