@@ -38,6 +38,10 @@ NEW_CATEGORIES = ("stated_answer", "repeating_decimal", "unicode", "words_senten
                   "multiple_choice", "multi_box", "alternatives", "rounded_decimal", "close_numbers")
 
 
+FORM_CATEGORIES = ("percent_decimal", "mixed_number", "e_notation", "lead_in", "abs_inequality",
+                   "rewritten_reference", "compound_units", "rounded_gold")
+
+
 def test_corpus_shape():
   assert len(CORPUS) >= 400
   cats = {c["category"] for c in CORPUS}
@@ -49,6 +53,12 @@ def test_corpus_shape():
   # The answer-style rules (issue 13): at least 60 cases, each with its reason.
   styled = [c for c in CORPUS if c["category"] in NEW_CATEGORIES]
   assert len(styled) >= 60 and all(c["reason"].strip() for c in styled)
+  # Answer forms of issue 24: each in both directions (the right form passes, a near miss
+  # fails), each case with its reason.
+  for cat in FORM_CATEGORIES:
+    cases = [c for c in CORPUS if c["category"] == cat]
+    assert {c["expected"] for c in cases} == {True, False}, cat
+    assert all(c["reason"].strip() for c in cases), cat
 
 
 def _case_id(c):
@@ -83,6 +93,12 @@ def test_accuracy_invalid_reference():
   # The reference is checked even when the completion has no answer.
   with pytest.raises(InvalidReference):
     accuracy("no answer here", {"answer": ""})
+  # Unreadable with no readable rewrite: refused; readable once rewritten: used.
+  for gold in ("@@@", "\\frac{"):
+    with pytest.raises(InvalidReference):
+      accuracy(_answer("5"), {"answer": gold})
+  assert accuracy(_answer("5"), {"answer": "0.\\overline{3}"}) == 0.0
+  assert accuracy(_answer("\\frac{1}{3}"), {"answer": "0.\\overline{3}"}) == 1.0
 
 
 def test_accuracy_reference_forms():
