@@ -125,7 +125,7 @@ def plot_run(workdir: str, out_dir: str | None = None, smooth: float = 0.8) -> l
 
   if evals:
     fig, ax = plt.subplots(figsize=(6, 4))
-    plotted = False
+    plotted = banded = False
     keys = sorted({k for r in evals for k in r if re.fullmatch(r"(pass|cons)@\d+", k)},
                   key=lambda k: (k.split("@")[0] != "pass", int(k.split("@")[1])))
     for k in keys:
@@ -135,10 +135,12 @@ def plot_run(workdir: str, out_dir: str | None = None, smooth: float = 0.8) -> l
         band = _band(evals, k)
         if band is not None:
           ax.fill_between(*band, color=line.get_color(), alpha=0.2, linewidth=0)
+          banded = True
         plotted = True
     if plotted:
       ax.set_xlabel("step")
-      ax.set_ylabel("held-out accuracy")
+      ax.set_ylabel("held-out accuracy" + (" (band: bootstrap CI over problems)"
+                                           if banded else ""))
       ax.set_title(f"{name}: held-out pass@1 during training (cf. R1 Figure 2)")
       ax.grid(alpha=0.3)
       ax.legend()
