@@ -159,7 +159,9 @@ def number_words_run(s: str) -> str | None:
 
 
 _MIXED = re.compile(r"^\s*([-+]?)(\d{1,12})\s+(\d{1,12})\s*/\s*(\d{1,12})\s*$")
-_E_NOTATION = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,6})\s*$")
+# Exponents up to 3 digits: physical constants need no more, and 10^{999999} costs sympy a
+# second to build.
+_E_NOTATION = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,3})\s*$")
 
 
 def canonical(s: str) -> str:
