@@ -163,6 +163,9 @@ def test_extract_answer_raw():
   ("30°", "30"), ("12 cm", "12"), ("\\$5.00", "5"), ("5 dollars", "5"),
   ("\\left( 1, 2 \\right)", "(1,2)"), ("2\\sqrt{2}", "2\\sqrt{2}"), ("", ""),
   ("\\{1, 2\\}", "\\{1,2\\}"), ("(A)", "(a)"),
+  # One vote per value whatever its form: a mixed number is not "33/4", e-notation is its number.
+  ("3 3/4", "15/4"), ("$3\\ 3/4$", "15/4"), ("3e8", "300000000"), ("1.5E-2", "3/200"),
+  ("12.5\\%", "25/2"), ("3\\frac{3}{4}", "15/4"), ("33/4", "33/4"),
 ])
 def test_normalize_answer(answer, expected):
   assert normalize_answer(answer) == expected

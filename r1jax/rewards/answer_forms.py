@@ -158,25 +158,40 @@ def number_words_run(s: str) -> str | None:
   return " ".join(runs[0]) if len(runs) == 1 else None
 
 
-_MIXED = re.compile(r"^\s*([-+]?)(\d{1,12})\s+(\d{1,12})\s*/\s*(\d{1,12})\s*$")
+_MIXED = re.compile(r"^\s*([-+]?)(\d{1,12})(?:\s+(\d{1,12})\s*/\s*(\d{1,12})|"
+                    r"\s*\\[dt]?frac\s*\{(\d{1,12})\}\s*\{(\d{1,12})\})\s*$")
 # Exponents up to 3 digits: physical constants need no more, and 10^{999999} costs sympy a
 # second to build.
 _E_NOTATION = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,3})\s*$")
 
 
-def canonical(s: str) -> str:
-  """`3 3/4` -> `\\frac{15}{4}` (a proper fraction after a whole number), `6.02E23` ->
-  `6.02\\times10^{23}`; any other answer unchanged."""
+def mixed_number(s: str) -> str | None:
+  """`3 3/4` (or `3\\frac{3}{4}`) -> `\\frac{15}{4}`: a whole number, then a proper
+  fraction; else None."""
   m = _MIXED.match(s)
-  if m:
-    sign, whole, num, den = m.groups()
-    if 0 < int(num) < int(den):
-      top = int(whole) * int(den) + int(num)
-      return ("-" if sign == "-" else "") + f"\\frac{{{top}}}{{{int(den)}}}"
-    return s
+  if not m:
+    return None
+  sign, whole = m.group(1), m.group(2)
+  num, den = (m.group(3), m.group(4)) if m.group(3) else (m.group(5), m.group(6))
+  if not 0 < int(num) < int(den):
+    return None
+  top = int(whole) * int(den) + int(num)
+  return ("-" if sign == "-" else "") + f"\\frac{{{top}}}{{{int(den)}}}"
+
+
+def e_notation(s: str) -> str | None:
+  """`6.02E23` -> `6.02\\times10^{23}`; else None."""
   m = _E_NOTATION.match(s)
-  if m:
-    return f"{m.group(1)}\\times10^{{{int(m.group(2))}}}"
+  return f"{m.group(1)}\\times10^{{{int(m.group(2))}}}" if m else None
+
+
+def canonical(s: str) -> str:
+  """s with a plain-text mixed number or e-notation rewritten (`mixed_number`,
+  `e_notation`); any other answer unchanged."""
+  for f in (mixed_number, e_notation):
+    r = f(s)
+    if r is not None:
+      return r
   return s
 
 
