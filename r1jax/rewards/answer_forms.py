@@ -162,7 +162,7 @@ _MIXED = re.compile(r"^\s*([-+]?)(\d{1,12})(?:\s+(\d{1,12})\s*/\s*(\d{1,12})|"
                     r"\s*\\[dt]?frac\s*\{(\d{1,12})\}\s*\{(\d{1,12})\})\s*$")
 # Exponents up to 3 digits: physical constants need no more, and 10^{999999} costs sympy a
 # second to build.
-_E_NOTATION = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?\d{1,3})\s*$")
+_E_NOTATION = re.compile(r"^\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([-+]?\d{1,3})\s*$")
 
 
 def mixed_number(s: str) -> str | None:
@@ -195,7 +195,7 @@ def canonical(s: str) -> str:
   return s
 
 
-_PERCENT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*\\?%\s*$")
+_PERCENT = re.compile(r"^\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*\\?%\s*$")
 
 
 def percent_number(s: str) -> str | None:

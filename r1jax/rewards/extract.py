@@ -246,7 +246,7 @@ _UNITS = (
 )
 _UNIT_RE = re.compile(r"(?<=[\d}])\s*(?:(?:" + "|".join(re.escape(u) for u in sorted(
     _UNITS, key=len, reverse=True)) + r")\b\.?\s*)+$", re.IGNORECASE)
-_NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,3})?")  # 3e8 too
+_NUM_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?")  # 3e8 too
 _FRAC_RE = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$")
 _SLASH_RE = re.compile(r"^(-?\d+)/(\d+)$")
 _ASSIGN_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
