@@ -84,6 +84,26 @@ def test_accuracy_corpus(case):
   assert (ours != reference) == ("mv_disagrees" in case), case
 
 
+def test_answer_form_rewrites_hand_values():
+  from fractions import Fraction
+  from r1jax.rewards import answer_forms as af
+  # |c x + d| REL b solved by hand.
+  assert af.abs_inequality("|2x+1| \\le 5") == "[-3, 2]"  # -5 <= 2x + 1 <= 5
+  assert af.abs_inequality("|-2x - 4| \\le 2") == "[-3, -1]"  # -2 <= 2x + 4 <= 2
+  assert af.abs_inequality("|x - 3| > 2") == "(-\\infty, 1) \\cup (5, \\infty)"
+  assert af.abs_inequality("\\lvert x \\rvert < \\frac{1}{2}") == "(-\\frac{1}{2}, \\frac{1}{2})"
+  for no in ("|x| > 0", "|x| < -1", "|x|", "|x| > y", "x > 3"):
+    assert af.abs_inequality(no) is None, no
+  assert af.mixed_number("3 3/4") == "\\frac{15}{4}" and af.mixed_number("-2 1/3") == "-\\frac{7}{3}"
+  assert af.mixed_number("3 5/4") is None and af.mixed_number("33/4") is None
+  assert af.e_notation("6.02E23") == "6.02\\times10^{23}" and af.e_notation("1e-3") == "1\\times10^{-3}"
+  assert af.e_notation("e8") is None and af.e_notation("2e") is None
+  assert af.percent_number("12.5\\%") == "12.5" and af.percent_number("x\\%") is None
+  assert af.compound_quantity("5 hrs, 30 mins") == ((Fraction(5), "hours"), (Fraction(30), "minutes"))
+  assert af.compound_quantity("5 hours") is None
+  assert af.compound_quantity("5 hours and 30 minutes later") is None
+
+
 def test_accuracy_invalid_reference():
   for gold in ("", "   ", None, "$$"):
     with pytest.raises(InvalidReference):

@@ -208,7 +208,7 @@ _ABS_NUM = r"(\d+(?:\.\d+)?(?:/\d+)?|\\frac\{\d+\}\{\d+\})"
 _ABS_REL = r"(<=|>=|<|>|\\leq|\\geq|\\le|\\ge|\\lt|\\gt)"
 _ABS_BAR_L = r"(?:\\left\s*\||\\lvert|\|)"
 _ABS_BAR_R = r"(?:\\right\s*\||\\rvert|\|)"
-_ABS = re.compile(r"^\s*" + _ABS_BAR_L + r"\s*(-?\s*" + _ABS_NUM + r"?)\s*([A-Za-z])\s*(?:([-+])\s*"
+_ABS = re.compile(r"^\s*" + _ABS_BAR_L + r"\s*(-?)\s*" + _ABS_NUM + r"?\s*[A-Za-z]\s*(?:([-+])\s*"
                   + _ABS_NUM + r")?\s*" + _ABS_BAR_R + r"\s*" + _ABS_REL + r"\s*" + _ABS_NUM
                   + r"\s*$")
 
@@ -232,11 +232,9 @@ def abs_inequality(s: str) -> str | None:
   m = _ABS.match(s)
   if not m:
     return None
-  coef, _, _, sign, shift, rel, bound = m.groups()
+  neg, coef, sign, shift, rel, bound = m.groups()
   try:
-    c = fractions.Fraction(-1) if coef.replace(" ", "") == "-" else (
-      -_fraction(coef.replace(" ", "")[1:]) if coef.startswith("-") else
-      _fraction(coef) if coef else fractions.Fraction(1))
+    c = (_fraction(coef) if coef else fractions.Fraction(1)) * (-1 if neg else 1)
     d = (_fraction(shift) if shift else fractions.Fraction(0)) * (-1 if sign == "-" else 1)
     b = _fraction(bound)
   except (ValueError, ZeroDivisionError):
