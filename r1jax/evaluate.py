@@ -5,6 +5,10 @@
     python -m r1jax.evaluate --config=configs/r1_zero.py --checkpoint=/tmp/r1z \\
         --num_samples=16 --source='{"kind": "jsonl", "path": "aime.jsonl"}' --output_dir=/tmp/ev
 
+Beside pass@1 and cons@k: their 95% confidence interval, a percentile bootstrap over
+problems (`pass@1_lo` / `pass@1_hi`, `cons@k_lo` / `cons@k_hi`; `r1jax.stats`; settings
+`ci_resamples` (0: off) and `ci_level`).
+
 Test-time compute beside cons@k: best-of-k (the sample an outcome scorer ranks first) and
 verifier-weighted majority voting, given any scorer (`records_metrics(..., scorer=)`).
 
@@ -36,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax import stats
 from r1jax.checkpoint import resolve_checkpoint, restore_params  # noqa: F401 (CLI API)
 from r1jax.mesh import to_host
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
@@ -52,6 +57,8 @@ EVAL_DEFAULTS = dict(
     reflection_words=None,  # None: config.train.reflection_words
     percentiles=(10, 25, 50, 75, 90, 99),
     seed=0,
+    ci_resamples=stats.NUM_RESAMPLES,  # bootstrap resamples for the intervals; 0: none
+    ci_level=stats.CONFIDENCE,
 )
 
 
@@ -114,13 +121,23 @@ def reflection_rate(texts: Sequence[str], words: Sequence[str]) -> float:
   return float(np.mean([bool(pat.search(t)) for t in texts]))
 
 
+def per_problem(correct: np.ndarray, answers: Sequence[Sequence[str | None]]
+                ) -> dict[str, np.ndarray]:
+  """correct [P, k] in {0,1}; answers [P][k] -> each problem's pass@1 and cons@k [P]."""
+  correct = np.asarray(correct, np.float64)
+  k = correct.shape[1]
+  return {"pass@1": correct.mean(axis=1) if correct.size else np.zeros(len(correct)),
+          f"cons@{k}": np.asarray([majority_vote(a, c) for a, c in zip(answers, correct)],
+                                  np.float64)}
+
+
 def summarize(correct: np.ndarray, answers: Sequence[Sequence[str | None]],
               ks: Sequence[int] = ()) -> dict[str, float]:
   """correct [P, k] in {0,1}; answers [P][k] normalised answers -> protocol metrics."""
   correct = np.asarray(correct, np.float64)
   p, k = correct.shape
-  out = {"pass@1": float(correct.mean()) if correct.size else 0.0,
-         f"cons@{k}": float(np.mean([majority_vote(a, c) for a, c in zip(answers, correct)]))}
+  out = {name: float(v.mean()) if v.size else 0.0
+         for name, v in per_problem(correct, answers).items()}
   for kk in ks:
     if 1 < kk <= k:
       out[f"pass@{kk}"] = float(np.mean([pass_at_k(k, int(c.sum()), kk) for c in correct]))
@@ -178,14 +195,33 @@ def _length_stats(lengths: np.ndarray, percentiles: Sequence[float]) -> dict[str
   return out
 
 
+def _grid(records: Sequence[Mapping[str, Any]], k: int) -> tuple[np.ndarray, list]:
+  """correct [P, k] (accuracy reward > 0.5) and normalised answers [P][k] of records."""
+  correct = np.asarray([r.get("reward/accuracy", 0.0) for r in records]).reshape(-1, k) > 0.5
+  answers = [[r["normalized"] for r in records[i:i + k]] for i in range(0, len(records), k)]
+  return correct, answers
+
+
+def problem_scores(records: Sequence[Mapping[str, Any]], k: int) -> dict[str, list]:
+  """Each problem's id, pass@1 and cons@k (lists in problem order), from records."""
+  if len(records) % k:
+    raise ValueError(f"{len(records)} records are not groups of k={k}")
+  correct, answers = _grid(records, k)
+  return {"id": [str(records[i].get("id", i // k)) for i in range(0, len(records), k)],
+          **{name: v.tolist() for name, v in per_problem(correct, answers).items()}}
+
+
 def records_metrics(records: Sequence[Mapping[str, Any]], k: int,
                     reflection_words: Sequence[str] = (), *, ks: Sequence[int] | None = None,
                     percentiles: Sequence[float] = (50, 90),
-                    scorer: Callable[[Sequence[Mapping[str, Any]]], Sequence[float]] | None = None
+                    scorer: Callable[[Sequence[Mapping[str, Any]]], Sequence[float]] | None = None,
+                    ci_resamples: int = stats.NUM_RESAMPLES, ci_level: float = stats.CONFIDENCE
                     ) -> dict[str, float]:
   """Protocol metrics from `sample_and_score` records (k consecutive records per problem).
 
-  pass@1, pass@j for each j in `ks` (default: k) with 1 < j <= k, cons@k; response length
+  pass@1, pass@j for each j in `ks` (default: k) with 1 < j <= k, cons@k; with
+  `ci_resamples` > 0 the `ci_level` bootstrap interval over problems of pass@1 and cons@k
+  (`pass@1_lo`, `pass@1_hi`, `cons@k_lo`, `cons@k_hi`); response length
   mean, max and percentiles; format rate and truncation rate when recorded; reflection
   share; with several tasks, pass@1 / cons@k / pass@k per task (`pass@1/TASK`, ...).
   `scorer` (any outcome scorer, e.g. an ORM: records -> one score each) adds best_of_k and
@@ -196,10 +232,13 @@ def records_metrics(records: Sequence[Mapping[str, Any]], k: int,
   if len(records) % k:
     raise ValueError(f"{len(records)} records are not groups of k={k}")
   ks = (k,) if ks is None else tuple(ks)
-  correct = np.asarray([r.get("reward/accuracy", 0.0) for r in records]).reshape(-1, k) > 0.5
-  answers = [[r["normalized"] for r in records[i:i + k]] for i in range(0, len(records), k)]
+  correct, answers = _grid(records, k)
   out = summarize(correct, answers, ks=ks)
   out["num_problems"] = len(answers)
+  if ci_resamples:
+    for name, scores in per_problem(correct, answers).items():
+      out[f"{name}_lo"], out[f"{name}_hi"] = stats.bootstrap_ci(
+          scores, num_resamples=ci_resamples, confidence=ci_level)
   if scorer is not None:
     scores = np.asarray(scorer(records), np.float64).reshape(-1, k)
     out.update(test_time_metrics(correct, answers, scores))
@@ -248,6 +287,10 @@ def eval_settings(c, **overrides) -> dict:
     raise ValueError(f"eval.num_samples={s['num_samples']} must be >= 1")
   if s["temperature"] < 0 or not 0 < s["top_p"] <= 1:
     raise ValueError(f"bad eval.temperature={s['temperature']} or eval.top_p={s['top_p']}")
+  if s["ci_resamples"] < 0:
+    raise ValueError(f"eval.ci_resamples={s['ci_resamples']} must be >= 0 (0: no interval)")
+  if not 0 < s["ci_level"] < 1:
+    raise ValueError(f"eval.ci_level={s['ci_level']} must be in (0, 1)")
   return s
 
 
@@ -310,7 +353,8 @@ def run(c, checkpoint: str | None = None, output_dir: str | None = None,
                                  on_records=write)
   k = s["num_samples"]
   metrics = records_metrics(records, k, s["reflection_words"],
-                            ks=[j for j in s["ks"] if j <= k], percentiles=s["percentiles"])
+                            ks=[j for j in s["ks"] if j <= k], percentiles=s["percentiles"],
+                            ci_resamples=s["ci_resamples"], ci_level=s["ci_level"])
   metrics["eval_time_s"] = time.time() - t0
   result = {"checkpoint": checkpoint, "step": step, "settings": _jsonable(s),
             "num_samples_total": len(records), "metrics": metrics}
@@ -325,10 +369,17 @@ def _jsonable(x):
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:
-  """A readable block: overall numbers first, then per-task ones."""
+  """A readable block: overall numbers first (an interval beside its metric: `pass@1  0.42
+  [0.35, 0.49]`), then per-task ones."""
   overall = {k: v for k, v in metrics.items() if "/" not in k}
   per_task = {k: v for k, v in metrics.items() if "/" in k}
-  lines = [f"{k:>24s}  {v:.4g}" for k, v in sorted(overall.items())]
+  lines = []
+  for k, v in sorted(overall.items()):
+    if k.endswith(("_lo", "_hi")) and k[:-3] in overall:
+      continue
+    ci = (f"  [{overall[k + '_lo']:.4g}, {overall[k + '_hi']:.4g}]"
+          if k + "_lo" in overall and k + "_hi" in overall else "")
+    lines.append(f"{k:>24s}  {v:.4g}{ci}")
   tasks = sorted({k.split("/", 1)[1] for k in per_task})
   for t in tasks:
     vals = " ".join(f"{k.split('/')[0]}={v:.4g}" for k, v in sorted(per_task.items())
@@ -354,7 +405,8 @@ def main(argv) -> None:
             num_samples=_NUM_SAMPLES.value, num_problems=_NUM_PROBLEMS.value,
             temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
             max_new_tokens=_MAX_NEW_TOKENS.value)
-  print(f"step {res['step']}: {res['num_samples_total']} samples")
+  print(f"step {res['step']}: {res['num_samples_total']} samples; [lo, hi]: "
+        f"{res['settings']['ci_level']:.0%} bootstrap interval over problems")
   print(format_metrics(res["metrics"]))
 
 

@@ -144,7 +144,8 @@ def evaluate(name: str, model: Mapping[str, Any], eval_cfg: Mapping[str, Any],
 
 def _cell(metrics: Mapping[str, Any], key: str) -> str:
   hit = [v for k, v in metrics.items() if k == key or (key.endswith("@") and k.startswith(key)
-                                                     and "/" not in k)]
+                                                     and "/" not in k
+                                                     and not k.endswith(("_lo", "_hi")))]
   return f"{hit[0]:.3f}" if hit else "-"
 
 

@@ -6,7 +6,9 @@ Reads WORKDIR/metrics.jsonl (one row per logged training step) and WORKDIR/eval.
 (the trainer's periodic held-out evaluation) and writes:
   training_curves.png      reward, accuracy, format rate, response length, KL and
                            reflection share over steps (raw and smoothed)
-  fig2_heldout_pass1.png   held-out pass@1 (and cons@k) over steps (paper, Figure 2)
+  fig2_heldout_pass1.png   held-out pass@1 (and cons@k) over steps (paper, Figure 2), with
+                           the bootstrap confidence band where eval.jsonl has
+                           pass@1_lo / pass@1_hi (cons@k_lo / cons@k_hi)
   fig3_response_length.png mean response length over steps (paper, Figure 3)
   reflection_share.png     share of responses with reflection phrases over steps
 Metrics a run did not log are left out. Needs matplotlib.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -73,6 +76,17 @@ def _plot_series(ax, s, v, smooth: float, label: str | None = None, color=None):
     ax.plot(s, v, marker="o" if len(v) < 30 else None, ms=3, color=color, label=label)
 
 
+def _band(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+  """(steps, lo, hi) of the eval rows that logged `key`'s interval (KEY_lo / KEY_hi)."""
+  pts = [(r["step"], r[key + "_lo"], r[key + "_hi"]) for r in rows
+         if isinstance(r.get(key + "_lo"), (int, float))
+         and isinstance(r.get(key + "_hi"), (int, float))]
+  if not pts:
+    return None
+  s, lo, hi = zip(*pts)
+  return np.asarray(s), np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+
+
 def plot_run(workdir: str, out_dir: str | None = None, smooth: float = 0.8) -> list[str]:
   """Write the PNGs for the run in `workdir`; returns their paths."""
   import matplotlib
@@ -111,17 +125,22 @@ def plot_run(workdir: str, out_dir: str | None = None, smooth: float = 0.8) -> l
 
   if evals:
     fig, ax = plt.subplots(figsize=(6, 4))
-    plotted = False
-    keys = sorted({k for r in evals for k in r if k.startswith(("pass@", "cons@"))
-                   and "/" not in k}, key=lambda k: (k.split("@")[0] != "pass", int(k.split("@")[1])))
+    plotted = banded = False
+    keys = sorted({k for r in evals for k in r if re.fullmatch(r"(pass|cons)@\d+", k)},
+                  key=lambda k: (k.split("@")[0] != "pass", int(k.split("@")[1])))
     for k in keys:
       s = series(evals, (k,))
       if s is not None:
-        _plot_series(ax, s[0], s[1], 0.0, label=k)
+        line = ax.plot(s[0], s[1], marker="o" if len(s[1]) < 30 else None, ms=3, label=k)[0]
+        band = _band(evals, k)
+        if band is not None:
+          ax.fill_between(*band, color=line.get_color(), alpha=0.2, linewidth=0)
+          banded = True
         plotted = True
     if plotted:
       ax.set_xlabel("step")
-      ax.set_ylabel("held-out accuracy")
+      ax.set_ylabel("held-out accuracy" + (" (band: bootstrap CI over problems)"
+                                           if banded else ""))
       ax.set_title(f"{name}: held-out pass@1 during training (cf. R1 Figure 2)")
       ax.grid(alpha=0.3)
       ax.legend()

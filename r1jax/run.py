@@ -3,7 +3,8 @@ config -> SamplingConfig / GRPOConfig readers (the trainer and `r1jax.aot` build
 
 A run directory (`--workdir`) holds config.json (the experiment config), model_config.json
 (the trained model's architecture, read back by export / evaluation / later pipeline
-stages), metrics.jsonl, eval.jsonl, samples.jsonl, tb/ and checkpoints/.
+stages), metrics.jsonl, eval.jsonl, eval_problems.jsonl (each eval's per-problem scores,
+for paired comparisons), samples.jsonl, tb/ and checkpoints/.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 
 from r1jax import evaluate as eval_lib
-from r1jax import grpo
+from r1jax import grpo, jsonl
 from r1jax.mesh import use_mesh
 from r1jax.metrics import MetricsWriter, bar
 from r1jax.sampling import SamplingConfig
@@ -42,8 +43,10 @@ def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[st
                    scfg: SamplingConfig, writer: MetricsWriter, mesh: Any, *,
                    prompt_bucket: int = 32, reflection_words: Sequence[str] = (),
                    verbose: bool = True) -> Callable[[Any, jax.Array, int], dict]:
-  """`run_eval(params, rng, step) -> metrics`: held-out pass@1 / cons@k / format / length
-  of `examples` sampled with `scfg`, written to eval.jsonl (and TensorBoard)."""
+  """`run_eval(params, rng, step) -> metrics`: held-out pass@1 / cons@k (with their
+  bootstrap intervals) / format / length of `examples` sampled with `scfg`, written to
+  eval.jsonl (and TensorBoard); each problem's scores go to eval_problems.jsonl (one row
+  per eval: `eval_lib.problem_scores`)."""
   is_main = verbose and jax.process_index() == 0
 
   def run_eval(params: Any, rng: jax.Array, step: int) -> dict:
@@ -61,6 +64,9 @@ def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[st
     m = eval_lib.records_metrics(recs, scfg.num_samples, reflection_words)
     m["eval_time_s"] = time.time() - t0
     writer.write(step, m, filename="eval.jsonl")
+    if writer.enabled:
+      row = {"step": int(step), **eval_lib.problem_scores(recs, scfg.num_samples)}
+      jsonl.append(os.path.join(writer.workdir, "eval_problems.jsonl"), [json.dumps(row)])
     if is_main:
       print(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())),
             flush=True)

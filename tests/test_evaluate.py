@@ -138,13 +138,17 @@ def test_cli_end_to_end(tmp_path):
   assert res["settings"]["temperature"] == 0.6 and res["settings"]["top_p"] == 0.95
   m = res["metrics"]
   for key in ("pass@1", "pass@2", "pass@4", "cons@4", "completion_len_mean",
-              "completion_len_p50", "reflection_rate", "format_rate"):
+              "completion_len_p50", "reflection_rate", "format_rate", "pass@1_lo", "pass@1_hi",
+              "cons@4_lo", "cons@4_hi"):
     assert key in m, key
+  assert m["pass@1_lo"] <= m["pass@1"] <= m["pass@1_hi"]
+  assert "95% bootstrap interval over problems" in proc.stdout
   rows = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
   assert len(rows) == 12 and [r["sample"] for r in rows[:4]] == [0, 1, 2, 3]
   assert all(r["step"] == 4 and 1 <= r["length"] <= 8 for r in rows)
   recomputed = ev.records_metrics(rows, 4, ("wait",), ks=(1, 2, 4))
   assert recomputed["pass@1"] == m["pass@1"] and recomputed["cons@4"] == m["cons@4"]
+  assert recomputed["pass@1_hi"] == m["pass@1_hi"]
 
 
 def test_config_renderer_uses_every_data_knob():

@@ -38,6 +38,10 @@ NEW_CATEGORIES = ("stated_answer", "repeating_decimal", "unicode", "words_senten
                   "multiple_choice", "multi_box", "alternatives", "rounded_decimal", "close_numbers")
 
 
+FORM_CATEGORIES = ("percent_decimal", "mixed_number", "e_notation", "lead_in", "abs_inequality",
+                   "rewritten_reference", "compound_units", "rounded_gold")
+
+
 def test_corpus_shape():
   assert len(CORPUS) >= 400
   cats = {c["category"] for c in CORPUS}
@@ -49,6 +53,12 @@ def test_corpus_shape():
   # The answer-style rules (issue 13): at least 60 cases, each with its reason.
   styled = [c for c in CORPUS if c["category"] in NEW_CATEGORIES]
   assert len(styled) >= 60 and all(c["reason"].strip() for c in styled)
+  # Answer forms of issue 24: each in both directions (the right form passes, a near miss
+  # fails), each case with its reason.
+  for cat in FORM_CATEGORIES:
+    cases = [c for c in CORPUS if c["category"] == cat]
+    assert {c["expected"] for c in cases} == {True, False}, cat
+    assert all(c["reason"].strip() for c in cases), cat
 
 
 def _case_id(c):
@@ -74,6 +84,26 @@ def test_accuracy_corpus(case):
   assert (ours != reference) == ("mv_disagrees" in case), case
 
 
+def test_answer_form_rewrites_hand_values():
+  from fractions import Fraction
+  from r1jax.rewards import answer_forms as af
+  # |c x + d| REL b solved by hand.
+  assert af.abs_inequality("|2x+1| \\le 5") == "[-3, 2]"  # -5 <= 2x + 1 <= 5
+  assert af.abs_inequality("|-2x - 4| \\le 2") == "[-3, -1]"  # -2 <= 2x + 4 <= 2
+  assert af.abs_inequality("|x - 3| > 2") == "(-\\infty, 1) \\cup (5, \\infty)"
+  assert af.abs_inequality("\\lvert x \\rvert < \\frac{1}{2}") == "(-\\frac{1}{2}, \\frac{1}{2})"
+  for no in ("|x| > 0", "|x| < -1", "|x|", "|x| > y", "x > 3"):
+    assert af.abs_inequality(no) is None, no
+  assert af.mixed_number("3 3/4") == "\\frac{15}{4}" and af.mixed_number("-2 1/3") == "-\\frac{7}{3}"
+  assert af.mixed_number("3 5/4") is None and af.mixed_number("33/4") is None
+  assert af.e_notation("6.02E23") == "6.02\\times10^{23}" and af.e_notation("1e-3") == "1\\times10^{-3}"
+  assert af.e_notation("e8") is None and af.e_notation("2e") is None
+  assert af.percent_number("12.5\\%") == "12.5" and af.percent_number("x\\%") is None
+  assert af.compound_quantity("5 hrs, 30 mins") == ((Fraction(5), "hours"), (Fraction(30), "minutes"))
+  assert af.compound_quantity("5 hours") is None
+  assert af.compound_quantity("5 hours and 30 minutes later") is None
+
+
 def test_accuracy_invalid_reference():
   for gold in ("", "   ", None, "$$"):
     with pytest.raises(InvalidReference):
@@ -83,6 +113,12 @@ def test_accuracy_invalid_reference():
   # The reference is checked even when the completion has no answer.
   with pytest.raises(InvalidReference):
     accuracy("no answer here", {"answer": ""})
+  # Unreadable with no readable rewrite: refused; readable once rewritten: used.
+  for gold in ("@@@", "\\frac{"):
+    with pytest.raises(InvalidReference):
+      accuracy(_answer("5"), {"answer": gold})
+  assert accuracy(_answer("5"), {"answer": "0.\\overline{3}"}) == 0.0
+  assert accuracy(_answer("\\frac{1}{3}"), {"answer": "0.\\overline{3}"}) == 1.0
 
 
 def test_accuracy_reference_forms():
@@ -147,6 +183,9 @@ def test_extract_answer_raw():
   ("30°", "30"), ("12 cm", "12"), ("\\$5.00", "5"), ("5 dollars", "5"),
   ("\\left( 1, 2 \\right)", "(1,2)"), ("2\\sqrt{2}", "2\\sqrt{2}"), ("", ""),
   ("\\{1, 2\\}", "\\{1,2\\}"), ("(A)", "(a)"),
+  # One vote per value whatever its form: a mixed number is not "33/4", e-notation is its number.
+  ("3 3/4", "15/4"), ("$3\\ 3/4$", "15/4"), ("3e8", "300000000"), ("1.5E-2", "3/200"),
+  ("12.5\\%", "25/2"), ("3\\frac{3}{4}", "15/4"), ("33/4", "33/4"),
 ])
 def test_normalize_answer(answer, expected):
   assert normalize_answer(answer) == expected
@@ -409,6 +448,88 @@ def test_code_reward_hacks_fail():
   cls = "class P:\n  def __init__(s, v): s.v = v\n  def __eq__(s, o): return s.v == o.v\n"
   assert code_reward(_code(cls + "def f(x): return P(2 * x)"),
                      {"tests": ["assert f(1) == P(2)", "assert not f(1) == P(3)"]}) == 1.0
+
+
+# Disguises: each f returns an object that claims to equal anything, or hides one inside a
+# container; every assert below is false for honest values, so none may pass.
+_DISGUISES = [
+  ("int subclass equal to everything", "class E(int):\n  def __eq__(s, o): return True\n"
+   "  __hash__ = int.__hash__\ndef f(x): return E(0)", ["assert f(1) == 2"]),
+  ("the same inside containers", "class E(int):\n  def __eq__(s, o): return True\n"
+   "  __hash__ = int.__hash__\ndef f(x): return E(0)",
+   ["assert [f(1)] == [2]", "assert (1, [f(1)]) == (1, [2])", "assert {'a': f(1)} == {'a': 2}",
+    "assert [[f(1)]] == [[2]]"]),
+  ("disguised dict key and set element", "class E(int):\n  def __eq__(s, o): return True\n"
+   "  def __hash__(s): return hash(5)\ndef f(x): return E(0)",
+   ["assert {f(1): 1} == {5: 1}", "assert {f(1)} == {5}", "assert frozenset([f(1)]) == {5}"]),
+  ("str and float subclasses", "class S(str):\n  def __eq__(s, o): return True\n"
+   "class F(float):\n  def __eq__(s, o): return True\ndef f(x): return [S('no'), F(0.0)]",
+   ["assert f(1) == ['yes', 2.5]"]),
+  ("AlwaysEqual claiming to be a builtin", "class A:\n  def __eq__(s, o): return True\n"
+   "A.__module__ = 'builtins'\ndef f(x): return [A(), A()]", ["assert f(1) == [1, 2]"]),
+  ("a list hiding its items from iteration", "class L(list):\n"
+   "  def __iter__(s): return iter([4])\n  def __eq__(s, o): return True\n"
+   "def f(x): return L([0])", ["assert f(1) == [4]"]),
+  ("a plain list subclass hiding a disguise from iteration",
+   "class E(int):\n  def __eq__(s, o): return True\n"
+   "class L(list):\n  def __iter__(s): return iter([4])\ndef f(x): return L([E(0)])",
+   ["assert f(1) == [4]"]),
+  ("a metaclass lying about its class", "class M(type):\n  __mro__ = (int, object)\n"
+   "class A(metaclass=M):\n  def __eq__(s, o): return True\ndef f(x): return [A()]",
+   ["assert f(1) == [3]"]),
+]
+
+
+@pytest.mark.parametrize("name, program, tests", _DISGUISES, ids=[d[0] for d in _DISGUISES])
+def test_code_reward_compares_values_not_disguises(name, program, tests):
+  assert code_reward(_code(program), {"tests": tests}) == 0.0, name
+
+
+def test_code_reward_honest_values_compare_as_python_does():
+  """Honest values (builtin, stdlib, numpy, namedtuple, the solution's own dataclass) pass
+  or fail exactly as Python's == says, computed here; a few deliberate exceptions follow."""
+  import collections
+  import dataclasses
+  import decimal
+  import fractions
+  program = ("import collections, dataclasses, decimal, fractions\nimport numpy as np\n"
+             "P = collections.namedtuple('P', 'x y')\n"
+             "@dataclasses.dataclass\nclass D:\n  a: int\n  b: list\n"
+             "def f(x): return x\n")
+  pairs = [
+    "f(2) == 2.0", "f(True) == 1", "f([1, 2.0, 'a']) == [1, 2, 'a']", "f([1, 2]) == [2, 1]",
+    "f((1, (2, [3]))) == (1, (2, [3]))", "f([1, 2]) == (1, 2)", "f(None) == None",
+    "f({'a': [1, {2, 3}]}) == {'a': [1, {3, 2}]}", "f({'a': 1}) == {'a': 2}",
+    "f({1, 2}) == frozenset({2, 1})", "f(P(1, 2)) == (1, 2)", "f(P(1, 2)) == P(1, 3)",
+    "f(collections.OrderedDict(a=1, b=2)) == collections.OrderedDict(b=2, a=1)",
+    "f(collections.OrderedDict(a=1, b=2)) == {'b': 2, 'a': 1}",
+    "f(collections.defaultdict(list, a=[1])) == {'a': [1]}",
+    "f(collections.deque([1, 2])) == collections.deque([1, 2])",
+    "f(decimal.Decimal('1.5')) == 1.5", "f(fractions.Fraction(1, 2)) == fractions.Fraction(2, 4)",
+    "f(fractions.Fraction(1, 2)) == fractions.Fraction(1, 3)",
+    "f(collections.Counter('aab')) == collections.Counter('aba')",
+    "f(D(1, [2])) == D(1, [2])", "f(D(1, [2])) == D(1, [3])", "f(float('nan')) == float('nan')",
+    "f(np.int64(3)) == 3", "f(np.float64(0.5)) == 0.5", "f([np.int64(1), 2]) == [1, 2]",
+    "f(b'ab') == b'ab'", "f(range(3)) == range(0, 3)", "f('x' * 3) == 'xxx'",
+  ]
+  from r1jax.rewards.code_exec import run_tests
+  got = run_tests(program, "assert", [f"assert {p}" for p in pairs], timeout_s=30.0)
+  P = collections.namedtuple("P", "x y")
+
+  @dataclasses.dataclass
+  class D:
+    a: int
+    b: list
+  np = pytest.importorskip("numpy")
+  env = dict(collections=collections, decimal=decimal, fractions=fractions, np=np, P=P, D=D,
+             f=lambda x: x)
+  want = ["pass" if eval(p, env) else "fail" for p in pairs]
+  assert got == want, [(p, g) for p, g, w in zip(pairs, got, want) if g != w]
+  # Deliberate: a value of a type with a Python-level __eq__ equals only its own type.
+  exceptions = ["f(fractions.Fraction(1, 2)) == 0.5", "f(collections.Counter('ab')) == {'a': 1, 'b': 1}"]
+  assert all(eval(p, env) for p in exceptions)
+  assert run_tests(program, "assert", [f"assert {p}" for p in exceptions],
+                   timeout_s=30.0) == ["fail", "fail"]
 
 
 def test_code_invalid_tests():

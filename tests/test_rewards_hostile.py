@@ -30,6 +30,10 @@ def _math_payloads() -> list[str]:
     "\\frac{1}{0}", "0/0", "\\infty - \\infty", "nan", "zoo", "\\sqrt{-1}", "",
     "\x00\x01\x02\x1b[2J\x7f", "\ud800\udfff", "\u202e5\u202c", "５" * 1000, "$" * 100_000,
     "\\boxed{" * 50_000, "\\text{" * 5000 + "}" * 5000, "<answer>" * 10_000,
+    # Backtracking bait for the answer-form rewrites (e-notation, percent, mixed numbers,
+    # |x| inequalities, compound units): long digit runs that almost match.
+    "1" * 3999 + "e", "1." + "1" * 3990 + "%x", "1 " + "1" * 3990 + "/", "|" + "1" * 190 + "x",
+    "1e999999", "5 hours " * 400, "|x| > " + "9" * 3990,
   ] + EXPLOSIVE
   out = []
   for b in bombs:

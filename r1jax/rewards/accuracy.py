@@ -5,7 +5,15 @@ sides wrapped as `\\boxed{...}` so that math-verify reads the whole answer as La
 timeouts (`signal.alarm`, main thread only) are disabled: the pool's parent-side
 deadline bounds the time instead. Around that core:
 
-* a reference that does not parse raises `InvalidReference` (scored 0 and counted);
+* both sides are first put in `answer_forms.canonical` form (`3 3/4` -> 15/4, `3e8` ->
+  3 x 10^8: notations latex2sympy misreads rather than refuses);
+* a reference that does not parse, and none of whose `answer_forms` rewrites does
+  (`0.\\overline{3}` does, as 1/3), raises `InvalidReference` (scored 0 and counted);
+* a compound quantity (`5 hours and 30 minutes`) equals only the same number-unit pairs
+  (`5 h 30 min`), never its first number;
+* a plain decimal gold against an exact prediction follows one precision rule
+  (`_decimal_gold_verdict`): its exact value, or with 6 or more decimals the exact value
+  it rounds (0.333333 accepts 1/3, 0.33 does not);
 * predictions that are too long, too deeply nested, or numerically explosive
   (`9^{9^{9^{9}}}`, `(10^{10})!`, `\\binom{10^{9}}{5}`, `(x+1)^{10^5}`: see
   `explosive.py`) are rejected on the text before sympy sees them (sympy evaluates
@@ -17,11 +25,13 @@ deadline bounds the time instead. Around that core:
   a rounded decimal against an exact value (0.142857 for 1/7, 3.141593 for pi) or two
   different decimals (1.0000002 for 1.0000001),
   and an unevaluated integral/limit/sum standing for its value;
-* a few rescues, tried only when the plain comparison fails: a leading "the answer is",
+* a few rescues, tried only when the plain comparison fails: a lead-in ("the answer /
+  solution / result is", "we get", "so we find that", "this gives"),
   \\text{} wrappers, thousands separators written with spaces, degree signs and unit
   words after a number ("5 dollars"), numbers in words ("forty-two", also inside a
   sentence), and the `answer_forms` rewrites (repeating decimals, Unicode √ and π, an
-  inequality for its interval, a multiple-choice label with its value).
+  inequality for its interval, an absolute-value inequality for its union of intervals, a
+  percentage with decimals for its number, a multiple-choice label with its value).
 """
 
 from __future__ import annotations
@@ -103,7 +113,10 @@ def gold_answer(example: Example) -> str:
     raise InvalidReference(f"empty reference {raw!r}")
   if len(gold) > MAX_ANSWER_CHARS or is_explosive(gold):
     raise InvalidReference(f"reference too long or explosive to evaluate: {gold[:200]!r}")
-  if _first_expr(_parse(gold)) is None:
+  gold = answer_forms.canonical(gold)
+  # A notation the parser cannot read may still have a readable rewrite (0.\overline{3}).
+  if _first_expr(_parse(gold)) is None and not any(
+      _first_expr(_parse(r)) is not None for r in _rewrites(gold) if not is_explosive(r)):
     raise InvalidReference(f"reference does not parse: {gold[:200]!r}")
   return gold
 
@@ -238,14 +251,47 @@ def _is_decimal(e: Any) -> bool:
                                         and e.args[0] == -1 and isinstance(e.args[1], sympy.Float))
 
 
+_PLAIN_DECIMAL = re.compile(r"-?\d*\.(\d+)")
+ROUNDED_GOLD_MIN_DECIMALS = 6
+
+
+def _decimal_gold_verdict(gold: str, pred: Any) -> bool | None:
+  """A plain decimal gold (`0.33`, `3.141593`) against an exact number (no decimal in it).
+
+  The rule: the prediction must be the gold's exact value, or, when the gold is written
+  with d >= 6 decimal places, round to it (|pred - gold| <= 10^-d / 2). A reference given
+  to 6 or more places stands for the exact value it rounds (0.333333 accepts 1/3 and
+  3.141593 accepts pi); one rounded more coarsely names its own number (0.33 rejects 1/3,
+  3.14 rejects pi): accepting 1/3 for 0.33 would accept every exact value within 0.005.
+  None when the rule does not apply (gold not a plain decimal, pred not an exact number).
+  """
+  _, sympy, _ = _mv()
+  m = _PLAIN_DECIMAL.fullmatch(gold)
+  if m is None or not _is_scalar_number(pred) or pred.has(sympy.Float):
+    return None
+  decimals = len(m.group(1))
+  try:
+    diff = abs(sympy.N(pred - sympy.Rational(gold), 60))
+    if not diff.is_number or diff.is_finite is not True:
+      return None
+    if decimals < ROUNDED_GOLD_MIN_DECIMALS:
+      return bool(diff < sympy.Rational(1, 10**50))
+    return bool(diff <= sympy.Rational(1, 2 * 10**decimals))
+  except Exception:  # sympy raises many types on exotic input
+    return None
+
+
 def _numbers_agree(gold: Any, pred: Any) -> bool:
   """Reject math-verify's absolute 6-decimal / chopped equality of distinct numbers.
 
   A decimal in the prediction must be exactly the gold value when the gold is exact or
   itself a plain decimal: 0.142857 is not 1/7 and 3.141593 is not pi, however many digits
   (a grader does not accept a rounded value for an exact one), and 1.0000002 is not
-  1.0000001. A decimal gold against an exact prediction keeps math-verify's rounding
-  (gold 0.33 accepts 1/3: the reference itself was rounded).
+  1.0000001. A plain decimal gold against an exact prediction never reaches this guard:
+  `_decimal_gold_verdict` decides it (a gold with 6 or more decimals accepts the exact
+  value it rounds, a coarser one only its own value: gold 0.33 rejects 1/3). Other
+  inexact golds (`6.02\\times10^{23}`) keep math-verify's rounding, made relative for
+  numbers below 0.01.
   """
   _, sympy, _ = _mv()
   if not (_is_scalar_number(gold) and _is_scalar_number(pred)):
@@ -312,8 +358,10 @@ def _plausible(gold: Any, pred: Any, equation_policy: str) -> bool:
 # ---------------------------------------------------------------------------------------
 # Rescues (tried only when the plain comparison fails).
 
-_LEAD = re.compile(r"^\s*(?:(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?|therefore,?|thus,?|"
-                   r"hence,?|so,?)\s*", re.IGNORECASE)
+_LEAD = re.compile(r"^\s*(?:(?:the\s+)?(?:final\s+)?(?:answer|solution|result|value)\s*(?:is|:)\s*:?|"
+                   r"(?:so\s+|thus\s+|hence\s+|therefore\s+)?(?:we|i)\s+(?:get|have|find|obtain)(?:\s+that)?\s*:?|"
+                   r"(?:this|which|that)\s+gives\s*:?|therefore,?|thus,?|hence,?|so,?)\s*",
+                   re.IGNORECASE)
 _DIGIT_GROUPS = re.compile(r"(?<=\d)(?:\s|\\,|\\ |\\;|\\!|~)+(?=\d{3}(?!\d))")
 _TEXT_LIKE = ("\\text", "\\textbf", "\\textrm", "\\mathrm", "\\mathbf", "\\mbox")
 _ONES = {w: i for i, w in enumerate(
@@ -360,16 +408,19 @@ def words_to_number(s: str) -> str | None:
 
 def _rewrites(s: str) -> list[str]:
   """`answer_forms` rewrites of s: repeating decimals, Unicode, inequality -> interval,
-  multiple-choice label and value, number words in a sentence."""
+  absolute-value inequality -> union of intervals, percentage -> number, multiple-choice
+  label and value, number words in a sentence."""
   out = []
   for f in (answer_forms.repeating_decimal, answer_forms.unicode_math):
     r = f(s)
     if r is not None:
       out.append(r)
       s = r
-  interval = answer_forms.inequality_interval(s)
-  if interval is not None:
-    out.append(interval)
+  for f in (answer_forms.inequality_interval, answer_forms.abs_inequality,
+            answer_forms.percent_number):
+    r = f(s)
+    if r is not None:
+      out.append(r)
   out += answer_forms.choice_parts(s)
   run = answer_forms.number_words_run(s)
   words = words_to_number(run) if run else None
@@ -410,6 +461,9 @@ def _verify_one(gold: str, pred: str, equation_policy: str) -> bool:
   g0, p0 = _first_expr(g), _first_expr(p)
   if _has_unevaluated(p0) and not _has_unevaluated(g0):
     return False  # before verify: sympy would try to evaluate it, which can take minutes
+  verdict = _decimal_gold_verdict(gold, p0) if p0 is not None else None
+  if verdict is not None:
+    return verdict
   if not math_verify.verify(list(g), list(p), timeout_seconds=None):
     return False
   return _plausible(g0, p0, equation_policy)
@@ -421,11 +475,14 @@ def answers_match(gold: str, pred: str, *, equation_policy: str = "assignment") 
     raise ValueError(f"equation_policy={equation_policy!r}; expected one of {EQUATION_POLICIES}")
   if len(pred) > 4 * MAX_ANSWER_CHARS:  # also bounds the rescues' regex work
     return False
-  pred = unicodedata.normalize("NFKC", pred).strip()
+  pred = answer_forms.canonical(unicodedata.normalize("NFKC", pred).strip())
   if not pred:
     return False
   if pred == gold:
     return True
+  compound = answer_forms.compound_quantity(gold), answer_forms.compound_quantity(pred)
+  if compound != (None, None):  # "5 hours and 30 minutes" is not 5
+    return compound[0] == compound[1]
   if _verify_one(gold, pred, equation_policy):
     return True
   golds = [gold]

@@ -9,7 +9,9 @@
   pairs, or {"inputs": [...], "outputs": [...]} (APPS style). Outputs are compared token
   by token (whitespace-insensitive), in this process: expected outputs never reach the
   child.
-The reward is the share of tests passed. The program runs in a fresh interpreter
+The reward is the share of tests passed. In assert tests `x == y` compares values, not
+disguises: an object whose type overrides `__eq__` (an int subclass equal to everything),
+also inside a container, equals only its own type with the same value. The program runs in a fresh interpreter
 (`_sandbox_child.py`, see there for the lockdown) in its own session and a temporary
 directory, killed as a whole group at the wall deadline; the directory is removed after.
 """

@@ -11,6 +11,8 @@ import fractions
 import re
 import unicodedata
 
+from r1jax.rewards import answer_forms
+
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _MAX_BOX_TRIES = 8  # unclosed \boxed{ candidates tried before giving up (bounds the work)
 _MAX_GROUP_CHARS = 20_000  # a braced group longer than this is not an answer
@@ -244,7 +246,7 @@ _UNITS = (
 )
 _UNIT_RE = re.compile(r"(?<=[\d}])\s*(?:(?:" + "|".join(re.escape(u) for u in sorted(
     _UNITS, key=len, reverse=True)) + r")\b\.?\s*)+$", re.IGNORECASE)
-_NUM_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+_NUM_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?")  # 3e8 too
 _FRAC_RE = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$")
 _SLASH_RE = re.compile(r"^(-?\d+)/(\d+)$")
 _ASSIGN_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?=\S)")
@@ -294,8 +296,9 @@ def normalize_answer(ans: str) -> str:
   NFKC, drop $ and \\( \\) delimiters, \\boxed, \\text{}-style wrappers, \\left/\\right and
   spacing commands, degree signs, percent signs, trailing unit words, a leading
   single-variable assignment (`x = 5` -> `5`), thousands separators and whitespace;
-  \\dfrac/\\tfrac -> \\frac; plain numbers become reduced fractions or integers
-  ("72.0", "144/2" and "\\frac{144}{2}" all give "72"). Letters are lower-cased.
+  \\dfrac/\\tfrac -> \\frac; a plain-text mixed number is its fraction ("3 3/4" -> "15/4");
+  plain numbers (e-notation too) become reduced fractions or integers ("72.0", "144/2"
+  and "\\frac{144}{2}" all give "72", "3e8" gives "300000000"). Letters are lower-cased.
   """
   if not ans:
     return ""
@@ -313,6 +316,7 @@ def normalize_answer(ans: str) -> str:
   s = s.strip()
   s = _ASSIGN_RE.sub("", s)
   s = _UNIT_RE.sub("", s).strip()
+  s = answer_forms.mixed_number(s) or s  # "3 3/4" is 15/4, not 33/4
   s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # 1,000 -> 1000
   s = s.replace("{,}", "")
   s = re.sub(r"\s+", "", s)
