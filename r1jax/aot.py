@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from r1jax import grpo, hardware, memory, mesh as mesh_lib, ppo, reward_head, sampling, steps
@@ -409,6 +409,19 @@ def compile_program(p: Program, chip: hardware.Chip) -> dict:
               pallas_kernels=lowered.as_text().count("tpu_custom_call"))
 
 
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
+
+
+def _bytes_over(msg: str) -> float | None:
+  """Bytes over HBM from XLA's "RESOURCE_EXHAUSTED: ... (1.53T) exceeds available HBM
+  (15.75G)", or None for any other error."""
+  import re
+  if "RESOURCE_EXHAUSTED" not in msg:
+    return None
+  sizes = [float(v) * _UNITS[u] for v, u in re.findall(r"\(([\d.]+)([KMGTP]?)\)", msg)]
+  return sizes[0] - sizes[1] if len(sizes) >= 2 else float("nan")
+
+
 def _gib(x: float) -> str:
   return f"{x / hardware.GiB:.3f}"
 
@@ -466,6 +479,10 @@ def run(c, topology: str, prompt_len: int = 256, stage: str = "") -> dict:
           r = compile_program(p, chip)
         except Exception as e:  # noqa: BLE001 - one line naming the program
           msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+          over = _bytes_over(msg)
+          if over is not None:  # the TPU compiler's own HBM check
+            raise DoesNotFit(f"{name}/{p.name} does not fit on {topology}: about {over:.4g} "
+                             f"bytes over per chip ({msg})") from e
           raise DoesNotFit(f"{name}/{p.name} does not compile for {topology}: {msg}") from e
         if r["total_bytes"] > chip.hbm_bytes:
           raise DoesNotFit(f"{name}/{p.name} does not fit on {topology}: {r['total_bytes']} "
@@ -488,6 +505,8 @@ def main(argv) -> None:
   c = _CONFIG.value
   if c is None:
     raise app.UsageError("--config is required")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   try:
     res = run(c, _TOPOLOGY.value, _PROMPT_LEN.value, _STAGE.value)
   except (DoesNotFit, ValueError, FileNotFoundError) as e:
