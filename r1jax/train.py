@@ -44,6 +44,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 def validate(c) -> None:
   """Fail fast, naming the bad field and value."""
   from r1jax.rewards import REWARDS
+  from r1jax.rewards import judge as judge_lib
+  judge_lib.section(c.rewards.get("judge"), "rewards.judge")  # raises on a bad value
   for name in c.rewards.weights:
     if name not in REWARDS:
       raise ValueError(f"rewards.weights has unknown reward {name!r}; known: {sorted(REWARDS)}")

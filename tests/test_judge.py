@@ -53,6 +53,30 @@ def test_template_fields_are_checked():
     J.section({"threshold": 0.5}, "rewards.judge")
 
 
+def test_bad_judge_config_is_named():
+  from configs import r1_zero, rejection_sample
+  from r1jax import rejection_sample as rs
+  from r1jax import rm_reward, train
+  c = r1_zero.get_config("tiny")
+  c.rewards.judge.template = "{question}: {answer}"
+  with pytest.raises(ValueError, match="rewards.judge.template has fields"):
+    train.validate(c)
+  c = r1_zero.get_config("tiny")
+  c.rewards.judge.weight = 1.0
+  with pytest.raises(ValueError, match="rewards.judge.model is empty"):
+    rm_reward.from_config(c, None)
+  c = r1_zero.get_config("tiny")
+  c.rewards.routing = {"open": {"judge": 1.0}}
+  c.rewards.judge.model = {"source": "ggml"}
+  with pytest.raises(ValueError, match="rewards.judge.model=.*'ggml'"):
+    rm_reward.from_config(c, None)
+  c = rejection_sample.get_config("tiny")
+  c.judge.model = {"source": "policy"}
+  c.reward_model.checkpoint = "/some/rm"
+  with pytest.raises(ValueError, match="set one of them"):
+    rs.validate(c)
+
+
 class _Tok:
   chat_template = None
 
