@@ -23,7 +23,7 @@ and `rewards.judge.weight`. The pool scores every rule reward some route uses; t
 recombined per row.
 
 A generative judge (r1jax/rewards/judge.py) is the other model-based reward, sampled on the
-mesh in one batched call per step: `c.rewards.judge = dict(model=SPEC or "policy",
+mesh in one batched call per step: `c.rewards.judge = dict(model=SPEC or {"source": "policy"},
 weight=1.0, ...)`; its score is `reward/judge`, its unparsed verdicts
 `reward_failures/judge`, and each logged sample carries `judge/verdict` and `judge/output`.
 """
