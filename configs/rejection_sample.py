@@ -31,6 +31,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Judge samples the rule reward cannot verify with a reward model (r1jax.reward_model
   # workdir); empty: drop them as "unverifiable".
   c.reward_model = dict(checkpoint="", threshold=0.0, scope="full")
+  # Or judge them with a generative judge (r1jax/rewards/judge.py): a model spec or
+  # dict(source="policy") (the model sampled here); correct when the verdict's score
+  # >= threshold. Set at most one of reward_model.checkpoint and judge.model.
+  c.judge = dict(base.rewards.judge.to_dict(), threshold=0.5)
+  del c.judge["weight"]
   # RL prompt selection: prompts with pass rate in (lo, hi) go to OUT.rl_prompts.jsonl.
   c.pass_rate = dict(lo=0.0, hi=1.0)
   # Non-reasoning SFT data mixed in by weight: sources = [dict(path=JSONL, weight=w)], each

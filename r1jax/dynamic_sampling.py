@@ -38,7 +38,8 @@ def select(r: Rollout, groups: Sequence[int], g: int) -> Rollout:
   res = dataclasses.replace(
       r.res, total=r.res.total[rows],
       per_reward={k: v[rows] for k, v in r.res.per_reward.items()},
-      invalid_mask=r.res.invalid_mask[rows], invalid=int(r.res.invalid_mask[rows].sum()))
+      invalid_mask=r.res.invalid_mask[rows], invalid=int(r.res.invalid_mask[rows].sum()),
+      extras={k: [v[i] for i in rows] for k, v in r.res.extras.items()})
   return Rollout(_rows(r.examples, groups), _rows(r.prompts, groups),
                  _rows(r.prompt_ids, groups), type(r.out)(*(_rows(x, rows) for x in r.out)),
                  _rows(r.texts, rows), res)
@@ -59,7 +60,8 @@ def concat(parts: Sequence[Rollout], num_tokens: int) -> Rollout:
       invalid_mask=np.concatenate([p.res.invalid_mask for p in parts]),
       invalid_per_reward={k: sum(p.res.invalid_per_reward[k] for p in parts)
                           for k in res0.invalid_per_reward},
-      max_seconds={k: max(p.res.max_seconds[k] for p in parts) for k in res0.max_seconds})
+      max_seconds={k: max(p.res.max_seconds[k] for p in parts) for k in res0.max_seconds},
+      extras={k: sum((list(p.res.extras[k]) for p in parts), []) for k in res0.extras})
   out = type(parts[0].out)(*(np.concatenate([pad(p.out[i]) for p in parts])
                              for i in range(len(parts[0].out))))
   return Rollout(*(sum((list(getattr(p, f)) for p in parts), [])

@@ -9,8 +9,10 @@ Each prompt gets `sampling.num_samples` completions (T 0.6, top-p 0.95 by defaul
 our sampler on the mesh; correctness is the rule reward `rewards.correct` (>=
 `filters.min_reward`); samples whose reference is unusable are "unverifiable" and dropped
 (or judged by a reward model when `reward_model.checkpoint` is set: correct when its
-score is >= `reward_model.threshold`). The `filters` section (r1jax.filters) drops the
-rest. Files written (OUT = the --out path):
+score is >= `reward_model.threshold`; or by a generative judge when `judge.model` is set,
+r1jax/rewards/judge.py: correct when its verdict's score is >= `judge.threshold`, the
+verdict logged with the sample as `judge/verdict` and `judge/output`). The `filters`
+section (r1jax.filters) drops the rest. Files written (OUT = the --out path):
   OUT                 one SFT record per kept sample: {"messages": [user question,
                       assistant prefill + completion], "id", "prompt_id", "task",
                       "reward", "pass_rate"}
@@ -58,6 +60,11 @@ def validate(c) -> None:
     raise ValueError(f"rewards.correct={c.rewards.correct!r} is not a reward; known: "
                      f"{sorted(REWARDS)}")
   filter_config(c)  # raises on a bad value
+  from r1jax.rewards import judge as judge_lib
+  js = judge_lib.section(c.get("judge"), "judge", judge_lib.FILTER_KNOBS)
+  if js["model"] and c.reward_model.checkpoint:
+    raise ValueError(f"judge.model={js['model']} and reward_model.checkpoint="
+                     f"{c.reward_model.checkpoint!r}: set one of them")
   s = c.sampling
   if s.num_samples < 1 or s.max_new_tokens < 1:
     raise ValueError(f"sampling.num_samples={s.num_samples} and sampling.max_new_tokens="
@@ -96,14 +103,33 @@ def process_prompt(example: Mapping[str, Any], records: Sequence[Mapping[str, An
   kept = [{"messages": [{"role": "user", "content": example["question"]},
                         {"role": "assistant", "content": t}],
            "id": f"{pid}#{r['sample']}", "prompt_id": pid, "task": example.get("task", ""),
-           "reward": r["reward"], "pass_rate": rate}
+           "reward": r["reward"], "pass_rate": rate, **_judged(r)}
           for t, r, why in zip(texts, records, reasons) if why is None]
   log = {"id": pid, "question": example["question"], "answer": example.get("answer"),
          "task": example.get("task", ""), "prompt": records[0]["prompt"] if records else "",
          "prefill": prefill, "pass_rate": rate, "kept": len(kept),
-         "dropped": [{"completion": t, "drop_reason": why, "reward": r["reward"]}
+         "dropped": [{"completion": t, "drop_reason": why, "reward": r["reward"], **_judged(r)}
                      for t, r, why in zip(texts, records, reasons) if why is not None]}
   return kept, log
+
+
+def _judged(record: Mapping[str, Any]) -> dict:
+  return {k: record[k] for k in ("judge/verdict", "judge/output") if k in record}
+
+
+def judge_unverifiable(judge, examples: Sequence[Mapping[str, Any]], records: list[dict],
+                       k: int, rng: jax.Array, threshold: float) -> np.ndarray:
+  """bool[n] verdicts of the generative judge on the samples the rule reward could not
+  verify (False elsewhere), all judged in one call; their records get the verdict."""
+  rows = [i for i, r in enumerate(records) if r.get("invalid")]
+  v = judge([examples[i // k]["question"] for i in rows],
+            [examples[i // k].get("answer") for i in rows],
+            [records[i]["completion"] for i in rows], rng)
+  ok = np.zeros(len(records), bool)
+  for j, i in enumerate(rows):
+    ok[i] = v.scores[j] >= threshold
+    records[i].update({"judge/verdict": v.verdicts[j], "judge/output": v.outputs[j]})
+  return ok
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -229,6 +255,12 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
       from r1jax import rm_reward
       judge = rm_reward.load_scorer(c.reward_model.checkpoint, mesh, c.reward_model.scope,
                                     prefill=prefill)
+    gen_judge = None  # the generative judge ("policy": the model sampled here)
+    if c.get("judge") and c.judge.model:
+      from r1jax.rewards import judge as judge_lib
+      gen_judge = judge_lib.load(c.judge, mesh, prefill, policy_cfg=model_cfg,
+                                 policy_tokenizer=tokenizer, policy_params=params,
+                                 seed=c.seed, knobs=judge_lib.FILTER_KNOBS)
     k, key = s.num_samples, jax.random.key(c.seed)
     pool = RewardPool(scored_weights({c.rewards.correct: 1.0}), timeout_s=c.rewards.timeout_s,
                       num_workers=c.rewards.num_workers)
@@ -243,6 +275,9 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
         if judge is not None:
           scores = judge([r["prompt"] for r in recs], [r["completion"] for r in recs])
           verdicts = scores >= c.reward_model.threshold
+        elif gen_judge is not None:
+          verdicts = judge_unverifiable(gen_judge, chunk, recs, k,
+                                        jax.random.fold_in(key, 2**20 + b), c.judge.threshold)
         for j, ex in enumerate(chunk):
           if str(ex["id"]) in done:
             continue

@@ -18,8 +18,14 @@ Per-source routing: in a data mixture each example carries its source's `task`;
                        "general_chat": dict(reward_model=1.0)}
 
 gives the rows of those tasks their own weights (names from r1jax.rewards.REWARDS, plus
-"reward_model"); other rows use `rewards.weights` and `rewards.reward_model.weight`. The
-pool scores every rule reward some route uses; the total is recombined per row.
+"reward_model" and "judge"); other rows use `rewards.weights`, `rewards.reward_model.weight`
+and `rewards.judge.weight`. The pool scores every rule reward some route uses; the total is
+recombined per row.
+
+A generative judge (r1jax/rewards/judge.py) is the other model-based reward, sampled on the
+mesh in one batched call per step: `c.rewards.judge = dict(model=SPEC or {"source": "policy"},
+weight=1.0, ...)`; its score is `reward/judge`, its unparsed verdicts
+`reward_failures/judge`, and each logged sample carries `judge/verdict` and `judge/output`.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from r1jax import reward_head
 from r1jax.filters import split_reasoning
 
 RM = "reward_model"
+JUDGE = "judge"
+MODEL_REWARDS = (RM, JUDGE)
 SCOPES = ("summary", "full")
 
 
@@ -105,47 +113,74 @@ def combine(per_reward: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarr
 
 @dataclasses.dataclass
 class Rewarder:
-  """Routing + reward model on top of the rule-reward pool of a GRPO run."""
+  """Routing, reward model and judge on top of the rule-reward pool of a GRPO run."""
   default: dict[str, float]
   routing: dict[str, dict[str, float]]
   scorer: Callable | None
+  judge: Any = None  # r1jax.rewards.judge.Judge
 
   @property
   def pool_weights(self) -> dict[str, float]:
     """The rule rewards the pool must score (weight 1 where any route uses them)."""
     names = {k for w in [self.default, *self.routing.values()] for k, v in w.items() if v}
-    return {k: 1.0 for k in sorted(names - {RM})} or {"format": 0.0}
+    return {k: 1.0 for k in sorted(names - set(MODEL_REWARDS))} or {"format": 0.0}
+
+  @property
+  def judge_uses_policy(self) -> bool:
+    return self.judge is not None and self.judge.params is None
 
   def rescore(self, res, prompts: Sequence[str], texts: Sequence[str],
-              examples: Sequence[Mapping[str, Any]]):
-    """The pool's RewardResult with the RM score added and the total recombined per row."""
-    per = dict(res.per_reward)
+              examples: Sequence[Mapping[str, Any]], rng: jax.Array | None = None,
+              policy_params: Any = None):
+    """The pool's RewardResult with the model rewards added and the total recombined per row
+    (`rng` draws the judge's samples; `policy_params` when the judge is the policy)."""
+    per, failures, extras = dict(res.per_reward), dict(res.failures), dict(res.extras)
     if self.scorer is not None:
       per[RM] = self.scorer(prompts, texts)
+    if self.judge is not None:
+      v = self.judge([str(ex.get("question", p)) for ex, p in zip(examples, prompts)],
+                     [ex.get("answer") for ex in examples], texts,
+                     jax.random.key(0) if rng is None else rng, policy_params)
+      per[JUDGE] = v.scores
+      failures.update(v.failures)
+      extras.update({f"{JUDGE}/verdict": v.verdicts, f"{JUDGE}/output": v.outputs})
     weights = row_weights([str(ex.get("task", "")) for ex in examples], self.default,
                           self.routing)
-    return dataclasses.replace(res, total=combine(per, weights), per_reward=per)
+    return dataclasses.replace(res, total=combine(per, weights), per_reward=per,
+                               failures=failures, extras=extras)
 
 
-def from_config(c, mesh, prefill: str = "") -> Rewarder | None:
-  """The run's Rewarder, or None when it uses neither a reward model nor routing."""
+def from_config(c, mesh, prefill: str = "", policy_cfg=None,
+                policy_tokenizer=None) -> Rewarder | None:
+  """The run's Rewarder, or None when it uses no reward model, judge or routing. A judge
+  on "policy" shares `policy_cfg` / `policy_tokenizer` and takes the params per call."""
   from r1jax.rewards import REWARDS
+  from r1jax.rewards import judge as judge_lib
   rm = c.rewards.get("reward_model") or {}
+  js = judge_lib.section(c.rewards.get("judge"), "rewards.judge")
   routing = {str(k): dict(v) for k, v in dict(c.rewards.get("routing") or {}).items()}
   default = dict(c.rewards.weights)
   default[RM] = float(rm.get("weight", 0.0))
+  default[JUDGE] = float(js["weight"])
   for task, w in routing.items():
     for name in w:
-      if name not in REWARDS and name != RM:
+      if name not in REWARDS and name not in MODEL_REWARDS:
         raise ValueError(f"rewards.routing.{task} has unknown reward {name!r}; known: "
-                         f"{sorted([*REWARDS, RM])}")
-  uses_rm = default[RM] != 0 or any(w.get(RM) for w in routing.values())
-  if not uses_rm and not routing:
+                         f"{sorted([*REWARDS, *MODEL_REWARDS])}")
+  uses = {m: default[m] != 0 or any(w.get(m) for w in routing.values()) for m in MODEL_REWARDS}
+  if not any(uses.values()) and not routing:
     return None
-  if uses_rm and not rm.get("checkpoint"):
+  if uses[RM] and not rm.get("checkpoint"):
     raise ValueError("a reward_model weight is set but rewards.reward_model.checkpoint is empty")
-  scorer = None
-  if uses_rm:
+  if uses[JUDGE] and not js["model"]:
+    raise ValueError("a judge weight is set but rewards.judge.model is empty (a model spec "
+                     "or 'policy')")
+  scorer = judge = None
+  if uses[RM]:
     scorer = load_scorer(rm["checkpoint"], mesh, rm.get("scope", "summary"),
                          rm.get("max_len", 0), rm.get("batch_size", 32), prefill)
-  return Rewarder(default, routing, scorer)
+  if uses[JUDGE]:
+    judge = judge_lib.load(js, mesh, prefill, policy_cfg=policy_cfg,
+                           policy_tokenizer=policy_tokenizer, where="rewards.judge",
+                           seed=c.seed, decode_dtype=c.sampling.get("decode_dtype", ""))
+  return Rewarder(default, routing, scorer, judge)

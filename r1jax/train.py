@@ -44,6 +44,8 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 def validate(c) -> None:
   """Fail fast, naming the bad field and value."""
   from r1jax.rewards import REWARDS
+  from r1jax.rewards import judge as judge_lib
+  judge_lib.section(c.rewards.get("judge"), "rewards.judge")  # raises on a bad value
   for name in c.rewards.weights:
     if name not in REWARDS:
       raise ValueError(f"rewards.weights has unknown reward {name!r}; known: {sorted(REWARDS)}")
@@ -162,7 +164,8 @@ def train(c, workdir: str) -> list[dict]:
   # the models, so that a bad model spec stops the run before any worker exists).
   from r1jax import rm_reward
   from r1jax.rewards import RewardPool, scored_weights
-  rewarder = rm_reward.from_config(c, mesh, prefill)  # reward model / per-source routing
+  # reward model, generative judge, per-source routing
+  rewarder = rm_reward.from_config(c, mesh, prefill, model_cfg, tokenizer)
   pool = RewardPool(scored_weights(rewarder.pool_weights if rewarder else c.rewards.weights),
                     timeout_s=c.rewards.timeout_s, num_workers=c.rewards.num_workers)
 
@@ -221,8 +224,10 @@ def train(c, workdir: str) -> list[dict]:
         faults.hit("reward", step + 1)
         res = pool.score(texts, row_examples)
         if rewarder is not None:
-          res = rewarder.rescore(res, [prompts[i // g] for i in range(len(texts))], texts,
-                                 row_examples)
+          res = rewarder.rescore(
+              res, [prompts[i // g] for i in range(len(texts))], texts, row_examples,
+              jax.random.fold_in(sample_rng, 2**20 + rnd),  # the judge's draws
+              policy(state.params) if rewarder.judge_uses_policy else None)
         times["reward"] += time.time() - t0
         return dynamic_sampling.Rollout(examples, prompts, ids, out, texts, res)
 
@@ -294,7 +299,8 @@ def train(c, workdir: str) -> list[dict]:
              "task": examples[i // g].get("task", ""),
              "reference": examples[i // g].get("answer"), "reward": float(res.total[i]),
              "advantage": float(adv[i]), "length": int(out.lengths[i]),
-             **{f"reward/{n}": float(v[i]) for n, v in res.per_reward.items()}}
+             **{f"reward/{n}": float(v[i]) for n, v in res.per_reward.items()},
+             **{n: v[i] for n, v in res.extras.items()}}
             for i in range(min(k, len(texts)))])
       guard.update(done_steps, metrics)  # raises after too many NaN/inf steps in a row
       if c.train.eval_every and eval_examples and (done_steps % c.train.eval_every == 0

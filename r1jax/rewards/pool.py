@@ -54,6 +54,8 @@ class RewardResult:
   invalid_per_reward: name -> number of InvalidReference items, weight-0 rewards included
     (a measured-only "accuracy" on a code dataset is invalid everywhere, harmlessly).
   max_seconds: name -> longest time one item took (dispatch to answer or kill).
+  extras: name -> a list of n per-row values logged beside each sample (e.g. the judge's
+    verdict and completion), not rewards.
   """
 
   total: np.ndarray
@@ -63,6 +65,7 @@ class RewardResult:
   invalid_mask: np.ndarray
   invalid_per_reward: dict[str, int]
   max_seconds: dict[str, float]
+  extras: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
 def bind_reward(name: str, kwargs: Mapping[str, Any] | None = None) -> RewardFn:
