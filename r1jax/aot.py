@@ -38,12 +38,19 @@ from r1jax.model import hf
 from r1jax.model.config import PRESETS, ModelConfig
 from r1jax.model.transformer import param_axes, param_shapes
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=False)
-_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5p:2x2x2, v5e:2x4.")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 256, "Prompt tokens (GRPO / rejection sampling).")
-_STAGE = flags.DEFINE_string("stage", "", "Pipeline configs: compile only this stage.")
-_JSON = flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
+_CONFIG = _TOPOLOGY = _PROMPT_LEN = _STAGE = _JSON = None
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a program (the trainers define --config
+  too, and tests import both)."""
+  global _CONFIG, _TOPOLOGY, _PROMPT_LEN, _STAGE, _JSON
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                            lock_config=False)
+  _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology: v5p:2x2x2, v5e:2x4, ...")
+  _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 256, "Prompt tokens (GRPO, rejection sampling).")
+  _STAGE = flags.DEFINE_string("stage", "", "Pipeline configs: compile only this stage.")
+  _JSON = flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
 
 
 @dataclasses.dataclass
@@ -518,4 +525,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
