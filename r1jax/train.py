@@ -87,7 +87,8 @@ def grpo_config(c) -> grpo.GRPOConfig:
       loss_aggregation=g.loss_aggregation, advantage_norm=g.advantage_norm,
       advantage_eps=g.advantage_eps, std_ddof=g.std_ddof, kl_estimator=g.kl_estimator,
       max_completion_len=c.sampling.max_new_tokens, temperature=c.sampling.temperature or 1.0,
-      logprob_impl=g.logprob_impl, **{k: g[k] for k in grpo.FAMILY_KNOBS if k in g})
+      logprob_impl=g.logprob_impl, router_aux_coef=g.get("router_aux_coef"),
+      **{k: g[k] for k in grpo.FAMILY_KNOBS if k in g})
 
 
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
@@ -128,6 +129,7 @@ def train(c, workdir: str) -> list[dict]:
   model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
   write_run_files(workdir, c, model_cfg)  # config.json, model_config.json
   gcfg = grpo_config(c)
+  gcfg.aux_coef(model_cfg)  # raises on a load-balancing weight for a dense model
   lcfg = lora_lib.from_config(c.get("lora"))
   # The reference policy is a frozen copy (the train state is donated every step); with LoRA
   # it is the frozen base inside the train state.

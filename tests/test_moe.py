@@ -244,3 +244,50 @@ def test_bad_moe_configs_are_named(kw, match):
   with pytest.raises(ValueError, match=match):
     ModelConfig(vocab_size=8, hidden_size=8, num_layers=2, num_heads=2, num_kv_heads=1,
                 intermediate_size=8, **kw)
+
+
+# ----------------------------------------------------------------------------- GRPO
+
+
+def test_grpo_loss_adds_the_weighted_aux_loss():
+  from r1jax import grpo
+  cfg = PRESETS["tiny_moe"]
+  params = init_params(cfg, 1)
+  rs = np.random.RandomState(4)
+  b, g, p, n = 2, 2, 6, 5
+  pmask = np.ones((b, p), bool)
+  pmask[1, :2] = False
+  cmask = np.ones((b * g, n), bool)
+  cmask[0, 3:] = False
+  batch = grpo.Batch(rs.randint(0, cfg.vocab_size, (b, p)), pmask,
+                     rs.randint(0, cfg.vocab_size, (b * g, n)), cmask,
+                     rs.normal(size=b * g).astype(np.float32), None, None)
+  loss = jax.jit(grpo.grpo_loss, static_argnums=(2, 3))
+  l0, m0 = loss(params, batch, grpo.GRPOConfig(beta=0.0, router_aux_coef=0.0), cfg)
+  l1, m1 = loss(params, batch, grpo.GRPOConfig(beta=0.0, router_aux_coef=0.5), cfg)
+  np.testing.assert_allclose(float(l1) - float(l0), 0.5 * float(m0["router_aux_loss"]),
+                             rtol=1e-5)
+  assert float(m0["router_aux_loss"]) >= 1.0 - 1e-6
+  assert float(m0["expert_load_min"]) <= 1 / cfg.num_experts <= float(m0["expert_load_max"])
+  assert grpo.GRPOConfig().aux_coef(cfg) == cfg.router_aux_loss_coef == 0.001
+  with pytest.raises(ValueError, match="router_aux_coef=0.5 needs a mixture-of-experts"):
+    grpo.GRPOConfig(router_aux_coef=0.5).aux_coef(PRESETS["tiny"])
+
+
+def test_tiny_moe_grpo_run_trains(tmp_path):
+  import json
+  import os
+  from configs import r1_zero
+  from r1jax import train as train_lib
+  c = r1_zero.get_config("tiny_moe")
+  c.unlock()
+  c.train.num_steps, c.train.eval_every, c.train.eval_at_start = 2, 0, False
+  c.train.checkpoint_every, c.train.sample_every = 0, 0
+  rows = train_lib.train(c, str(tmp_path))
+  assert [r["step"] for r in rows] == [1, 2]
+  for r in rows:
+    assert np.isfinite(r["loss"]) and r["nonfinite_skipped"] == 0 and r["grad_norm"] > 0
+    assert r["router_aux_loss"] >= 1.0 - 1e-6
+    assert 0 < r["expert_load_min"] <= 0.25 <= r["expert_load_max"] < 1
+  with open(os.path.join(tmp_path, "model_config.json")) as f:
+    assert json.load(f)["num_experts"] == 4

@@ -305,24 +305,38 @@ def unembed_matrix(params: Params, cfg: ModelConfig) -> jax.Array:
   return params["embed"].T if cfg.tie_embeddings else params["lm_head"]
 
 
-def router_summary(stats: list[dict], cfg: ModelConfig) -> dict[str, jax.Array]:
-  """The MoE layers' router sums -> {"aux_loss": scalar, "expert_load": [L_moe, E]}.
+def router_summary(stats: list[dict] | dict, cfg: ModelConfig) -> dict[str, jax.Array]:
+  """Router sums -> {"aux_loss": scalar, "expert_load": [L_moe, E], and the sums}.
 
+  `stats` is the MoE layers' per-layer sums, or an earlier summary (whose sums, added
+  leaf-wise to another forward's, `merge_router_stats` re-summarises).
   aux_loss is the Switch-Transformer load-balancing loss as HF Qwen3-MoE computes it:
   E * sum_e f_e * P_e, f_e the fraction of (real token, top-k slot) pairs sent to expert e
   and P_e its mean router probability, both pooled over the MoE layers; unscaled (a trainer
-  adds `cfg.router_aux_loss_coef` times it). expert_load[l, e] is the fraction of layer l's
-  routed pairs expert e got (1/E each when balanced). A dense model gives 0 and [0, 0].
+  adds a coefficient, e.g. `cfg.router_aux_loss_coef`, times it). expert_load[l, e] is the
+  fraction of layer l's routed pairs expert e got (1/E each when balanced). A dense model
+  gives 0 and [0, 0].
   """
-  if not stats:
-    return {"aux_loss": jnp.zeros((), jnp.float32), "expert_load": jnp.zeros((0, 0), jnp.float32)}
-  counts = jnp.stack([s["counts"] for s in stats])
-  tokens = jnp.maximum(jnp.stack([s["tokens"] for s in stats]), 1.0)
-  total = jnp.sum(tokens)
+  if isinstance(stats, dict):
+    counts, prob_sum, tokens = stats["counts"], stats["prob_sum"], stats["tokens"]
+  elif stats:
+    counts, prob_sum, tokens = (jnp.stack([s[k] for s in stats])
+                                for k in ("counts", "prob_sum", "tokens"))
+  else:
+    e = cfg.num_experts
+    counts, prob_sum, tokens = jnp.zeros((0, e)), jnp.zeros((0, e)), jnp.zeros((0,))
+  total = jnp.maximum(jnp.sum(tokens), 1.0)
   f = jnp.sum(counts, axis=0) / total
-  p = jnp.sum(jnp.stack([s["prob_sum"] for s in stats]), axis=0) / total
+  p = jnp.sum(prob_sum, axis=0) / total
+  k = max(cfg.num_experts_per_tok, 1)
   return {"aux_loss": cfg.num_experts * jnp.sum(f * p),
-          "expert_load": counts / (tokens[:, None] * cfg.num_experts_per_tok)}
+          "expert_load": counts / (jnp.maximum(tokens, 1.0)[:, None] * k),
+          "counts": counts, "prob_sum": prob_sum, "tokens": tokens}
+
+
+def merge_router_stats(a: dict, b: dict, cfg: ModelConfig) -> dict[str, jax.Array]:
+  """The summary of two forwards' routing (e.g. a prompt and its continuation via a cache)."""
+  return router_summary({k: a[k] + b[k] for k in ("counts", "prob_sum", "tokens")}, cfg)
 
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
