@@ -68,14 +68,15 @@ def _layer(cfg, seed, skew=0.0):
           "experts_down": (rs.normal(size=(e, f, d)) / np.sqrt(f)).astype(np.float32)}
 
 
+@pytest.mark.parametrize("impl", ["ragged", "blocks"])
 @pytest.mark.parametrize("norm_topk,k,skew", [(True, 2, 0.0), (False, 3, 0.0), (True, 2, 0.15)])
-def test_routing_matches_naive_loop(norm_topk, k, skew):
+def test_routing_matches_naive_loop(norm_topk, k, skew, impl):
   cfg = PRESETS["tiny_moe"].replace(num_experts=6, num_experts_per_tok=k,
                                     norm_topk_prob=norm_topk)
   layer = _layer(cfg, 0, skew)
   x = np.random.RandomState(1).normal(size=(50, cfg.hidden_size)).astype(np.float32)
   x = np.abs(x) if skew else x
-  y, probs, experts = jax.jit(lambda x, l: moe_mlp(x, l, cfg, lambda a: a))(x, layer)
+  y, probs, experts = jax.jit(lambda x, l: moe_mlp(x, l, cfg, lambda a: a, impl))(x, layer)
   want, chosen = _naive_moe(x, layer, k, norm_topk)
   np.testing.assert_array_equal(np.asarray(experts), chosen)
   np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, atol=1e-6)
@@ -83,6 +84,18 @@ def test_routing_matches_naive_loop(norm_topk, k, skew):
   np.testing.assert_allclose(np.asarray(y), want, atol=2e-5, rtol=1e-4)
   if skew:
     assert (chosen == 1).any(-1).all()  # one expert takes every token: nothing dropped
+
+
+def test_grouped_matmul_impls_have_the_same_gradients():
+  cfg = PRESETS["tiny_moe"].replace(num_experts=6, num_experts_per_tok=2)
+  layer = _layer(cfg, 5)
+  x = np.random.RandomState(6).normal(size=(37, cfg.hidden_size)).astype(np.float32)
+  grads = [jax.jit(jax.grad(lambda l, x: jnp.sum(jnp.sin(moe_mlp(x, l, cfg, lambda a: a, impl)[0])),
+                            argnums=(0, 1)))(layer, x) for impl in ("ragged", "blocks")]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+  with pytest.raises(ValueError, match="moe impl='dense'"):
+    moe_mlp(x, layer, cfg, lambda a: a, "dense")
 
 
 # ----------------------------------------------------------------------------- vs transformers

@@ -229,25 +229,59 @@ def route(x: jax.Array, router: jax.Array, cfg: ModelConfig) -> tuple[jax.Array,
   return probs, weights, experts
 
 
-def moe_mlp(x: jax.Array, layer: Params, cfg: ModelConfig,
-            cast) -> tuple[jax.Array, jax.Array, jax.Array]:
+MOE_IMPLS = ("ragged", "blocks")
+
+
+def _block_layout(sizes: jax.Array, n_pairs: int, block: int):
+  """Where each expert's group goes when every group is padded to whole blocks of `block`
+  rows: (padded start of each group [E], the expert of each block [n_blocks], n_blocks)."""
+  e = sizes.shape[0]
+  padded = (sizes + block - 1) // block * block
+  ends = jnp.cumsum(padded)
+  n_blocks = -(-(n_pairs + e * (block - 1)) // block)  # static bound on the padded total
+  owner = jnp.searchsorted(ends, jnp.arange(n_blocks) * block, side="right")
+  return ends - padded, jnp.minimum(owner, e - 1), n_blocks
+
+
+def moe_mlp(x: jax.Array, layer: Params, cfg: ModelConfig, cast,
+            impl: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Mixture of SwiGLU experts on tokens x [N, D] -> (y [N, D], probs [N, E], experts [N, k]).
 
-  No token is dropped: the N*k (token, expert) pairs are sorted by expert and each expert
-  multiplies its contiguous group (`lax.ragged_dot`), so the work is that of the chosen
-  experts only, whatever the load balance; the outputs are unsorted and summed with the
-  router weights.
+  No token is dropped, whatever the load balance: the N*k (token, expert) pairs are sorted
+  by expert, each expert multiplies its contiguous group, and the outputs are unsorted and
+  summed with the router weights. The grouped matmul is `impl`:
+    ragged  `lax.ragged_dot` (TPU and GPU lower it to a grouped matmul; XLA:CPU's lowering
+            masks every pair against every expert, E times the work)
+    blocks  each group padded to whole row blocks, one batched matmul over the blocks with
+            each block's expert weights gathered (at most E-1 partial blocks of extra rows)
+  None picks blocks on CPU (4x faster than ragged at 8 experts), ragged elsewhere.
   """
-  n, k = x.shape[0], cfg.num_experts_per_tok
+  impl = impl or ("blocks" if jax.default_backend() == "cpu" else "ragged")
+  if impl not in MOE_IMPLS:
+    raise ValueError(f"moe impl={impl!r}; choose from {MOE_IMPLS}")
+  n, k, e = x.shape[0], cfg.num_experts_per_tok, cfg.num_experts
   probs, weights, experts = route(x, layer["router"], cfg)
   flat = experts.reshape(-1)
   order = jnp.argsort(flat, stable=True)
-  sizes = jnp.bincount(flat, length=cfg.num_experts).astype(jnp.int32)
+  sizes = jnp.bincount(flat, length=e).astype(jnp.int32)
   xs = jnp.take(x, order // k, axis=0)
-  mm = lambda a, w: jax.lax.ragged_dot(a, cast(w), sizes, preferred_element_type=jnp.float32
-                                       ).astype(x.dtype)
-  h = jax.nn.silu(mm(xs, layer["experts_gate"])) * mm(xs, layer["experts_up"])
-  ys = mm(h, layer["experts_down"])
+  if impl == "ragged":
+    mm = lambda a, w: jax.lax.ragged_dot(a, cast(w), sizes, preferred_element_type=jnp.float32
+                                         ).astype(x.dtype)
+    h = jax.nn.silu(mm(xs, layer["experts_gate"])) * mm(xs, layer["experts_up"])
+    ys = mm(h, layer["experts_down"])
+  else:
+    block = min(128, max(8, 1 << max(0, math.ceil(math.log2(max(1, n * k // e))))))
+    pstart, owner, nb = _block_layout(sizes, n * k, block)
+    e_sorted = jnp.take(flat, order)
+    dest = pstart[e_sorted] + jnp.arange(n * k) - (jnp.cumsum(sizes) - sizes)[e_sorted]
+    xp = jnp.zeros((nb * block, x.shape[1]), x.dtype).at[dest].set(xs, unique_indices=True)
+    mm = lambda a, w: jnp.einsum("jbd,jdf->jbf", a.reshape(nb, block, -1),
+                                 jnp.take(cast(w), owner, axis=0),
+                                 preferred_element_type=jnp.float32).astype(x.dtype
+                                                                           ).reshape(nb * block, -1)
+    h = jax.nn.silu(mm(xp, layer["experts_gate"])) * mm(xp, layer["experts_up"])
+    ys = jnp.take(mm(h, layer["experts_down"]), dest, axis=0)
   y = jnp.zeros_like(ys).at[order].set(ys, unique_indices=True).reshape(n, k, -1)
   y = jnp.einsum("nkd,nk->nd", y, weights.astype(x.dtype))
   return y, probs, experts
