@@ -4,6 +4,9 @@ cached decoding, and the config checks."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 from hf_oracle import check_greedy_decode, hf_logits, make_hf_model
 from r1jax.model import PRESETS, ModelConfig, forward, init_params, positions_from_mask
 from r1jax.model import hf as hf_lib
-from r1jax.model.checkpoint_io import load_hf_dir, save_hf_dir
+from r1jax.model.checkpoint_io import load_hf_dir, model_config_from_dict, save_hf_dir
 from r1jax.model.transformer import moe_mlp, param_axes
 
 VOCAB, T = 211, 24
@@ -84,6 +87,27 @@ def test_routing_matches_naive_loop(norm_topk, k, skew, impl):
   np.testing.assert_allclose(np.asarray(y), want, atol=2e-5, rtol=1e-4)
   if skew:
     assert (chosen == 1).any(-1).all()  # one expert takes every token: nothing dropped
+
+
+def test_stacked_expert_layout_slices_per_expert():
+  """A device shard of a stacked expert param (any block of [E, ...]) is read expert by
+  expert from the per-expert HF tensors, as load_hf_dir's callback does."""
+  cfg = PRESETS["tiny_moe"].replace(hidden_size=16, moe_intermediate_size=12, num_heads=2,
+                                    num_kv_heads=1, intermediate_size=8)
+  rs = np.random.RandomState(0)
+  stacked = [t for t in hf_lib.param_layout(cfg) if t.experts]
+  assert len(stacked) == 3 * len(cfg.moe_layers)
+  for t in stacked:
+    assert t.hf_names[3] == t.hf_name.format(e=3) and ".mlp.experts.3." in t.hf_names[3]
+    hf_w = rs.normal(size=(t.experts, *t.hf_shape)).astype(np.float32)
+    ours = t.to_ours(hf_w)
+    assert ours.shape == t.shape
+    np.testing.assert_array_equal(t.to_hf(ours), hf_w)
+    for index in ((slice(1, 3), slice(0, 8), slice(6, 12)), (slice(0, 4), slice(8, 16))):
+      inner = t.expert_layout
+      block = np.stack([inner.hf_slice(index[1:])[1](hf_w[e][inner.hf_slice(index[1:])[0]])
+                        for e in range(index[0].start, index[0].stop)])
+      np.testing.assert_array_equal(block, ours[index])
 
 
 def test_grouped_matmul_impls_have_the_same_gradients():
@@ -239,6 +263,8 @@ def test_preset_and_config_json():
   c2 = hf_lib.config_from_hf(alt)
   assert c2.num_experts == 16 and c2.moe_layers == tuple(range(1, 48, 2))[:1] + tuple(
       range(5, 48, 2))
+  # model_config.json (JSON turns mlp_only_layers into a list) round-trips.
+  assert model_config_from_dict(json.loads(json.dumps(dataclasses.asdict(c2)))) == c2
   with pytest.raises(ValueError, match="Qwen3MoeForCausalLM"):
     hf_lib.config_to_hf(cfg, "Qwen3ForCausalLM")
   with pytest.raises(ValueError, match="shared"):
@@ -288,7 +314,6 @@ def test_grpo_loss_adds_the_weighted_aux_loss():
 
 
 def test_tiny_moe_grpo_run_trains(tmp_path):
-  import json
   import os
   from configs import r1_zero
   from r1jax import train as train_lib

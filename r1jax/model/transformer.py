@@ -271,15 +271,18 @@ def moe_mlp(x: jax.Array, layer: Params, cfg: ModelConfig, cast,
     h = jax.nn.silu(mm(xs, layer["experts_gate"])) * mm(xs, layer["experts_up"])
     ys = mm(h, layer["experts_down"])
   else:
+    # About one block per expert at an even load, between 8 and 128 rows.
     block = min(128, max(8, 1 << max(0, math.ceil(math.log2(max(1, n * k // e))))))
     pstart, owner, nb = _block_layout(sizes, n * k, block)
     e_sorted = jnp.take(flat, order)
     dest = pstart[e_sorted] + jnp.arange(n * k) - (jnp.cumsum(sizes) - sizes)[e_sorted]
     xp = jnp.zeros((nb * block, x.shape[1]), x.dtype).at[dest].set(xs, unique_indices=True)
-    mm = lambda a, w: jnp.einsum("jbd,jdf->jbf", a.reshape(nb, block, -1),
-                                 jnp.take(cast(w), owner, axis=0),
-                                 preferred_element_type=jnp.float32).astype(x.dtype
-                                                                           ).reshape(nb * block, -1)
+
+    def mm(a, w):
+      out = jnp.einsum("jbd,jdf->jbf", a.reshape(nb, block, -1),
+                       jnp.take(cast(w), owner, axis=0), preferred_element_type=jnp.float32)
+      return out.astype(x.dtype).reshape(nb * block, -1)
+
     h = jax.nn.silu(mm(xp, layer["experts_gate"])) * mm(xp, layer["experts_up"])
     ys = jnp.take(mm(h, layer["experts_down"]), dest, axis=0)
   y = jnp.zeros_like(ys).at[order].set(ys, unique_indices=True).reshape(n, k, -1)
