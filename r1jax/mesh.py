@@ -1,7 +1,8 @@
 """The one mesh: building it from config, and logical axis names -> mesh axes.
 
 Every array that is sharded names its dimensions with logical axes (`batch`,
-`length`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `norm`).
+`length`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `norm`,
+`expert`).
 `DEFAULT_RULES` maps them onto the mesh axes (`data`, `fsdp`, `tensor`); this is
 the only place where that mapping lives. A mesh axis is dropped for a dimension
 it does not divide (the dimension is then replicated over that axis).
@@ -30,6 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("norm", None),
+    ("expert", None),  # MoE expert weights: replicated (no expert mesh axis yet)
 )
 
 _CURRENT: list[tuple[Mesh, tuple]] = []

@@ -45,7 +45,7 @@ import numpy as np
 
 from r1jax.mesh import batch_parallel_size, constrain, current_mesh, named_sharding
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
-from r1jax.model.transformer import apply_rope, rms_norm, rope_inv_freq
+from r1jax.model.transformer import apply_rope, moe_mlp, rms_norm, rope_inv_freq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,17 +284,20 @@ def _decode_weights(params, cfg: ModelConfig, fuse: bool, wdt: Any) -> dict:
   layers = []
   for i in range(cfg.num_layers):
     layer = params["layers"][i]
-    w = {k: layer[k] for k in ("attn_norm", "mlp_norm")}
-    w.update({k: layer[k].astype(dt) for k in ("o", "down")})
+    moe = "router" in layer
+    w = {k: layer[k] for k in ("attn_norm", "mlp_norm", "q_norm", "k_norm") if k in layer}
+    mlp = ("router", "experts_gate", "experts_up", "experts_down") if moe else ("down",)
+    w.update({k: layer[k].astype(dt) for k in ("o",) + mlp})
     if fuse:
       w["qkv"] = jnp.concatenate([layer["q"].reshape(d, h * hd), layer["k"].reshape(d, kvh * hd),
                                   layer["v"].reshape(d, kvh * hd)], axis=1).astype(dt)
-      w["gate_up"] = jnp.concatenate([layer["gate"], layer["up"]], axis=1).astype(dt)
+      if not moe:
+        w["gate_up"] = jnp.concatenate([layer["gate"], layer["up"]], axis=1).astype(dt)
       if cfg.qkv_bias:
         w["qkv_bias"] = jnp.concatenate([layer["q_bias"].reshape(-1), layer["k_bias"].reshape(-1),
                                          layer["v_bias"].reshape(-1)])
     else:
-      for k in ("q", "k", "v", "gate", "up"):
+      for k in ("q", "k", "v") + (() if moe else ("gate", "up")):
         w[k] = layer[k].astype(dt)
       if cfg.qkv_bias:
         w.update({k: layer[k] for k in ("q_bias", "k_bias", "v_bias")})
@@ -349,6 +352,9 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
       q, k, v = (_mm(hn, layer[n], "rd,dhk->rhk") for n in ("q", "k", "v"))
       if cfg.qkv_bias:
         q, k, v = (a + layer[n + "_bias"].astype(dt) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    if cfg.qk_norm:
+      q = rms_norm(q, layer["q_norm"], cfg.rms_norm_eps)
+      k = rms_norm(k, layer["k_norm"], cfg.rms_norm_eps)
     q = constrain(rope(q), ("batch", "heads", "head_dim"))
     k = rope(k)
     kt = _k_transposed(cache.k[i].dtype)
@@ -370,6 +376,9 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
     x = x + _mm(attn.reshape(r, h, hd).astype(dt), layer["o"], "rhk,hkd->rd")
     x = constrain(x, ("batch", "embed"))
     hn = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
+    if "router" in layer:
+      x = constrain(x + moe_mlp(hn, layer, cfg, lambda a: a.astype(dt))[0], ("batch", "embed"))
+      continue
     if "gate_up" in layer:
       gu = _mm(hn, layer["gate_up"])
       g, u = gu[:, :cfg.intermediate_size], gu[:, cfg.intermediate_size:]

@@ -112,6 +112,7 @@ def train(c, workdir: str) -> list[dict]:
   model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
   write_run_files(workdir, c, model_cfg)  # config.json, model_config.json
   gcfg = grpo_config(c)
+  gcfg.aux_coef(model_cfg)  # raises on a load-balancing weight for a dense model
   lcfg = lora_lib.from_config(c.get("lora"))
   # The reference policy is a frozen copy (the train state is donated every step); with LoRA
   # it is the frozen base inside the train state.

@@ -251,17 +251,19 @@ def _resolve_names(layout, available: set[str]) -> dict[str, str]:
   """our hf name -> name in the checkpoint (also accepts a bare-model 'layers.0...' layout)."""
   out = {}
   for t in layout:
-    n = t.hf_name
-    if n not in available and n.startswith("model.") and n[len("model."):] in available:
-      n = n[len("model."):]
-    out[t.hf_name] = n
+    for n0 in t.hf_names:
+      n = n0
+      if n not in available and n.startswith("model.") and n[len("model."):] in available:
+        n = n[len("model."):]
+      out[n0] = n
   return out
 
 
 def load_hf_dir(path: str, *, mesh: jax.sharding.Mesh | None = None, rules=None,
                 param_dtype: Any = None, strict: bool = True,
                 **overrides) -> tuple[ModelConfig, dict]:
-  """Load a HF Llama / Qwen2 / Mistral / SmolLM2 directory into sharded params.
+  """Load a HF Llama / Qwen2 / Mistral / SmolLM2 / Qwen3 / Qwen3-MoE directory into sharded
+  params.
 
   Args:
     path: directory with config.json and model.safetensors (or shards + index json).
@@ -287,14 +289,14 @@ def load_hf_dir(path: str, *, mesh: jax.sharding.Mesh | None = None, rules=None,
   with SafetensorsDir(path) as st:
     available = st.names()
     names = _resolve_names(layout, available)
-    missing = [t.hf_name for t in layout if names[t.hf_name] not in available]
+    missing = [n for n, got in names.items() if got not in available]
     if missing:
       hint = (" (config.json has tie_word_embeddings=false; the checkpoint may tie them)"
               if missing == ["lm_head.weight"] else "")
       raise ValueError(f"{path}: checkpoint is missing {len(missing)} tensor(s) the config "
                        f"needs: {missing[:8]}{' ...' if len(missing) > 8 else ''}{hint}")
-    bad = [f"{t.hf_name}: checkpoint {st.shape(names[t.hf_name])} vs config {t.hf_shape}"
-           for t in layout if st.shape(names[t.hf_name]) != t.hf_shape]
+    bad = [f"{n}: checkpoint {st.shape(names[n])} vs config {t.hf_shape}"
+           for t in layout for n in t.hf_names if st.shape(names[n]) != t.hf_shape]
     if bad:
       raise ValueError(f"{path}: tensor shapes do not match config.json: {bad[:8]}")
     used = set(names.values())
@@ -308,17 +310,25 @@ def load_hf_dir(path: str, *, mesh: jax.sharding.Mesh | None = None, rules=None,
 
     for t in layout:
       sharding = mesh_lib.named_sharding(mesh, hf_lib.get_path(axes, t.path), t.shape, rules)
-      name = names[t.hf_name]
-      rows: dict = {}  # row range -> rows read, shared by the device shards of this param
+      rows: dict = {}  # (name, row range) -> rows read, shared by the device shards of a param
 
-      def cb(index, t=t, name=name, rows=rows):
+      def read(t, name, index, rows=rows):
         hf_index, finish = t.hf_slice(index)
-        key = hf_index[0].indices(t.hf_shape[0])[:2]
+        key = (name, hf_index[0].indices(t.hf_shape[0])[:2])
         if key not in rows:
           rows.clear()  # keep at most one block (<= one HF tensor) alive
           rows[key] = st.read(name, hf_index[:1])
         block = rows[key][(slice(None),) + tuple(hf_index[1:])]
         return np.ascontiguousarray(finish(block)).astype(dtype, copy=False)
+
+      def cb(index, t=t):
+        if not t.experts:
+          return read(t, names[t.hf_name], index)
+        # A stacked expert param: its shard's experts, one HF tensor each.
+        index = tuple(index) + (slice(None),) * (len(t.shape) - len(index))
+        lo, hi = index[0].indices(t.experts)[:2]
+        return np.stack([read(t.expert_layout, names[t.hf_name.format(e=e)], index[1:])
+                         for e in range(lo, hi)])
 
       arr = jax.make_array_from_callback(t.shape, sharding, cb)
       rows.clear()
@@ -370,11 +380,17 @@ def save_hf_dir(params: Mapping, cfg: ModelConfig, path: str, *, tokenizer_dir: 
   writer = jax.process_index() == 0
   if writer:
     os.makedirs(path, exist_ok=True)
-  by_name = {t.hf_name: t for t in layout}
+  by_name = {n: (t, e) for t in layout for e, n in enumerate(t.hf_names)}
+  last: dict = {}  # the stacked expert param being written, fetched once for its E tensors
 
   def get_tensor(name):
-    t = by_name[name]
-    return t.to_hf(_fetch(hf_lib.get_path(params, t.path)))
+    t, e = by_name[name]
+    if not t.experts:
+      return t.to_hf(_fetch(hf_lib.get_path(params, t.path)))
+    if last.get("path") != t.path:
+      last.clear()
+      last.update(path=t.path, w=_fetch(hf_lib.get_path(params, t.path)))
+    return t.expert_layout.to_hf(last["w"][e])
 
   files = []
   if writer:
@@ -385,7 +401,7 @@ def save_hf_dir(params: Mapping, cfg: ModelConfig, path: str, *, tokenizer_dir: 
     with open(os.path.join(path, "config.json"), "w") as f:
       json.dump(hf_cfg, f, indent=2)
     files.append("config.json")
-    entries = [(t.hf_name, dtype, t.hf_shape) for t in layout]
+    entries = [(n, dtype, t.hf_shape) for t in layout for n in t.hf_names]
     files += write_safetensors_dir(path, entries, get_tensor, max_shard_bytes)
     if len(files) > 2:
       files.append("model.safetensors.index.json")

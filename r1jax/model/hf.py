@@ -21,7 +21,11 @@ import numpy as np
 
 from r1jax.model.config import ModelConfig
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM",
+                           "Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+               "MistralForCausalLM": "mistral", "Qwen3ForCausalLM": "qwen3",
+               "Qwen3MoeForCausalLM": "qwen3_moe"}
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 # Fields that are written to config.json and copied from a base config on export.
 TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -51,6 +55,12 @@ def _rope_fields(hf: Mapping[str, Any]) -> tuple[float, dict | None]:
   return float(theta), out
 
 
+def _model_type(hf: Mapping[str, Any]) -> str:
+  """The family of a config.json: its architecture's model type, else model_type, else llama."""
+  archs = [a for a in hf.get("architectures") or [] if a in MODEL_TYPES]
+  return MODEL_TYPES[archs[0]] if archs else hf.get("model_type") or "llama"
+
+
 def check_supported(hf: Mapping[str, Any]) -> None:
   """Raise ValueError naming whatever in a HF config.json this implementation cannot run."""
   archs = hf.get("architectures") or []
@@ -58,17 +68,23 @@ def check_supported(hf: Mapping[str, Any]) -> None:
   if archs and not any(a in SUPPORTED_ARCHITECTURES for a in archs):
     raise ValueError(f"unsupported architecture {archs} (model_type={model_type!r}); "
                      f"supported: {SUPPORTED_ARCHITECTURES}")
-  if not archs and model_type not in (None, "llama", "qwen2", "mistral"):
-    raise ValueError(f"unsupported model_type {model_type!r}; supported: llama, qwen2, mistral")
+  if not archs and model_type not in (None, *MODEL_TYPES.values()):
+    raise ValueError(f"unsupported model_type {model_type!r}; supported: "
+                     f"{', '.join(MODEL_TYPES.values())}")
   act = hf.get("hidden_act", "silu")
   if act not in ("silu", "swish"):
     raise ValueError(f"unsupported hidden_act {act!r} (only silu/SwiGLU MLPs are implemented)")
   if hf.get("mlp_bias"):
     raise ValueError("unsupported: mlp_bias=true (MLP projections with bias)")
-  is_qwen2 = model_type == "qwen2" or any(a.startswith("Qwen2") for a in archs)
-  if hf.get("attention_bias") and not is_qwen2:
-    # HF Llama's attention_bias also puts a bias on o_proj, which we do not have.
-    raise ValueError("unsupported: attention_bias=true for a Llama/Mistral model (o_proj bias)")
+  family = _model_type(hf)
+  if hf.get("attention_bias") and family != "qwen2":
+    # HF Llama's and Qwen3's attention_bias also puts a bias on o_proj, which we do not have.
+    raise ValueError(f"unsupported: attention_bias=true for a {family} model (o_proj bias)")
+  layer_types = set(hf.get("layer_types") or ())
+  if layer_types - {"full_attention"}:
+    raise ValueError(f"unsupported layer_types {sorted(layer_types)} (only full_attention)")
+  if family == "qwen3_moe" and hf.get("shared_expert_intermediate_size"):
+    raise ValueError("unsupported: shared_expert_intermediate_size (shared experts)")
   if hf.get("use_sliding_window"):
     raise ValueError("unsupported: use_sliding_window=true (sliding-window attention)")
   if model_type == "mistral" and hf.get("sliding_window"):
@@ -83,9 +99,7 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
   `overrides` replace fields afterwards (e.g. dtype="bfloat16", remat=True).
   """
   check_supported(hf)
-  model_type = hf.get("model_type", "llama")
-  archs = hf.get("architectures") or []
-  is_qwen2 = model_type == "qwen2" or any(a.startswith("Qwen2") for a in archs)
+  family = _model_type(hf)
   missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                          "intermediate_size") if k not in hf]
   if missing:
@@ -103,9 +117,21 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
       rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       # Every supported HF config class defaults to untied embeddings.
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      qkv_bias=is_qwen2,  # Qwen2 always has q/k/v biases; Llama attention_bias is rejected
+      qkv_bias=family == "qwen2",  # Qwen2 always has q/k/v biases; others' are rejected
+      qk_norm=family in ("qwen3", "qwen3_moe"),
       max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
   )
+  if family == "qwen3_moe":
+    experts = hf.get("num_experts", hf.get("num_local_experts"))
+    moe_missing = [k for k in ("num_experts_per_tok", "moe_intermediate_size") if k not in hf]
+    if experts is None or moe_missing:
+      raise ValueError(f"qwen3_moe config.json lacks {moe_missing or ['num_experts']}")
+    kw.update(num_experts=int(experts), num_experts_per_tok=int(hf["num_experts_per_tok"]),
+              moe_intermediate_size=int(hf["moe_intermediate_size"]),
+              norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+              decoder_sparse_step=int(hf.get("decoder_sparse_step", 1)),
+              mlp_only_layers=tuple(hf.get("mlp_only_layers") or ()),
+              router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)))
   kw.update(overrides)
   for k in ("dtype", "param_dtype"):  # accept jnp.bfloat16, np.dtype, "bfloat16"
     if k in kw and kw[k] is not None:
@@ -117,14 +143,23 @@ def config_to_hf(cfg: ModelConfig, architecture: str | None = None,
                  dtype: str | None = None) -> dict[str, Any]:
   """HF config.json dict; readable by transformers 4.x and 5.x.
 
-  qkv_bias models are written as Qwen2 (HF Llama's attention_bias would add an o_proj bias).
+  qkv_bias models are written as Qwen2 (HF Llama's attention_bias would add an o_proj bias),
+  qk_norm models as Qwen3, mixtures of experts as Qwen3-MoE.
   """
-  arch = architecture or ("Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM")
+  arch = architecture or ("Qwen3MoeForCausalLM" if cfg.num_experts else
+                          "Qwen3ForCausalLM" if cfg.qk_norm else
+                          "Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM")
   if arch not in SUPPORTED_ARCHITECTURES:
     raise ValueError(f"unsupported architecture {arch!r}; supported: {SUPPORTED_ARCHITECTURES}")
   if cfg.qkv_bias and not arch.startswith("Qwen2"):
     raise ValueError(f"{arch} cannot express q/k/v-only biases; use Qwen2ForCausalLM")
-  model_type = {"Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}.get(arch, "llama")
+  if cfg.qk_norm != arch.startswith("Qwen3"):
+    raise ValueError(f"{arch} {'lacks' if cfg.qk_norm else 'needs'} q/k norm (qk_norm="
+                     f"{cfg.qk_norm}); q/k-normed models are Qwen3ForCausalLM/Qwen3MoeForCausalLM")
+  if bool(cfg.num_experts) != (arch == "Qwen3MoeForCausalLM"):
+    raise ValueError(f"num_experts={cfg.num_experts} cannot be written as {arch}; mixtures "
+                     "of experts are Qwen3MoeForCausalLM")
+  model_type = MODEL_TYPES[arch]
   dtype = dtype or cfg.param_dtype
   out: dict[str, Any] = {
       "architectures": [arch], "model_type": model_type,
@@ -145,9 +180,17 @@ def config_to_hf(cfg: ModelConfig, architecture: str | None = None,
     out["rope_scaling"] = scaling
     rope.update(scaling)
   out["rope_parameters"] = rope
-  if model_type == "qwen2":
+  if model_type in ("qwen2", "qwen3", "qwen3_moe"):
     out.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers)
-  else:
+  if model_type in ("qwen3", "qwen3_moe"):
+    out["attention_bias"] = False
+  if model_type == "qwen3_moe":
+    out.update(num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+               moe_intermediate_size=cfg.moe_intermediate_size,
+               norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=cfg.decoder_sparse_step,
+               mlp_only_layers=list(cfg.mlp_only_layers),
+               router_aux_loss_coef=cfg.router_aux_loss_coef)
+  if model_type in ("llama", "mistral"):
     out.update(attention_bias=False, mlp_bias=False)
   if model_type == "mistral":
     out["sliding_window"] = None
@@ -191,21 +234,43 @@ def transpose2d(a: np.ndarray, block: int = 256) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class TensorLayout:
-  """One param: ours = (hf.T if transpose else hf).reshape(shape)."""
+  """One param: ours = (hf.T if transpose else hf).reshape(shape).
+
+  With `experts` = E > 0 the param stacks E HF tensors (one per expert, as HF checkpoints
+  store MoE weights): `hf_name` holds an "{e}" and `hf_shape` is one expert's; ours[e] is
+  expert e's tensor transformed as above, and to_ours / to_hf take / give the [E, ...] stack.
+  """
   path: tuple
   hf_name: str
   hf_shape: tuple[int, ...]
   shape: tuple[int, ...]
   transpose: bool = False
+  experts: int = 0
+
+  @property
+  def hf_names(self) -> list[str]:
+    """The HF tensors this param is made of (one unless stacked)."""
+    if not self.experts:
+      return [self.hf_name]
+    return [self.hf_name.format(e=e) for e in range(self.experts)]
+
+  @property
+  def expert_layout(self) -> "TensorLayout":
+    """The layout of one expert's slice of a stacked param."""
+    return dataclasses.replace(self, shape=self.shape[1:], experts=0)
 
   def to_ours(self, w: np.ndarray) -> np.ndarray:
     w = np.asarray(w)
+    if self.experts:
+      return np.stack([self.expert_layout.to_ours(x) for x in w])
     if w.shape != self.hf_shape:
       raise ValueError(f"{self.hf_name}: expected shape {self.hf_shape}, got {w.shape}")
     return (transpose2d(w) if self.transpose else w).reshape(self.shape)
 
   def to_hf(self, w: np.ndarray) -> np.ndarray:
     w = np.asarray(w)
+    if self.experts:
+      return np.stack([self.expert_layout.to_hf(x) for x in w])
     if w.shape != self.shape:
       raise ValueError(f"{self.path}: expected shape {self.shape}, got {w.shape}")
     t = w.reshape(self.hf_shape[::-1] if self.transpose else self.hf_shape)
@@ -218,6 +283,8 @@ class TensorLayout:
     the group's outermost axis selects a contiguous range of it. Slices of inner axes of a group
     (never produced by the default rules) are applied after reading full inner extents.
     """
+    if self.experts:
+      raise ValueError(f"{self.path}: slice a stacked param per expert (expert_layout)")
     index = tuple(index) + (slice(None),) * (len(self.shape) - len(index))
     bounds = [s.indices(n)[:2] for s, n in zip(index, self.shape)]
     for s in index:
@@ -265,13 +332,27 @@ def param_layout(cfg: ModelConfig) -> list[TensorLayout]:
           L("k_bias", "self_attn.k_proj.bias", (kv * hd,), (kv, hd)),
           L("v_bias", "self_attn.v_proj.bias", (kv * hd,), (kv, hd)),
       ]
-    out += [
-        L("o", "self_attn.o_proj.weight", (d, h * hd), (h, hd, d), True),
-        L("mlp_norm", "post_attention_layernorm.weight", (d,), (d,)),
-        L("gate", "mlp.gate_proj.weight", (f, d), (d, f), True),
-        L("up", "mlp.up_proj.weight", (f, d), (d, f), True),
-        L("down", "mlp.down_proj.weight", (d, f), (f, d), True),
-    ]
+    out.append(L("o", "self_attn.o_proj.weight", (d, h * hd), (h, hd, d), True))
+    if cfg.qk_norm:
+      out += [L("q_norm", "self_attn.q_norm.weight", (hd,), (hd,)),
+              L("k_norm", "self_attn.k_norm.weight", (hd,), (hd,))]
+    out.append(L("mlp_norm", "post_attention_layernorm.weight", (d,), (d,)))
+    if cfg.is_moe_layer(i):
+      e, fe = cfg.num_experts, cfg.moe_intermediate_size
+      X = lambda leaf, name, hf_shape, shape: TensorLayout(
+          ("layers", i, leaf), p + "mlp.experts.{e}." + name, hf_shape, (e, *shape), True, e)
+      out += [
+          L("router", "mlp.gate.weight", (e, d), (d, e), True),
+          X("experts_gate", "gate_proj.weight", (fe, d), (d, fe)),
+          X("experts_up", "up_proj.weight", (fe, d), (d, fe)),
+          X("experts_down", "down_proj.weight", (d, fe), (fe, d)),
+      ]
+    else:
+      out += [
+          L("gate", "mlp.gate_proj.weight", (f, d), (d, f), True),
+          L("up", "mlp.up_proj.weight", (f, d), (d, f), True),
+          L("down", "mlp.down_proj.weight", (d, f), (f, d), True),
+      ]
   out.append(TensorLayout(("final_norm",), "model.norm.weight", (d,), (d,)))
   if not cfg.tie_embeddings:
     out.append(TensorLayout(("lm_head",), "lm_head.weight", (v, d), (d, v), True))
@@ -308,18 +389,20 @@ def params_from_hf(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray],
   dtype = jnp.dtype(dtype or cfg.param_dtype)  # ml_dtypes covers bfloat16 in numpy
   layout = param_layout(cfg)
   if names is not None:
-    missing = [t.hf_name for t in layout if t.hf_name not in names]
+    missing = [n for t in layout for n in t.hf_names if n not in names]
     if missing:
       raise ValueError(f"checkpoint is missing {len(missing)} tensors: {missing[:8]}")
   out: dict = {}
   for t in layout:
-    w = t.to_ours(np.asarray(get_tensor(t.hf_name))).astype(dtype)
+    hf_w = np.stack([get_tensor(n) for n in t.hf_names]) if t.experts else get_tensor(t.hf_name)
+    w = t.to_ours(np.asarray(hf_w)).astype(dtype)
     set_path(out, t.path, place(t.path, w) if place else w)
   return out
 
 
 def params_to_hf(params: Mapping, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
-  """Yield (hf name, numpy tensor) for every parameter, in the params' dtype."""
+  """Yield (hf name, numpy tensor) for every HF tensor, in the params' dtype."""
   for t in param_layout(cfg):
-    w = np.asarray(get_path(params, t.path))
-    yield t.hf_name, np.ascontiguousarray(t.to_hf(w))
+    w = t.to_hf(np.asarray(get_path(params, t.path)))
+    for name, x in zip(t.hf_names, w if t.experts else [w]):
+      yield name, np.ascontiguousarray(x)

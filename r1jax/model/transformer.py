@@ -1,4 +1,5 @@
-"""Decoder-only transformer (Llama 3.x / Qwen2 / SmolLM2) in Flax NNX, used as pure functions.
+"""Decoder-only transformer (Llama 3.x / Qwen2 / SmolLM2 / Qwen3 / Qwen3-MoE) in Flax NNX, used
+as pure functions.
 
 The module is built once per config and split (`nnx.split`) into a graph and a params
 pytree (nested dicts of arrays). Everything downstream calls `forward(params, cfg, ...)`,
@@ -8,7 +9,10 @@ Parameter layout (shapes; logical axes in brackets):
   embed       [V, D]            (vocab, embed)
   layers[i]   attn_norm [D], q [D, H, Dh], k/v [D, Hkv, Dh], o [H, Dh, D],
               q_bias [H, Dh], k_bias/v_bias [Hkv, Dh] (qkv_bias only),
-              mlp_norm [D], gate/up [D, F], down [F, D]
+              q_norm/k_norm [Dh] (qk_norm only), mlp_norm [D], and either
+              gate/up [D, F], down [F, D] (dense MLP) or, in a MoE layer,
+              router [D, E] (embed, expert), experts_gate/experts_up [E, D, Fe]
+              (expert, embed, mlp), experts_down [E, Fe, D] (expert, mlp, embed)
   final_norm  [D]
   lm_head     [D, V]            (untied only)
 """
@@ -61,9 +65,9 @@ def _param(rngs: nnx.Rngs, shape, axes, cfg: ModelConfig, fan_in: int | None = N
 
 
 class Block(nnx.Module):
-  """Pre-norm attention + SwiGLU MLP."""
+  """Pre-norm attention + SwiGLU MLP (or a mixture of SwiGLU experts when `moe`)."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, moe: bool = False):
     d, h, kv, hd, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd, cfg.intermediate_size
     self.attn_norm = _param(rngs, (d,), ("norm",), cfg, value=1.0)
     self.q = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), cfg, d)
@@ -74,17 +78,27 @@ class Block(nnx.Module):
       self.q_bias = _param(rngs, (h, hd), ("heads", "head_dim"), cfg, value=0.0)
       self.k_bias = _param(rngs, (kv, hd), ("kv_heads", "head_dim"), cfg, value=0.0)
       self.v_bias = _param(rngs, (kv, hd), ("kv_heads", "head_dim"), cfg, value=0.0)
+    if cfg.qk_norm:
+      self.q_norm = _param(rngs, (hd,), ("norm",), cfg, value=1.0)
+      self.k_norm = _param(rngs, (hd,), ("norm",), cfg, value=1.0)
     self.mlp_norm = _param(rngs, (d,), ("norm",), cfg, value=1.0)
-    self.gate = _param(rngs, (d, f), ("embed", "mlp"), cfg, d)
-    self.up = _param(rngs, (d, f), ("embed", "mlp"), cfg, d)
-    self.down = _param(rngs, (f, d), ("mlp", "embed"), cfg, f)
+    if moe:
+      e, fe = cfg.num_experts, cfg.moe_intermediate_size
+      self.router = _param(rngs, (d, e), ("embed", "expert"), cfg, d)
+      self.experts_gate = _param(rngs, (e, d, fe), ("expert", "embed", "mlp"), cfg, d)
+      self.experts_up = _param(rngs, (e, d, fe), ("expert", "embed", "mlp"), cfg, d)
+      self.experts_down = _param(rngs, (e, fe, d), ("expert", "mlp", "embed"), cfg, fe)
+    else:
+      self.gate = _param(rngs, (d, f), ("embed", "mlp"), cfg, d)
+      self.up = _param(rngs, (d, f), ("embed", "mlp"), cfg, d)
+      self.down = _param(rngs, (f, d), ("mlp", "embed"), cfg, f)
 
 
 class Transformer(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
-    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.layers = nnx.List([Block(cfg, rngs, cfg.is_moe_layer(i)) for i in range(cfg.num_layers)])
     self.final_norm = _param(rngs, (cfg.hidden_size,), ("norm",), cfg, value=1.0)
     if not cfg.tie_embeddings:
       self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg,
@@ -204,7 +218,86 @@ def _dense(x: jax.Array, layer: Params, name: str, cast) -> jax.Array:
   return y.reshape(b, t, *out)
 
 
-def _block(x, layer, cfg: ModelConfig, positions, inv_freq, bias, cache_kv, index):
+def route(x: jax.Array, router: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, ...]:
+  """Softmax top-k routing of tokens x [N, D]: (probs [N, E] float32, top-k weights [N, k]
+  float32, expert ids [N, k]); the weights are renormalised when `norm_topk_prob`."""
+  logits = jnp.einsum("nd,de->ne", x, router.astype(x.dtype), preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1)
+  weights, experts = jax.lax.top_k(probs, cfg.num_experts_per_tok)
+  if cfg.norm_topk_prob:
+    weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+  return probs, weights, experts
+
+
+MOE_IMPLS = ("ragged", "blocks")
+
+
+def _block_layout(sizes: jax.Array, n_pairs: int, block: int):
+  """Where each expert's group goes when every group is padded to whole blocks of `block`
+  rows: (padded start of each group [E], the expert of each block [n_blocks], n_blocks)."""
+  e = sizes.shape[0]
+  padded = (sizes + block - 1) // block * block
+  ends = jnp.cumsum(padded)
+  n_blocks = -(-(n_pairs + e * (block - 1)) // block)  # static bound on the padded total
+  owner = jnp.searchsorted(ends, jnp.arange(n_blocks) * block, side="right")
+  return ends - padded, jnp.minimum(owner, e - 1), n_blocks
+
+
+def moe_mlp(x: jax.Array, layer: Params, cfg: ModelConfig, cast,
+            impl: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Mixture of SwiGLU experts on tokens x [N, D] -> (y [N, D], probs [N, E], experts [N, k]).
+
+  No token is dropped, whatever the load balance: the N*k (token, expert) pairs are sorted
+  by expert, each expert multiplies its contiguous group, and the outputs are unsorted and
+  summed with the router weights. The grouped matmul is `impl`:
+    ragged  `lax.ragged_dot` (TPU and GPU lower it to a grouped matmul; XLA:CPU's lowering
+            masks every pair against every expert, E times the work)
+    blocks  each group padded to whole row blocks, one batched matmul over the blocks with
+            each block's expert weights gathered (at most E-1 partial blocks of extra rows)
+  None picks blocks on CPU (4x faster than ragged at 8 experts), ragged elsewhere.
+  """
+  impl = impl or ("blocks" if jax.default_backend() == "cpu" else "ragged")
+  if impl not in MOE_IMPLS:
+    raise ValueError(f"moe impl={impl!r}; choose from {MOE_IMPLS}")
+  n, k, e = x.shape[0], cfg.num_experts_per_tok, cfg.num_experts
+  probs, weights, experts = route(x, layer["router"], cfg)
+  flat = experts.reshape(-1)
+  order = jnp.argsort(flat, stable=True)
+  sizes = jnp.bincount(flat, length=e).astype(jnp.int32)
+  xs = jnp.take(x, order // k, axis=0)
+  if impl == "ragged":
+    mm = lambda a, w: jax.lax.ragged_dot(a, cast(w), sizes, preferred_element_type=jnp.float32
+                                         ).astype(x.dtype)
+    h = jax.nn.silu(mm(xs, layer["experts_gate"])) * mm(xs, layer["experts_up"])
+    ys = mm(h, layer["experts_down"])
+  else:
+    # About one block per expert at an even load, between 8 and 128 rows.
+    block = min(128, max(8, 1 << max(0, math.ceil(math.log2(max(1, n * k // e))))))
+    pstart, owner, nb = _block_layout(sizes, n * k, block)
+    e_sorted = jnp.take(flat, order)
+    dest = pstart[e_sorted] + jnp.arange(n * k) - (jnp.cumsum(sizes) - sizes)[e_sorted]
+    xp = jnp.zeros((nb * block, x.shape[1]), x.dtype).at[dest].set(xs, unique_indices=True)
+
+    def mm(a, w):
+      out = jnp.einsum("jbd,jdf->jbf", a.reshape(nb, block, -1),
+                       jnp.take(cast(w), owner, axis=0), preferred_element_type=jnp.float32)
+      return out.astype(x.dtype).reshape(nb * block, -1)
+
+    h = jax.nn.silu(mm(xp, layer["experts_gate"])) * mm(xp, layer["experts_up"])
+    ys = jnp.take(mm(h, layer["experts_down"]), dest, axis=0)
+  y = jnp.zeros_like(ys).at[order].set(ys, unique_indices=True).reshape(n, k, -1)
+  y = jnp.einsum("nkd,nk->nd", y, weights.astype(x.dtype))
+  return y, probs, experts
+
+
+def _router_stats(probs, experts, mask, cfg: ModelConfig) -> dict:
+  """Per-layer sums the load-balancing loss and load metrics are built from (real tokens)."""
+  m = mask.reshape(-1).astype(jnp.float32)
+  counts = jnp.einsum("nke,n->e", jax.nn.one_hot(experts, cfg.num_experts, dtype=jnp.float32), m)
+  return {"counts": counts, "prob_sum": jnp.einsum("ne,n->e", probs, m), "tokens": jnp.sum(m)}
+
+
+def _block(x, layer, cfg: ModelConfig, positions, inv_freq, bias, cache_kv, index, mask):
   dt = jnp.dtype(cfg.dtype)
   c = lambda w: w.astype(dt)
   hn = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
@@ -213,6 +306,9 @@ def _block(x, layer, cfg: ModelConfig, positions, inv_freq, bias, cache_kv, inde
   v = _dense(hn, layer, "v", c)
   if cfg.qkv_bias:
     q, k, v = q + c(layer["q_bias"]), k + c(layer["k_bias"]), v + c(layer["v_bias"])
+  if cfg.qk_norm:
+    q = rms_norm(q, layer["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(k, layer["k_norm"], cfg.rms_norm_eps)
   q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "heads", "head_dim"))
   k = constrain(apply_rope(k, positions, inv_freq), ("batch", "length", "kv_heads", "head_dim"))
   v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
@@ -227,11 +323,18 @@ def _block(x, layer, cfg: ModelConfig, positions, inv_freq, bias, cache_kv, inde
   x = x + _dense(attn, layer, "o", c)
   x = constrain(x, ("batch", "length", "embed"))
   hn = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
-  g = _dense(hn, layer, "gate", c)
-  u = _dense(hn, layer, "up", c)
-  mlp = constrain(jax.nn.silu(g) * u, ("batch", "length", "mlp"))
-  x = x + _dense(mlp, layer, "down", c)
-  return constrain(x, ("batch", "length", "embed")), new_kv
+  stats = None
+  if "router" in layer:
+    b, t, d = hn.shape
+    y, probs, experts = moe_mlp(hn.reshape(b * t, d), layer, cfg, c)
+    x = x + y.reshape(b, t, d)
+    stats = _router_stats(probs, experts, mask, cfg)
+  else:
+    g = _dense(hn, layer, "gate", c)
+    u = _dense(hn, layer, "up", c)
+    mlp = constrain(jax.nn.silu(g) * u, ("batch", "length", "mlp"))
+    x = x + _dense(mlp, layer, "down", c)
+  return constrain(x, ("batch", "length", "embed")), new_kv, stats
 
 
 def unembed_matrix(params: Params, cfg: ModelConfig) -> jax.Array:
@@ -239,10 +342,44 @@ def unembed_matrix(params: Params, cfg: ModelConfig) -> jax.Array:
   return params["embed"].T if cfg.tie_embeddings else params["lm_head"]
 
 
+def router_summary(stats: list[dict] | dict, cfg: ModelConfig) -> dict[str, jax.Array]:
+  """Router sums -> {"aux_loss": scalar, "expert_load": [L_moe, E], and the sums}.
+
+  `stats` is the MoE layers' per-layer sums, or an earlier summary (whose sums, added
+  leaf-wise to another forward's, `merge_router_stats` re-summarises).
+  aux_loss is the Switch-Transformer load-balancing loss as HF Qwen3-MoE computes it:
+  E * sum_e f_e * P_e, f_e the fraction of (real token, top-k slot) pairs sent to expert e
+  and P_e its mean router probability, both pooled over the MoE layers; unscaled (a trainer
+  adds a coefficient, e.g. `cfg.router_aux_loss_coef`, times it). expert_load[l, e] is the
+  fraction of layer l's routed pairs expert e got (1/E each when balanced). A dense model
+  gives 0 and [0, 0].
+  """
+  if isinstance(stats, dict):
+    counts, prob_sum, tokens = stats["counts"], stats["prob_sum"], stats["tokens"]
+  elif stats:
+    counts, prob_sum, tokens = (jnp.stack([s[k] for s in stats])
+                                for k in ("counts", "prob_sum", "tokens"))
+  else:
+    e = cfg.num_experts
+    counts, prob_sum, tokens = jnp.zeros((0, e)), jnp.zeros((0, e)), jnp.zeros((0,))
+  total = jnp.maximum(jnp.sum(tokens), 1.0)
+  f = jnp.sum(counts, axis=0) / total
+  p = jnp.sum(prob_sum, axis=0) / total
+  k = max(cfg.num_experts_per_tok, 1)
+  return {"aux_loss": cfg.num_experts * jnp.sum(f * p),
+          "expert_load": counts / (jnp.maximum(tokens, 1.0)[:, None] * k),
+          "counts": counts, "prob_sum": prob_sum, "tokens": tokens}
+
+
+def merge_router_stats(a: dict, b: dict, cfg: ModelConfig) -> dict[str, jax.Array]:
+  """The summary of two forwards' routing (e.g. a prompt and its continuation via a cache)."""
+  return router_summary({k: a[k] + b[k] for k in ("counts", "prob_sum", "tokens")}, cfg)
+
+
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
             mask: jax.Array | None = None, cache: KVCache | None = None, *,
-            return_hidden: bool = False,
-            segment_ids: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+            return_hidden: bool = False, segment_ids: jax.Array | None = None,
+            return_router_stats: bool = False) -> tuple:
   """Run the transformer.
 
   tokens, positions, mask: [B, T] (mask False marks padding, which no query attends to).
@@ -251,7 +388,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   restart at 0 in each segment). With a cache the tokens are
   written at slots [index, index+T) and attend to every valid earlier slot.
   Returns (logits [B, T, V] float32, or final-normed hidden [B, T, D] if
-  `return_hidden`), and the updated cache (None without one).
+  `return_hidden`), and the updated cache (None without one); with `return_router_stats`
+  a third item, `router_summary`'s dict (aux loss and per-expert load over real tokens).
   """
   b, t = tokens.shape
   mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
@@ -282,11 +420,13 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   if cfg.remat:
     from r1jax.memory import remat_policy
     block = jax.checkpoint(_block, static_argnums=(2,), policy=remat_policy(cfg.remat))
-  new_k, new_v = [], []
+  new_k, new_v, stats = [], [], []
   for i in range(cfg.num_layers):
     layer = params["layers"][i]
     kv = (cache.k[i], cache.v[i]) if cache is not None else None
-    x, kv = block(x, layer, cfg, positions, inv_freq, bias, kv, index)
+    x, kv, st = block(x, layer, cfg, positions, inv_freq, bias, kv, index, mask)
+    if st is not None:
+      stats.append(st)
     if kv is not None:
       new_k.append(kv[0])
       new_v.append(kv[1])
@@ -294,11 +434,12 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   new_cache = None
   if cache is not None:
     new_cache = KVCache(tuple(new_k), tuple(new_v), slot_mask, index + t)
+  extra = (router_summary(stats, cfg),) if return_router_stats else ()
   if return_hidden:
-    return x, new_cache
+    return (x, new_cache) + extra
   logits = jnp.einsum("btd,dv->btv", x, unembed_matrix(params, cfg).astype(dt),
                       preferred_element_type=jnp.float32)
-  return constrain(logits, ("batch", "length", "vocab")), new_cache
+  return (constrain(logits, ("batch", "length", "vocab")), new_cache) + extra
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
