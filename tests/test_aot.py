@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import r1_zero, reward_model as rm_configs, sft as sft_configs
-from r1jax import aot, hardware
+from r1jax import aot, hardware, programs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL_PROGRAMS = ("logprobs", "train_step", "micro_grad", "sft_train_step", "sft_micro_grad")
@@ -116,7 +116,7 @@ def test_memory_figures_against_hand_computed_argument_bytes(single_chip, multi_
     chip, devices = hardware.topology_devices(topo)
     mesh = aot.make_mesh(conf.mesh.shape, devices, topo)
     with aot.mesh_lib.use_mesh(mesh):
-      progs = {p.name: p for _, ps in aot.programs_of(conf, mesh, 16) for p in ps}
+      progs = {p.name: p for _, ps in programs.programs_of(conf, mesh, 16) for p in ps}
     for name, p in progs.items():
       exact, padded = hand_bytes(p.args)
       got = res[name]["argument_bytes"]
