@@ -1,0 +1,127 @@
+"""Continuous batching: the same samples as the static sampler (greedy, T=1, top-k) under
+fixed keys with uneven lengths and more samples than slots; greedy also against an
+uncached reference; the tiny config trains with it; the rollout bench runs."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import r1_zero
+from r1jax import train as train_lib
+from r1jax.model import PRESETS, forward, init_params
+from r1jax.sampling import SamplingConfig, generate, pad_prompts
+
+CFG = PRESETS["tiny"]
+N, G = 14, 3
+
+
+@pytest.fixture(scope="module")
+def setup():
+  params = init_params(CFG, 0)
+  rs = np.random.RandomState(0)
+  prompts = [rs.randint(3, CFG.vocab_size, rs.randint(3, 20)).tolist() for _ in range(5)]
+  toks, mask = pad_prompts(prompts, 0, 24)
+  limits = rs.randint(1, N + 4, len(prompts) * G)  # some above N: capped by max_new_tokens
+  limits[:3] = (2, N, 1)
+  return params, prompts, toks, mask, limits
+
+
+def _gen(setup, key, **kw):
+  params, _, toks, mask, limits = setup
+  kw = dict(max_new_tokens=N, num_samples=G, pad_id=1, **kw)
+  return jax.tree.map(np.asarray, generate(params, CFG, toks, mask, jax.random.key(key),
+                                           SamplingConfig(**kw), max_lengths=limits))
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(setup):
+  """Greedy decoding by the uncached forward pass over one right-padded sequence."""
+  params, length = setup[0], 48
+  fwd = jax.jit(lambda t, m: forward(params, CFG, t, np.arange(length)[None], m)[0][0])
+
+  def ref(prompt, n, eos):
+    seq = list(prompt)
+    for _ in range(n):
+      t = np.zeros((1, length), np.int32)
+      t[0, :len(seq)] = seq
+      logits = np.asarray(fwd(t, (np.arange(length) < len(seq))[None]))[len(seq) - 1]
+      seq.append(int(np.argmax(logits)))
+      if seq[-1] in eos:
+        break
+    return seq[len(prompt):]
+
+  return ref
+
+
+EOS = tuple(range(3, 23))  # 20 of the 256 tokens: random-model samples end at uneven steps
+
+
+def test_greedy_matches_uncached_reference_with_uneven_lengths(setup, greedy_reference):
+  _, prompts, _, _, limits = setup
+  out = _gen(setup, 0, temperature=0.0, eos_ids=EOS, mode="continuous", num_slots=4)
+  ends = []
+  for r in range(len(prompts) * G):
+    want = greedy_reference(prompts[r // G], min(limits[r], N), EOS)
+    ln = int(out.lengths[r])
+    assert out.tokens[r, :ln].tolist() == want, r
+    assert (out.tokens[r, ln:] == 1).all() and out.mask[r].tolist() == [1] * ln + [0] * (N - ln)
+    ends.append(ln)
+  assert len(set(ends)) > 4 and min(ends) == 1 and max(ends) == N  # really uneven
+
+
+@pytest.mark.parametrize("kw,slots", [(dict(temperature=0.0), (4,)),
+                                      (dict(temperature=1.0), (1, 4, 32)),
+                                      (dict(temperature=0.8, top_k=7), (4,))])
+def test_continuous_returns_the_static_samples(setup, kw, slots):
+  static = _gen(setup, 3, eos_ids=EOS, **kw)
+  assert len(set(static.lengths.tolist())) > 4
+  if kw["temperature"]:  # EOS, not only the length limits, ends some samples
+    assert (static.lengths < np.minimum(setup[4], N)).sum() >= 2
+  for s in slots:  # fewer slots than the 15 samples (and more)
+    cont = _gen(setup, 3, eos_ids=EOS, mode="continuous", num_slots=s, **kw)
+    np.testing.assert_array_equal(cont.tokens, static.tokens, err_msg=f"slots={s}")
+    np.testing.assert_array_equal(cont.lengths, static.lengths)
+    np.testing.assert_array_equal(cont.mask, static.mask)
+    np.testing.assert_allclose(cont.logprobs, static.logprobs, atol=1e-5)
+  if kw["temperature"]:  # a different key gives different samples
+    assert (_gen(setup, 4, eos_ids=EOS, **kw).tokens != static.tokens).any()
+
+
+def test_bad_mode_and_slots_are_named():
+  with pytest.raises(ValueError, match="sampling.mode"):
+    SamplingConfig(mode="paged")
+  with pytest.raises(ValueError, match="num_slots=4"):
+    SamplingConfig(num_slots=4)  # static mode ignores it
+  with pytest.raises(ValueError, match="cache_chunks=2"):
+    SamplingConfig(mode="continuous", cache_chunks=2)
+  c = r1_zero.get_config("tiny")
+  c.sampling.mode = "paged"
+  with pytest.raises(ValueError, match="sampling.mode"):
+    train_lib.validate(c)
+
+
+def test_tiny_config_trains_with_continuous_batching(tmp_path):
+  c = r1_zero.get_config("tiny")
+  c.unlock()
+  c.train.num_steps = 2
+  c.train.eval_every = 0
+  c.sampling.mode = "continuous"
+  c.sampling.num_slots = 3
+  train_lib.train(c, str(tmp_path))
+  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(np.isfinite(r["loss"]) and r["completion_len_mean"] > 0 for r in rows)
+
+
+def test_rollout_bench_runs(tmp_path):
+  from r1jax.bench import rollout
+  res = rollout.main(["--model=tiny", "--prompts=2", "--samples=2", "--max_new_tokens=12",
+                      "--median=3", "--slots=2", f"--json_out={tmp_path / 'r.json'}"])
+  static, cont = res["rows"]
+  assert cont["same_tokens"] and static["tok_s"] > 0 and cont["tok_s"] > 0
+  assert res["useful_tokens"] == rollout.lengths(4, 3, 1.0, 12).sum()
+  assert (tmp_path / "r.json").exists()
