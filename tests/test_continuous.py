@@ -125,3 +125,38 @@ def test_rollout_bench_runs(tmp_path):
   assert cont["same_tokens"] and static["tok_s"] > 0 and cont["tok_s"] > 0
   assert res["useful_tokens"] == rollout.lengths(4, 3, 1.0, 12).sum()
   assert (tmp_path / "r.json").exists()
+
+
+def test_continuous_on_a_mesh_matches_static_on_one_device():
+  """Slots over data, heads over tensor on 8 fake CPU devices: the same samples at T=1."""
+  import subprocess
+  import sys
+  import textwrap
+  script = textwrap.dedent("""
+    import json, numpy as np, jax, jax.numpy as jnp
+    from r1jax import mesh as mesh_lib
+    from r1jax.model import PRESETS, init_params
+    from r1jax.model.loader import shard_params
+    from r1jax.sampling import SamplingConfig, generate, pad_prompts
+    cfg = PRESETS["tiny"]
+    params = init_params(cfg, 0)
+    rs = np.random.RandomState(0)
+    toks, mask = pad_prompts([rs.randint(3, 256, rs.randint(3, 20)).tolist() for _ in range(3)])
+    kw = dict(max_new_tokens=8, temperature=1.0, num_samples=2, eos_ids=tuple(range(3, 40)))
+    ref = generate(params, cfg, toks, mask, jax.random.key(0), SamplingConfig(**kw))
+    mesh = mesh_lib.make_mesh((2, 2, 2))
+    with mesh_lib.use_mesh(mesh):  # 3 slots: rounded up to 4, a multiple of the data axis
+      out = generate(shard_params(params, cfg, mesh), cfg, toks, mask, jax.random.key(0),
+                     SamplingConfig(**kw, mode="continuous", num_slots=3))
+    print("RESULT " + json.dumps([np.asarray(ref.lengths).tolist(),
+                                  bool((np.asarray(out.tokens) == np.asarray(ref.tokens)).all()),
+                                  float(np.abs(np.asarray(out.logprobs) - ref.logprobs).max())]))
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                        timeout=600)
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert line, proc.stderr[-3000:]
+  lengths, same, err = json.loads(line[0][7:])
+  assert len(set(lengths)) > 2 and same and err < 1e-4, (lengths, err)
