@@ -28,8 +28,10 @@ r1jax.bench.sampling` measures it):
   bisection over the float order and the token is drawn block-wise; unfiltered sampling
   draws a vocabulary block by its mass, then a token inside it (exact); greedy is max +
   first index (XLA's variadic argmax reduce is slow on CPU).
-- Random draws are per row (`fold_in(rng, step, row)`), so a row's sample does not depend
-  on the batch it was padded into.
+- Random draws are per sample and position (`_sample_keys`: `fold_in(rng, step, row)`), so
+  a row's sample does not depend on the batch it was padded into, nor on the decode slot it
+  runs in under continuous batching (`mode="continuous"`, r1jax/continuous.py: finished
+  rows' slots take the next samples, so steps are not spent on finished rows).
 """
 
 from __future__ import annotations
@@ -242,7 +244,7 @@ def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
     return full(None)
   vals, idx = jax.lax.top_k(scaled, k)
   keep = jnp.ones(vals.shape, bool)
-  covered = jnp.asarray(True)
+  covered = None  # per row
   if scfg.top_p < 1.0:
     probs = jnp.exp(vals - m) / jnp.sum(e, axis=-1, keepdims=True)
     before = jnp.cumsum(probs, axis=-1) - probs
@@ -250,7 +252,7 @@ def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
     # The nucleus ends inside the candidates iff the last one is already outside it; with
     # top_k <= k the top-k cut bounds it anyway.
     if not 0 < scfg.top_k <= k:
-      covered = jnp.all(~keep[:, -1])
+      covered = ~keep[:, -1]
   # Tokens tied with the cut-off value stay in (as filter_logits keeps them).
   cut = jnp.min(jnp.where(keep, vals, jnp.inf), axis=-1, keepdims=True)
   keep = vals >= cut
@@ -259,9 +261,12 @@ def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
     j = _row_categorical(keys, jnp.where(keep, vals, -jnp.inf))
     return jnp.take_along_axis(idx, j[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
-  if scfg.top_k > 0 and scfg.top_p >= 1.0:
+  if covered is None:
     return cand(None)
-  return jax.lax.cond(covered, cand, full, None)
+  # Each row by its own coverage, so that its draw does not depend on the other rows.
+  tok = cand(None)
+  return jax.lax.cond(jnp.all(covered), lambda: tok,
+                      lambda: jnp.where(covered, tok, full(None)))
 
 
 # ----------------------------------------------------------------------------- decode step

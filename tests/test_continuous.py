@@ -160,3 +160,19 @@ def test_continuous_on_a_mesh_matches_static_on_one_device():
   assert line, proc.stderr[-3000:]
   lengths, same, err = json.loads(line[0][7:])
   assert len(set(lengths)) > 2 and same and err < 1e-4, (lengths, err)
+
+
+def test_top_p_draw_of_a_row_does_not_depend_on_the_other_rows():
+  """Top-p samples among the top candidates when they cover the nucleus, else over the whole
+  vocabulary: which one must be the row's own choice, or a slot's token would depend on its
+  neighbours."""
+  from r1jax import sampling
+  rs = np.random.RandomState(0)
+  logits = rs.randn(16, 256).astype(np.float32)
+  logits[::2, :3] += 8.0  # peaked rows: 4 candidates cover the nucleus; flat rows: they do not
+  scfg = SamplingConfig(temperature=1.0, top_p=0.9, top_p_candidates=4)
+  keys = jax.random.split(jax.random.key(0), 16)
+  choose = jax.jit(lambda l, k: sampling._choose(l, k, scfg)[0])
+  batch = np.asarray(choose(logits, keys))
+  alone = [int(choose(logits[i:i + 1], keys[i:i + 1])[0]) for i in range(16)]
+  assert batch.tolist() == alone
