@@ -12,8 +12,8 @@ step decodes `num_slots` rows that are (nearly) all live.
 
 How, all in one jitted `lax.while_loop` (no host round trip, one compilation per batch
 bucket and prompt length, as the static sampler):
-- The prompts are prefilled once, up front and shared by their G samples (`_prompt_cache`,
-  as the static path). Starting a sample in a slot copies its prompt's KV (P slots) into the
+- The prompts are prefilled once, up front (in `prefill_chunk` chunks if set) and shared by
+  their G samples (`_prompt_cache`, as the static path). Starting a sample in a slot copies its prompt's KV (P slots) into the
   slot's cache rows and samples its first token from the prompt's last logits: a copy, not
   a second prefill. The price is holding the B prompts' KV ([B, P]) for the whole call.
 - Each slot's cache is [prompt P | completion N]; slots sit at different positions, so the

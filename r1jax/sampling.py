@@ -84,7 +84,7 @@ class SamplingConfig:
   # `num_slots` rows at a time and hands a finished row's slot to the next pending sample
   # (r1jax/continuous.py). Same tokens for the same key, either way.
   mode: str = "static"
-  # num_slots: decode slots of mode="continuous" (0: half the rows, at least 1).
+  # num_slots: decode slots of mode="continuous" (0: half the rows, at least 1; at most the rows).
   num_slots: int = 0
 
   def __post_init__(self):
@@ -575,7 +575,7 @@ def generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mas
     toks, mask = put(toks), put(mask)
   if scfg.mode == "continuous":
     from r1jax import continuous  # it builds on this module
-    slots = scfg.num_slots or max(1, b * g // 2)
+    slots = min(scfg.num_slots or max(1, b * g // 2), b * g)  # more would idle
     out = continuous.generate_continuous(params, cfg, toks, mask, jnp.asarray(b, jnp.int32), rng,
                                          jnp.asarray(limits), scfg, -(-slots // dp) * dp)
   else:
