@@ -331,7 +331,9 @@ def run(c, checkpoint: str | None = None, output_dir: str | None = None,
   scfg = SamplingConfig(max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
                         top_p=s["top_p"], top_k=s["top_k"], num_samples=s["num_samples"],
                         eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
-                        decode_dtype=c.sampling.get("decode_dtype", ""))
+                        decode_dtype=c.sampling.get("decode_dtype", ""),
+                        mode=c.sampling.get("mode", "static"),
+                        num_slots=c.sampling.get("num_slots", 0))
 
   samples_path = os.path.join(output_dir, "samples.jsonl")
   t0 = time.time()

@@ -80,7 +80,8 @@ def sampling_config(c, **extra) -> SamplingConfig:
   s = c.sampling
   return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                         top_p=s.top_p, top_k=s.top_k, num_samples=s.num_samples,
-                        decode_dtype=s.get("decode_dtype", ""), **extra)
+                        decode_dtype=s.get("decode_dtype", ""), mode=s.get("mode", "static"),
+                        num_slots=s.get("num_slots", 0), **extra)
 
 
 def grpo_config(c) -> grpo.GRPOConfig:

@@ -28,8 +28,10 @@ r1jax.bench.sampling` measures it):
   bisection over the float order and the token is drawn block-wise; unfiltered sampling
   draws a vocabulary block by its mass, then a token inside it (exact); greedy is max +
   first index (XLA's variadic argmax reduce is slow on CPU).
-- Random draws are per row (`fold_in(rng, step, row)`), so a row's sample does not depend
-  on the batch it was padded into.
+- Random draws are per sample and position (`_sample_keys`: `fold_in(rng, step, row)`), so
+  a row's sample does not depend on the batch it was padded into, nor on the decode slot it
+  runs in under continuous batching (`mode="continuous"`, r1jax/continuous.py: finished
+  rows' slots take the next samples, so steps are not spent on finished rows).
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ class SamplingConfig:
   # and the residual stream stays in the model's dtype. Sampler log-probs then come from
   # the bf16 model (the trainer recomputes pi_old when it needs it: grpo.mu > 1).
   decode_dtype: str = ""
+  # mode: "static" decodes all B*G rows until the longest ends; "continuous" decodes
+  # `num_slots` rows at a time and hands a finished row's slot to the next pending sample
+  # (r1jax/continuous.py). Same tokens for the same key, either way.
+  mode: str = "static"
+  # num_slots: decode slots of mode="continuous" (0: half the rows, at least 1; at most the rows).
+  num_slots: int = 0
 
   def __post_init__(self):
     if self.max_new_tokens <= 0:
@@ -97,6 +105,14 @@ class SamplingConfig:
     if self.cache_chunks < 0 or self.top_p_candidates < 1:
       raise ValueError(f"bad cache_chunks={self.cache_chunks} or "
                        f"top_p_candidates={self.top_p_candidates}")
+    if self.mode not in ("static", "continuous"):
+      raise ValueError(f"sampling.mode must be 'static' or 'continuous', got {self.mode!r}")
+    if self.num_slots < 0 or (self.num_slots and self.mode != "continuous"):
+      raise ValueError(f"sampling.num_slots={self.num_slots} needs mode='continuous' and >= 0 "
+                       f"(mode={self.mode!r})")
+    if self.cache_chunks and self.mode == "continuous":
+      raise ValueError(f"sampling.cache_chunks={self.cache_chunks} is static-mode only: "
+                       f"continuous slots attend over the whole cache")
 
 
 class SampleOutput(NamedTuple):
@@ -228,7 +244,7 @@ def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
     return full(None)
   vals, idx = jax.lax.top_k(scaled, k)
   keep = jnp.ones(vals.shape, bool)
-  covered = jnp.asarray(True)
+  covered = None  # per row
   if scfg.top_p < 1.0:
     probs = jnp.exp(vals - m) / jnp.sum(e, axis=-1, keepdims=True)
     before = jnp.cumsum(probs, axis=-1) - probs
@@ -236,7 +252,7 @@ def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
     # The nucleus ends inside the candidates iff the last one is already outside it; with
     # top_k <= k the top-k cut bounds it anyway.
     if not 0 < scfg.top_k <= k:
-      covered = jnp.all(~keep[:, -1])
+      covered = ~keep[:, -1]
   # Tokens tied with the cut-off value stay in (as filter_logits keeps them).
   cut = jnp.min(jnp.where(keep, vals, jnp.inf), axis=-1, keepdims=True)
   keep = vals >= cut
@@ -245,9 +261,12 @@ def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
     j = _row_categorical(keys, jnp.where(keep, vals, -jnp.inf))
     return jnp.take_along_axis(idx, j[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
-  if scfg.top_k > 0 and scfg.top_p >= 1.0:
+  if covered is None:
     return cand(None)
-  return jax.lax.cond(covered, cand, full, None)
+  # Each row by its own coverage, so that its draw does not depend on the other rows.
+  tok = cand(None)
+  return jax.lax.cond(jnp.all(covered), lambda: tok,
+                      lambda: jnp.where(covered, tok, full(None)))
 
 
 # ----------------------------------------------------------------------------- decode step
@@ -329,14 +348,22 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
   """One token per row at cache slot `slot` -> (logits [R, V] float32, cache).
 
   The same math as `transformer.forward` with a cache, for T = 1 (`w` from `_decode_weights`).
+  `slot` is one slot for all rows (a scalar) or one per row ([R], continuous batching).
   """
   dt = jnp.dtype(cfg.dtype)
   r = tok.shape[0]
   h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.hd
   inv_freq = rope_inv_freq(cfg)
   rope = lambda x: apply_rope(x[:, None], pos[:, None], inv_freq)[:, 0]  # T = 1
-  slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, live[:, None], slot, axis=1)
-  allowed = slot_mask & (jnp.arange(slot_mask.shape[1]) <= slot)[None]
+  per_row = jnp.ndim(slot) == 1
+  ids = jnp.arange(cache.mask.shape[1])[None]
+  if per_row:
+    slot_mask = jnp.where(ids == slot[:, None], live[:, None], cache.mask)
+    allowed = slot_mask & (ids <= slot[:, None])
+    rows = jnp.arange(r)
+  else:
+    slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, live[:, None], slot, axis=1)
+    allowed = slot_mask & (ids <= slot)
   x = constrain(jnp.take(w["embed"], tok, axis=0).astype(dt), ("batch", "embed"))
   new_k, new_v = [], []
   for i, layer in enumerate(w["layers"]):
@@ -358,11 +385,14 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
     q = constrain(rope(q), ("batch", "heads", "head_dim"))
     k = rope(k)
     kt = _k_transposed(cache.k[i].dtype)
-    ck = jax.lax.dynamic_update_slice_in_dim(
-        cache.k[i], (k[..., None] if kt else k[:, :, None]).astype(cache.k[i].dtype), slot,
-        axis=3 if kt else 2)
-    cv = jax.lax.dynamic_update_slice_in_dim(cache.v[i], v[:, :, None].astype(cache.v[i].dtype),
-                                             slot, axis=2)
+    k, v = k.astype(cache.k[i].dtype), v.astype(cache.v[i].dtype)
+    if per_row:  # a scatter of R slots (in place)
+      ck = (cache.k[i].at[rows, :, :, slot] if kt else cache.k[i].at[rows, :, slot]).set(k)
+      cv = cache.v[i].at[rows, :, slot].set(v)
+    else:
+      ck = jax.lax.dynamic_update_slice_in_dim(cache.k[i], k[..., None] if kt else k[:, :, None],
+                                               slot, axis=3 if kt else 2)
+      cv = jax.lax.dynamic_update_slice_in_dim(cache.v[i], v[:, :, None], slot, axis=2)
     ck, cv = constrain(ck, _K_AXES if kt else _V_AXES), constrain(cv, _V_AXES)
     new_k.append(ck)
     new_v.append(cv)
@@ -399,9 +429,15 @@ def _repeat_rows(x: jax.Array, g: int) -> jax.Array:
   return jnp.repeat(x, g, axis=0) if g > 1 else x
 
 
+def _sample_keys(rng: jax.Array, t: jax.Array, rows: jax.Array) -> jax.Array:
+  """The key of token t of sample row `rows` (row b*G + g is sample g of prompt b): one per
+  (prompt, sample, position), whatever batch or decode slot the sample runs in."""
+  t, rows = jnp.broadcast_arrays(jnp.asarray(t, jnp.uint32), jnp.asarray(rows, jnp.uint32))
+  return jax.vmap(lambda t, r: jax.random.fold_in(jax.random.fold_in(rng, t), r))(t, rows)
+
+
 def _row_keys(rng: jax.Array, t: jax.Array, rows: int) -> jax.Array:
-  step = jax.random.fold_in(rng, t)
-  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step, jnp.arange(rows, dtype=jnp.uint32))
+  return _sample_keys(rng, t, jnp.arange(rows, dtype=jnp.uint32))
 
 
 def _prefill(params, cfg: ModelConfig, tokens, mask, positions, chunk: int):
@@ -423,45 +459,60 @@ def _prefill(params, cfg: ModelConfig, tokens, mask, positions, chunk: int):
   return last[-1], cache
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "scfg"))
-def _generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-              num_prompts: jax.Array, rng: jax.Array, scfg: SamplingConfig) -> SampleOutput:
-  """`generate` on a bucketed batch: prompt rows >= num_prompts are dummies (start done)."""
-  b, p = prompt_tokens.shape
-  g, n = scfg.num_samples, scfg.max_new_tokens
-  rows = b * g
+def _prompt_cache(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
+                  prompt_mask: jax.Array, scfg: SamplingConfig):
+  """Prefill each prompt once -> (logits after its last token [B, V] float32, its decode-layout
+  `_Cache` of exactly P slots in the decode dtype, position of completion token 0 [B])."""
   wdt = jnp.dtype(scfg.decode_dtype or cfg.dtype)
-  fuse = _fuse_default() if scfg.fuse_weights is None else scfg.fuse_weights
   prompt_mask = prompt_mask.astype(bool)
   positions = positions_from_mask(prompt_mask)
   last, pcache = _prefill(params, cfg, prompt_tokens, prompt_mask, positions, scfg.prefill_chunk)
   last = jnp.einsum("bd,dv->bv", last, unembed_matrix(params, cfg).astype(last.dtype),
                     preferred_element_type=jnp.float32)
+  k_perm = (0, 2, 3, 1) if _k_transposed(wdt) else (0, 2, 1, 3)  # [B, P, Hkv, Dh] -> head-major
+  cache = _Cache(tuple(x.astype(wdt).transpose(k_perm) for x in pcache.k),
+                 tuple(x.astype(wdt).transpose(0, 2, 1, 3) for x in pcache.v), pcache.mask)
+  return last, cache, positions[:, -1] + 1
 
-  # Share the prefill among the G samples of each prompt; head-major, room for N tokens.
+
+def _pad_length(cache: _Cache, extra: int) -> _Cache:
+  """Room for `extra` more (empty) slots at the end of every row's cache."""
+  k_axis = 3 if _k_transposed(cache.k[0].dtype) else 2
+  pad = lambda x, axis: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
+  return _Cache(tuple(pad(x, k_axis) for x in cache.k), tuple(pad(x, 2) for x in cache.v),
+                pad(cache.mask, 1))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg"))
+def _generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
+              num_prompts: jax.Array, rng: jax.Array, limits: jax.Array,
+              scfg: SamplingConfig) -> SampleOutput:
+  """`generate` on a bucketed batch: prompt rows >= num_prompts are dummies (start done);
+  row r stops after limits[r] tokens."""
+  b, p = prompt_tokens.shape
+  g, n = scfg.num_samples, scfg.max_new_tokens
+  rows = b * g
+  wdt = jnp.dtype(scfg.decode_dtype or cfg.dtype)
+  fuse = _fuse_default() if scfg.fuse_weights is None else scfg.fuse_weights
+  last, pcache, next_pos = _prompt_cache(params, cfg, prompt_tokens, prompt_mask, scfg)
+
+  # Share the prefill among the G samples of each prompt; room for the first segment's tokens.
   chunks = scfg.cache_chunks or min(4, max(1, n // 64))
   seg = -(-n // min(chunks, n))  # decode tokens per cache segment
   bounds = list(range(0, n, seg))[1:] + [n]
-
-  def to_decode(x, extra, perm, axes):  # [B, P, Hkv, Dh] -> [R, ...] with P + extra slots
-    x = x.astype(wdt).transpose(perm)
-    x = jnp.pad(x, [(0, extra if a == "length" else 0) for a in axes])
-    return constrain(_repeat_rows(x, g), axes)
-
-  e0 = bounds[0]
-  kt = _k_transposed(wdt)
-  k_perm, k_axes = ((0, 2, 3, 1), _K_AXES) if kt else ((0, 2, 1, 3), _V_AXES)
-  cache = _Cache(tuple(to_decode(x, e0, k_perm, k_axes) for x in pcache.k),
-                 tuple(to_decode(x, e0, (0, 2, 1, 3), _V_AXES) for x in pcache.v),
-                 jnp.pad(_repeat_rows(pcache.mask, g), ((0, 0), (0, e0))))
+  pcache = _pad_length(pcache, bounds[0])
+  k_axes = _K_AXES if _k_transposed(wdt) else _V_AXES
+  cache = _Cache(tuple(constrain(_repeat_rows(x, g), k_axes) for x in pcache.k),
+                 tuple(constrain(_repeat_rows(x, g), _V_AXES) for x in pcache.v),
+                 _repeat_rows(pcache.mask, g))
   w = _decode_weights(params, cfg, fuse, wdt)
   last = constrain(_repeat_rows(last, g), ("batch", "vocab"))
-  next_pos = _repeat_rows(positions[:, -1] + 1, g)
+  next_pos = _repeat_rows(next_pos, g)
   eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
   real = jnp.arange(rows) < num_prompts * g
 
   tok, lp = _choose(last, _row_keys(rng, jnp.asarray(0, jnp.int32), rows), scfg)
-  done = jnp.isin(tok, eos) | ~real
+  done = jnp.isin(tok, eos) | ~real | (limits <= 1)
   tokens = jnp.full((rows, n), scfg.pad_id, jnp.int32).at[:, 0].set(tok)
   logps = jnp.zeros((rows, n), jnp.float32).at[:, 0].set(lp)
   mask = jnp.zeros((rows, n), bool).at[:, 0].set(True)
@@ -475,19 +526,13 @@ def _generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_ma
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new_tok[:, None], t, axis=1)
     logps = jax.lax.dynamic_update_slice_in_dim(logps, jnp.where(live, lp, 0.0)[:, None], t, 1)
     mask = jax.lax.dynamic_update_slice_in_dim(mask, live[:, None], t, axis=1)
-    done = done | jnp.isin(new_tok, eos)
+    done = done | jnp.isin(new_tok, eos) | (t + 1 >= limits)
     return t + 1, new_tok, cache, tokens, logps, done, mask
 
   carry = (jnp.asarray(1, jnp.int32), tok, cache, tokens, logps, done, mask)
   for j, end in enumerate(bounds):
     if j:  # grow the cache to the next segment's length
-      extra = end - bounds[j - 1]
-      grow_k = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)) if kt else
-                                 ((0, 0), (0, 0), (0, extra), (0, 0)))
-      grow_v = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
-      c_ = carry[2]
-      carry = carry[:2] + (_Cache(tuple(map(grow_k, c_.k)), tuple(map(grow_v, c_.v)),
-                                  jnp.pad(c_.mask, ((0, 0), (0, extra)))),) + carry[3:]
+      carry = carry[:2] + (_pad_length(carry[2], end - bounds[j - 1]),) + carry[3:]
     carry = jax.lax.while_loop(lambda c, end=end: (c[0] < end) & ~jnp.all(c[5]), body, carry)
   _, _, _, tokens, logps, _, mask = carry
   return SampleOutput(tokens, mask.astype(jnp.int32), logps, mask.sum(-1).astype(jnp.int32))
@@ -508,15 +553,20 @@ def batch_bucket(b: int, bucket: int = 0, multiple: int = 1) -> int:
 
 
 def generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-             rng: jax.Array, scfg: SamplingConfig) -> SampleOutput:
+             rng: jax.Array, scfg: SamplingConfig,
+             max_lengths: jax.Array | None = None) -> SampleOutput:
   """Sample `scfg.num_samples` completions for each left-padded prompt.
 
   Pads the batch to its bucket (and the prompt to a multiple of `scfg.prefill_chunk`)
   before calling the jitted sampler, so that batches of one bucket share a compilation;
-  the padding rows are dropped from the result.
+  the padding rows are dropped from the result. `max_lengths` [B*G] (optional) caps each
+  row's completion below `scfg.max_new_tokens`. `scfg.mode` picks the static sampler or
+  continuous batching (`r1jax.continuous`); both return the same tokens for the same key.
   """
   b, p = prompt_tokens.shape
-  bb = batch_bucket(b, scfg.batch_bucket, batch_parallel_size(current_mesh()))
+  g, n = scfg.num_samples, scfg.max_new_tokens
+  dp = batch_parallel_size(current_mesh())
+  bb = batch_bucket(b, scfg.batch_bucket, dp)
   pc = scfg.prefill_chunk
   pp = -(-p // pc) * pc if pc and p > pc else p
   toks, mask = prompt_tokens, prompt_mask
@@ -525,13 +575,23 @@ def generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mas
     widths = ((0, bb - b), (pp - p, 0))
     toks = xp.pad(toks, widths, constant_values=scfg.pad_id)
     mask = xp.pad(mask, widths)
+  limits = np.full(bb * g, n, np.int32)
+  if max_lengths is not None:
+    limits[:b * g] = np.minimum(np.asarray(max_lengths), n)
   mesh = current_mesh()
   if mesh is not None:
     put = lambda x: jax.device_put(x, named_sharding(mesh, ("batch", None), np.shape(x)))
     toks, mask = put(toks), put(mask)
-  out = _generate(params, cfg, toks, mask, jnp.asarray(b, jnp.int32), rng, scfg)
+  if scfg.mode == "continuous":
+    from r1jax import continuous  # it builds on this module
+    slots = min(scfg.num_slots or max(1, b * g // 2), b * g)  # more would idle
+    out = continuous.generate_continuous(params, cfg, toks, mask, jnp.asarray(b, jnp.int32), rng,
+                                         jnp.asarray(limits), scfg, -(-slots // dp) * dp)
+  else:
+    out = _generate(params, cfg, toks, mask, jnp.asarray(b, jnp.int32), rng, jnp.asarray(limits),
+                    scfg)
   if bb != b:
-    out = SampleOutput(*(x[:b * scfg.num_samples] for x in out))
+    out = SampleOutput(*(x[:b * g] for x in out))
   return out
 
 
