@@ -136,9 +136,21 @@ def sampler_programs(params, cfg: ModelConfig, mesh, b: int, p: int, scfg, prefi
   rng = jax.eval_shape(lambda: jax.random.key(0))
   rep = mesh_lib.replicated(mesh)
   rng = _sds(rng.shape, rng.dtype, rep)
-  gen = jax.jit(sampling._generate.__wrapped__, static_argnames=("cfg", "scfg"))
-  out = [Program(f"{prefix}sample", functools.partial(_lower_static, gen, cfg=cfg, scfg=scfg),
-                 (params, toks, mask, _sds((), jnp.int32, rep), rng), per_step=0,
+  limits = batch_sds(mesh, (rows,))
+  if scfg.mode == "continuous":  # as `sampling.generate` picks the slots
+    from r1jax import continuous
+    dp = mesh_lib.batch_parallel_size(mesh)
+    slots = min(scfg.num_slots or max(1, b * scfg.num_samples // 2), b * scfg.num_samples)
+    slots = -(-slots // dp) * dp
+    gen = functools.partial(_lower_static, continuous.generate_continuous, cfg=cfg, scfg=scfg,
+                            num_slots=slots)
+    # Upper bound: every sample runs to max_new_tokens, so the slots decode rows/slots waves.
+    decode_rows, decode_steps = slots, n * -(-rows // slots)
+  else:
+    gen = functools.partial(_lower_static, sampling._generate, cfg=cfg, scfg=scfg)
+    decode_rows, decode_steps = rows, n
+  out = [Program(f"{prefix}sample", gen,
+                 (params, toks, mask, _sds((), jnp.int32, rep), rng, limits), per_step=0,
                  sampling=True)]
 
   def prefill(params, toks, mask):
@@ -152,14 +164,15 @@ def sampler_programs(params, cfg: ModelConfig, mesh, b: int, p: int, scfg, prefi
   wdt = jnp.dtype(scfg.decode_dtype or cfg.dtype)
   kt = sampling._k_transposed(wdt)
   s = p + n  # the cache at its full length: an upper bound on every step's reads
-  k_shape = (rows, cfg.num_kv_heads, cfg.hd, s) if kt else (rows, cfg.num_kv_heads, s, cfg.hd)
-  v_shape = (rows, cfg.num_kv_heads, s, cfg.hd)
+  k_shape = ((decode_rows, cfg.num_kv_heads, cfg.hd, s) if kt
+             else (decode_rows, cfg.num_kv_heads, s, cfg.hd))
+  v_shape = (decode_rows, cfg.num_kv_heads, s, cfg.hd)
   named = lambda axes, shape: mesh_lib.named_sharding(mesh, axes, shape)
   cache = sampling._Cache(
       tuple(_sds(k_shape, wdt, named(sampling._K_AXES if kt else sampling._V_AXES, k_shape))
             for _ in range(cfg.num_layers)),
       tuple(_sds(v_shape, wdt, named(sampling._V_AXES, v_shape)) for _ in range(cfg.num_layers)),
-      batch_sds(mesh, (rows, s), jnp.bool_))
+      batch_sds(mesh, (decode_rows, s), jnp.bool_))
   # Decode weights in their storage dtype, made once per generate call (not per token).
   wparams = jax.tree.map(lambda x: _sds(x.shape, wdt if x.ndim > 1 else x.dtype, x.sharding),
                          params)
@@ -167,14 +180,16 @@ def sampler_programs(params, cfg: ModelConfig, mesh, b: int, p: int, scfg, prefi
   def decode(params, tok, pos, live, cache):
     w = sampling._decode_weights(params, cfg, False, wdt)
     return sampling._decode_step(w, cfg, tok, pos, live, cache, jnp.asarray(s - 1, jnp.int32))
-  out.append(Program(f"{prefix}decode_step", jax.jit(decode),
-                     (wparams, batch_sds(mesh, (rows,)), batch_sds(mesh, (rows,)),
-                      batch_sds(mesh, (rows,), jnp.bool_), cache), per_step=n, sampling=True))
+  out.append(Program(f"{prefix}decode_step", jax.jit(decode, donate_argnums=4),  # in place
+                     (wparams, batch_sds(mesh, (decode_rows,)), batch_sds(mesh, (decode_rows,)),
+                      batch_sds(mesh, (decode_rows,), jnp.bool_), cache), per_step=decode_steps,
+                     sampling=True))
   return out
 
 
-def _lower_static(gen, *args, cfg, scfg):
-  return gen.lower(args[0], cfg, *args[1:], scfg)
+def _lower_static(gen, params, *args, cfg, scfg, **static):
+  """Lower a jitted sampler whose model and sampling configs are static arguments."""
+  return gen.lower(params, cfg, *args, scfg, **static)
 
 
 def _completion_batch(mesh, b, p, rows, n, *, per_token_adv=False, ref=False, old=False):
