@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from r1jax.mesh import constrain
 from r1jax.model import ModelConfig
-from r1jax.sampling import (_K_AXES, _V_AXES, SampleOutput, SamplingConfig, _Cache, _choose,
+from r1jax.decode import (_K_AXES, _V_AXES, SampleOutput, SamplingConfig, _Cache, _choose,
                             _decode_step, _decode_weights, _fuse_default, _k_transposed,
                             _pad_length, _prompt_cache, _sample_keys)
 
