@@ -80,8 +80,9 @@ def topology_devices(name: str) -> tuple[Chip, list[Any]]:
   """(chip, compile-only devices) of a TPU topology, from libtpu on this host."""
   chip, dims = parse_topology(name)
   if chip.platform != "tpu":
-    raise ValueError(f"--topology={name!r} is a GPU; JAX cannot compile for CUDA without a GPU "
-                     "in the pinned range: use r1jax.aot's --gpu lowering instead")
+    raise ValueError(f"--topology={name!r} is a GPU: JAX 0.10 cannot compile for CUDA without "
+                     "a GPU, so r1jax.aot compiles for TPU topologies only (the GPU kernels are "
+                     "checked by lowering them for CUDA, tests/test_kernels.py)")
   _load_tpu_plugin()
   from jax.experimental import topologies
   gen = name.split(":")[0].strip().lower()
