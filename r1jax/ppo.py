@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import advantages as adv_lib
-from r1jax import grpo, steps
+from r1jax import grpo, memory, steps
 from r1jax.mesh import replicated
 from r1jax.model import loader
 
@@ -198,7 +198,7 @@ def make_critic(model_params: Any, model_cfg, pcfg: PPOConfig, ocfg: steps.Optim
   """
   ocfg = dataclasses.replace(ocfg, learning_rate=pcfg.critic_learning_rate)
   tx = steps.make_optimizer(ocfg)
-  state = jax.jit(steps.init_state, static_argnums=1)(
+  state = memory.init_state(
       init_critic_params(model_params, model_cfg, mesh), tx)
   loss_fn = functools.partial(critic_loss, pcfg=pcfg, model_cfg=model_cfg)
   step = steps.jit_train_step(steps.make_train_step(

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import reward_head, steps
+from r1jax import memory as memory_lib, reward_head, steps
 
 OBJECTIVES = ("bt", "orm")
 _CONFIG = _WORKDIR = None
@@ -190,7 +190,7 @@ def train(c, workdir: str) -> list[dict]:
   validate(c)
   mesh = make_mesh(tuple(c.mesh.shape))
   model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
-  write_run_files(workdir, c, model_cfg)
+  is_main = write_run_files(workdir, c, model_cfg)
   params = reward_head.with_head(params, model_cfg, mesh)
   train_items, eval_items, data_stats = load_data(c, tokenizer)
   with open(os.path.join(workdir, "data_stats.json"), "w") as f:
@@ -201,14 +201,15 @@ def train(c, workdir: str) -> list[dict]:
   tx = steps.make_optimizer(ocfg)
   loss = functools.partial(loss_fn, model_cfg=model_cfg, objective=c.objective,
                            center_coef=c.loss.center_coef)
-  state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
+  state = memory_lib.init_state(params, tx)  # Adam moments sharded like their params
   del params
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
   state, rng, start = ckpt.resume(state, rng)
   train_step = steps.jit_train_step(steps.make_train_step(loss, tx), state)
   eval_fn = jax.jit(loss)
-  writer, progress, rows = MetricsWriter(workdir), Progress(c.train.num_steps, start), []
+  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows > start
+  progress, rows = Progress(c.train.num_steps, start), []
   bs = c.data.batch_size
   mk = lambda items: make_batch(items, c.objective, tokenizer, c.data.max_len, bs)
 

@@ -121,8 +121,13 @@ def test_tiny_run_and_resume(tmp_path):
   # The interrupted run skips evaluation (it does not touch the training state).
   no_eval = lambda c: c.train.update(eval_every=0) or c
   reward_model.train(no_eval(_config(tmp_path, steps=2)), part)  # "killed" after step 2
+  with open(os.path.join(part, "metrics.jsonl"), "a") as f:  # logged, then killed unsaved
+    f.write(json.dumps({"step": 3, "loss": -1.0}) + "\n")
   rows_part = reward_model.train(no_eval(_config(tmp_path)), part)  # resumes at step 2
   assert [r["step"] for r in rows_part] == [3, 4]
+  logged = [json.loads(l) for l in open(os.path.join(part, "metrics.jsonl"))]
+  assert [r["step"] for r in logged] == [1, 2, 3, 4]  # the dead run's step 3 is rewound
+  assert logged[2]["loss"] != -1.0
   assert all(r["step_time_s"] > 0 for r in rows_full + rows_part)  # the progress line's s/step
   for a, b in zip(rows_full[2:], rows_part):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)

@@ -225,7 +225,7 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
 
   import jax
   import jax.numpy as jnp
-  from r1jax import grpo, steps
+  from r1jax import grpo, memory, steps
   from r1jax.sampling import SamplingConfig, generate
   b, p = prompt_ids.shape
   scfg = SamplingConfig(max_new_tokens=n, temperature=1.0, top_p=1.0, top_k=0, num_samples=g,
@@ -235,7 +235,7 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
   tx = steps.make_optimizer(steps.OptimConfig(learning_rate=1e-6, max_grad_norm=1.0))
   # Committed to the device like the train step's outputs, or the second step recompiles.
   params = jax.device_put(params, jax.devices()[0])
-  state = jax.jit(steps.init_state, static_argnums=1)(jax.tree.map(jnp.copy, params), tx)
+  state = memory.init_state(jax.tree.map(jnp.copy, params), tx)
   ref_params = params if beta > 0 else None
   loss = lambda prm, batch: grpo.grpo_loss(prm, batch, gcfg, tcfg)
   n_micro = micro_batches(b * g, g, micro_batch_size)
