@@ -48,3 +48,27 @@ def test_transformers_modules_that_import_kernels_load_from_root():
            "import kernels\nprint(is_kernels_available(), kernels.__name__)")
   assert r.returncode == 0, r.stderr
   assert r.stdout.split() == ["True", "kernels"]
+
+
+def test_wheel_install_has_r1jax_kernels_and_no_top_level_kernels(tmp_path):
+  """Built as a wheel, kernels/ lands inside the r1jax package only."""
+  wheels, target = tmp_path / "wheels", tmp_path / "site"
+  build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                          "--no-build-isolation", "-w", str(wheels), ROOT],
+                         capture_output=True, text=True, timeout=600)
+  assert build.returncode == 0, build.stderr[-3000:]
+  (wheel,) = wheels.glob("r1jax-*.whl")
+  import zipfile
+  names = zipfile.ZipFile(wheel).namelist()
+  assert "r1jax/kernels/__init__.py" in names and "r1jax/kernels/sharded.py" in names
+  assert not any(n.startswith("kernels/") for n in names)
+  inst = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                         str(target), str(wheel)], capture_output=True, text=True, timeout=600)
+  assert inst.returncode == 0, inst.stderr[-3000:]
+  env = dict(os.environ, PYTHONPATH=str(target))
+  r = subprocess.run([sys.executable, "-c", "import r1jax.kernels as k; "
+                      "print(k.__file__); print(callable(k.token_logprobs))"],
+                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  path, ok = r.stdout.split()
+  assert path.startswith(str(target)) and ok == "True"
