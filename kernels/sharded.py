@@ -12,8 +12,10 @@ sharded one inside `jit`), or an explicit one.
 
 Which mesh axes split what: the vocabulary over `vocab_axes` (default: the axis named
 "tensor" when the mesh has one, r1jax's convention), the rows over `row_axes` (default:
-every other axis), each list cut to the axes whose product divides the dimension.
-Inputs sharded otherwise are resharded by the compiler on the way in.
+every other axis), each list cut to the axes whose product divides the dimension. r1jax's
+own callers pass the axes of the `batch` and `vocab` rules (`r1jax.mesh.kernel_axes`), so
+the kernel takes the activations as the model lays them out; inputs sharded otherwise are
+resharded by the compiler on the way in.
 """
 from __future__ import annotations
 
@@ -54,10 +56,9 @@ def split_axes(mesh, n: int, v: int, row_axes: Sequence[str] | None = None,
                vocab_axes: Sequence[str] | None = None) -> tuple[tuple, tuple]:
   """(mesh axes splitting the N rows, mesh axes splitting the V vocabulary columns)."""
   names = tuple(mesh.axis_names)
-  for given in (row_axes, vocab_axes):
-    bad = [a for a in (given or ()) if a not in names]
-    if bad:
-      raise ValueError(f"mesh axes {bad} are not axes of the mesh {names}")
+  # Axes this mesh does not have are ignored (callers name them by their own convention).
+  keep = lambda axes: None if axes is None else tuple(a for a in axes if a in names)
+  row_axes, vocab_axes = keep(row_axes), keep(vocab_axes)
   if vocab_axes is None:
     vocab_axes = ("tensor",) if "tensor" in names else ()
   vocab = _dividing(mesh, vocab_axes, v)

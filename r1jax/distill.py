@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from r1jax.mesh import kernel_axes
 from r1jax.model import ModelConfig, forward, unembed_matrix
 
 _NEG = -1e30  # logit of a padded vocabulary column
@@ -238,7 +239,8 @@ def sft_objective(params: Any, batch: dict, model_cfg: ModelConfig, cfg: Distill
   w = unembed_matrix(params, model_cfg).astype(h.dtype)
   mask = batch["loss_mask"].reshape(-1).astype(jnp.float32)
   ntok = jnp.maximum(mask.sum(), 1.0)
-  logp = token_logprobs(h, w, batch["targets"].reshape(-1), impl=cfg.logprob_impl)
+  logp = token_logprobs(h, w, batch["targets"].reshape(-1), impl=cfg.logprob_impl,
+                        **kernel_axes())
   ce = -(logp * mask).sum() / ntok
   metrics = {"ce": ce}
   if cfg.alpha == 0.0:

@@ -35,6 +35,7 @@ import numpy as np
 
 from r1jax import advantages as adv_lib
 from r1jax import policy_loss as pl
+from r1jax.mesh import kernel_axes
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
 from r1jax.model.transformer import merge_router_stats
 
@@ -264,7 +265,7 @@ def completion_logprobs(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.
   rows, n, d = h.shape
   out = token_logprobs(h.reshape(rows * n, d), unembed_matrix(params, model_cfg).astype(h.dtype),
                        completion_tokens.reshape(-1), temperature,
-                       return_entropy=return_entropy, impl=impl)
+                       return_entropy=return_entropy, impl=impl, **kernel_axes())
   out = (out[0].reshape(rows, n), out[1].reshape(rows, n)) if return_entropy else (
       out.reshape(rows, n),)
   out += (stats,) if router_stats else ()

@@ -121,6 +121,16 @@ def current_mesh() -> Mesh | None:
   return _CURRENT[-1][0] if _CURRENT else None
 
 
+def kernel_axes() -> dict[str, tuple[str, ...]]:
+  """`token_logprobs`'s split of its rows and vocabulary, by the active rules: rows over the
+  mesh axes of `batch`, the vocabulary over those of `vocab` (so the fused kernel takes the
+  activations and the unembedding as the model lays them out, without a reshard)."""
+  rules = dict(_CURRENT[-1][1]) if _CURRENT else rules_dict()
+  axes = lambda name: (() if rules.get(name) is None else (rules[name],)
+                       if isinstance(rules[name], str) else tuple(rules[name]))
+  return {"row_axes": axes("batch"), "vocab_axes": axes("vocab")}
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Sharding hint for an activation by logical axes; a no-op without an active mesh."""
   if not _CURRENT:
