@@ -281,15 +281,21 @@ _SHARDED = textwrap.dedent('''
 ''')
 
 
-def test_vocab_sharded_shard_map():
+def _on_8_cpu_devices(script: str) -> str:
+  """Runs `script` in a fresh process with 8 fake CPU devices; returns its stdout."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-  proc = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True,
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
-  assert proc.stdout.count("ok") == 9, proc.stdout
+  return proc.stdout
+
+
+def test_vocab_sharded_shard_map():
+  out = _on_8_cpu_devices(_SHARDED)
+  assert out.count("ok") == 9, out
 
 
 _AUTO_SHARDED = textwrap.dedent('''
@@ -347,11 +353,5 @@ def test_sharded_operands_under_plain_jit_match_the_reference():
   """token_logprobs on mesh-sharded operands, called under jit without shard_map, splits
   itself over the operands' mesh (rows over data/fsdp, vocab over tensor): values and
   gradients equal the full-logits reference on every mesh layout."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-  proc = subprocess.run([sys.executable, "-c", _AUTO_SHARDED], env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stdout + proc.stderr[-5000:]
-  assert proc.stdout.count("ok") == 9, proc.stdout
+  out = _on_8_cpu_devices(_AUTO_SHARDED)
+  assert out.count("ok") == 9, out
