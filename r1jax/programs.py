@@ -230,8 +230,11 @@ def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
   out += _train_programs("", loss, tx, state, batch, n_micro, grpo.micro_batch_weight(gcfg),
                          mu=c.grpo.mu, lcfg=lcfg)
   if pcfg:
-    ccfg = model_config(ppo.critic_spec(c) or c.model, stages) if ppo.critic_spec(c) and \
-        ppo.critic_spec(c).get("source") != "policy" else cfg
+    spec = ppo.critic_spec(c)  # {}: a copy of the policy; "policy": every k-th block of it
+    if spec.get("source") == "policy":
+      ccfg = cfg.replace(num_layers=len(range(0, cfg.num_layers, spec.get("prune_every") or 1)))
+    else:
+      ccfg = model_config(spec, stages) if spec else cfg
     cparams = {"model": abstract_params(ccfg, mesh),
                "head": {"w": _sds((ccfg.hidden_size,), jnp.float32, mesh_lib.replicated(mesh)),
                         "b": _sds((), jnp.float32, mesh_lib.replicated(mesh))}}
@@ -247,7 +250,8 @@ def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
     out += _train_programs("critic_", lambda prm, bt: closs(prm, bt), ctx, cstate, cbatch,
                            n_micro, lambda bt: bt.completion_mask.sum())
   rm = c.rewards.get("reward_model", {})
-  if rm.get("checkpoint") and rm.get("weight", 0):
+  routed = any("reward_model" in dict(w) for w in dict(c.rewards.get("routing", {})).values())
+  if rm.get("checkpoint") and (rm.get("weight", 0) or routed):
     out.append(rm_forward_program(rm, mesh, rows, p + n, stages))
   return out
 

@@ -157,6 +157,15 @@ def test_roofline_is_the_max_of_compute_and_memory_time(single_chip):
   assert 0 < stage["sampling_share"] < 1
 
 
+def test_pipeline_stage_with_a_routed_reward_model():
+  """configs/r1.py stage by stage: the all-scenario stage scores general prompts with the
+  reward_model stage's model (routed, weight 0 overall), resolved through "@reward_model"."""
+  from configs import r1
+  res = aot.run(r1.get_config("tiny"), "v5e:1x1", 16, stage="all_scenario_rl")
+  names = [p["program"] for p in res["stages"]["all_scenario_rl"]["programs"]]
+  assert "rm_forward" in names and "train_step" in names, names
+
+
 def test_public_token_logprobs_compiles_on_sharded_operands_for_tpu():
   """Users call r1jax.kernels.token_logprobs under plain jit on mesh-sharded operands (no
   mesh context, no shard_map): the Mosaic kernel must still compile for a multi-chip TPU."""
