@@ -65,13 +65,25 @@ def outcome_advantages(rewards, group_size: int, estimator: str = "grpo", norm: 
                    f"choose from {ESTIMATORS[:3]} (gae needs a critic: r1jax.ppo)")
 
 
+def next_valid(mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+  """[B, N] float: token t + 1 is valid (and, on packed rows, of the same segment as t)."""
+  m = jnp.asarray(mask, jnp.float32)
+  nm = jnp.concatenate([m[:, 1:], jnp.zeros_like(m[:, :1])], axis=1)
+  if segment_ids is not None:
+    same = jnp.concatenate([segment_ids[:, 1:] == segment_ids[:, :-1],
+                            jnp.zeros_like(segment_ids[:, :1], bool)], axis=1)
+    nm = nm * same
+  return nm
+
+
 def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0,
-        lam: float = 1.0) -> tuple[jax.Array, jax.Array]:
+        lam: float = 1.0, segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Generalised advantage estimation over completions: (advantages, returns), both [B, N].
 
   rewards[b, t]: reward after token t; values[b, t]: V(state before token t). The episode
-  ends after the last valid token of each row: V there bootstraps from 0, and padding (mask
-  0, right of the completion) contributes nothing. Computed by a reverse `lax.scan`:
+  ends after the last valid token of each row (of each segment, on packed rows with
+  `segment_ids`): V there bootstraps from 0, and padding (mask 0) contributes nothing.
+  Computed by a reverse `lax.scan`:
     delta_t = r_t + gamma * V_{t+1} * valid_{t+1} - V_t
     A_t     = delta_t + gamma * lam * valid_{t+1} * A_{t+1}
   """
@@ -79,7 +91,7 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1
   r = jnp.asarray(rewards, jnp.float32) * m
   v = jnp.asarray(values, jnp.float32) * m
   next_v = jnp.concatenate([v[:, 1:], jnp.zeros_like(v[:, :1])], axis=1)
-  next_m = jnp.concatenate([m[:, 1:], jnp.zeros_like(m[:, :1])], axis=1)
+  next_m = next_valid(m, segment_ids)
   delta = (r + gamma * next_v * next_m - v) * m
 
   def step(carry, xs):
@@ -94,14 +106,19 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1
 
 
 def token_rewards(scores: jax.Array, mask: jax.Array, kl: jax.Array | None = None,
-                  beta: float = 0.0) -> jax.Array:
+                  beta: float = 0.0, segment_ids: jax.Array | None = None) -> jax.Array:
   """Per-token rewards [B, N]: the outcome score at each row's last valid token, minus
-  beta * kl at every valid token (PPO's KL-in-reward, k1 per token)."""
+  beta * kl at every valid token (PPO's KL-in-reward, k1 per token). On packed rows
+  (`segment_ids`) `scores` is per token [R, L] (each token's sequence's score) and the score
+  goes to each segment's last valid token."""
   m = jnp.asarray(mask, jnp.float32)
-  n = m.shape[1]
-  last = jnp.maximum(m.sum(axis=1).astype(jnp.int32) - 1, 0)
-  at_last = (jnp.arange(n)[None, :] == last[:, None]) & (m.sum(axis=1, keepdims=True) > 0)
-  r = jnp.where(at_last, jnp.asarray(scores, jnp.float32)[:, None], 0.0)
+  if segment_ids is not None:
+    r = jnp.asarray(scores, jnp.float32) * m * (1.0 - next_valid(m, segment_ids))
+  else:
+    n = m.shape[1]
+    last = jnp.maximum(m.sum(axis=1).astype(jnp.int32) - 1, 0)
+    at_last = (jnp.arange(n)[None, :] == last[:, None]) & (m.sum(axis=1, keepdims=True) > 0)
+    r = jnp.where(at_last, jnp.asarray(scores, jnp.float32)[:, None], 0.0)
   if kl is not None and beta:
     r = r - beta * kl * m
   return r * m

@@ -170,18 +170,20 @@ def micro_batch_weight(cfg: "GRPOConfig"):
 
 def grpo_objective(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None,
                    advantages: jax.Array, mask: jax.Array, cfg: GRPOConfig,
-                   sampler_logp: jax.Array | None = None
-                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                   sampler_logp: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                   weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The loss (to minimise) from per-token log-probs [B, N] and advantages [B] or [B, N]
-  (token-level, e.g. GAE); `sampler_logp` is needed for `cfg.tis`."""
+  (token-level, e.g. GAE); `sampler_logp` is needed for `cfg.tis`. Packed rows
+  (r1jax.packing) pass `segment_ids` and the aggregation as per-token `weights`: the loss is
+  then -sum(objective * weights)."""
   eps_hi = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
   adv = advantages[:, None] if advantages.ndim == 1 else advantages
   per_token, metrics = pl.surrogate(cfg.policy_loss, logp, old_logp, adv, mask, cfg.epsilon,
-                                    eps_hi, cfg.dual_clip_c)
+                                    eps_hi, cfg.dual_clip_c, segment_ids)
   if cfg.tis != "none":
     if sampler_logp is None:
       raise ValueError(f"tis={cfg.tis!r} needs the sampler's log-probs in the batch")
-    w = pl.tis_weights(old_logp, sampler_logp, mask, cfg.tis, cfg.tis_cap)
+    w = pl.tis_weights(old_logp, sampler_logp, mask, cfg.tis, cfg.tis_cap, segment_ids)
     per_token = per_token * w
   maskf = mask.astype(jnp.float32)
   ntok = jnp.maximum(maskf.sum(), 1.0)
@@ -195,7 +197,10 @@ def grpo_objective(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | N
     metrics["kl"] = (kl * maskf).sum() / ntok
   else:
     metrics["kl"] = jnp.zeros(())
-  loss = -aggregate(per_token, mask, cfg.loss_aggregation, cfg.max_completion_len)
+  if weights is None:
+    loss = -aggregate(per_token, mask, cfg.loss_aggregation, cfg.max_completion_len)
+  else:
+    loss = -(per_token * maskf * weights).sum()
   return loss, metrics
 
 
@@ -284,21 +289,30 @@ def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """GRPO loss of `params` on a batch; metrics include kl, clip_frac and entropy (and for a
   mixture of experts router_aux_loss, expert_load_max / _min)."""
-  moe = bool(model_cfg.num_experts)
-  logp, ent, *stats = completion_logprobs(
+  out = completion_logprobs(
       params, model_cfg, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
       batch.completion_mask, cfg.temperature, cfg.logprob_impl, return_entropy=True,
-      router_stats=moe)
+      router_stats=bool(model_cfg.num_experts))
+  return loss_from_logprobs(out, batch.old_logp, batch.ref_logp, batch.advantages,
+                            batch.completion_mask, batch.sampler_logp, cfg, model_cfg)
+
+
+def loss_from_logprobs(out: tuple, old_logp, ref_logp, advantages, mask, sampler_logp,
+                       cfg: GRPOConfig, model_cfg: ModelConfig, segment_ids=None, weights=None
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`grpo_loss` from `completion_logprobs`' (logp, entropy[, router summary]); packed rows
+  (r1jax.packed_rl) pass `segment_ids` and `weights` (see `grpo_objective`)."""
+  logp, ent, *stats = out
   ent = jax.lax.stop_gradient(ent)
-  ref = batch.ref_logp if cfg.beta > 0 else None
-  old = jax.lax.stop_gradient(logp) if batch.old_logp is None else batch.old_logp
-  loss, metrics = grpo_objective(logp, old, ref, batch.advantages,
-                                 batch.completion_mask, cfg, batch.sampler_logp)
-  if batch.sampler_logp is not None:  # per micro-batch; the max is averaged over them
-    metrics.update(pl.mismatch_metrics(old, batch.sampler_logp, batch.completion_mask))
-  maskf = batch.completion_mask.astype(jnp.float32)
+  ref = ref_logp if cfg.beta > 0 else None
+  old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
+  loss, metrics = grpo_objective(logp, old, ref, advantages, mask, cfg, sampler_logp,
+                                 segment_ids, weights)
+  if sampler_logp is not None:  # per micro-batch; the max is averaged over them
+    metrics.update(pl.mismatch_metrics(old, sampler_logp, mask))
+  maskf = mask.astype(jnp.float32)
   metrics["entropy"] = (ent * maskf).sum() / jnp.maximum(maskf.sum(), 1.0)
-  if moe:
+  if model_cfg.num_experts:
     aux, load = stats[0]["aux_loss"], jax.lax.stop_gradient(stats[0]["expert_load"])
     loss = loss + cfg.aux_coef(model_cfg) * aux
     metrics.update(router_aux_loss=jax.lax.stop_gradient(aux), expert_load_max=load.max(),

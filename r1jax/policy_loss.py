@@ -35,15 +35,28 @@ def _masked_mean(x: jax.Array, maskf: jax.Array) -> jax.Array:
   return (x * maskf).sum() / jnp.maximum(maskf.sum(), 1.0)
 
 
-def _seq_log_ratio_mean(logp, old_logp, maskf):
-  return ((logp - old_logp) * maskf).sum(-1, keepdims=True) / jnp.maximum(
-      maskf.sum(-1, keepdims=True), 1.0)
+def seq_sum(x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+  """Per-sequence sums of per-token values: each row's [B, 1]; with `segment_ids` (packed
+  rows [R, L], ids per row, r1jax.packing) each token's segment total [R, L]."""
+  if segment_ids is None:
+    return x.sum(-1, keepdims=True)
+  r, n = x.shape
+  key = (jnp.arange(r)[:, None] * (n + 1) + segment_ids).reshape(-1)
+  tot = jax.ops.segment_sum(x.reshape(-1), key, num_segments=r * (n + 1))
+  return tot[key].reshape(r, n)
+
+
+def _seq_log_ratio_mean(logp, old_logp, maskf, segment_ids=None):
+  return seq_sum((logp - old_logp) * maskf, segment_ids) / jnp.maximum(
+      seq_sum(maskf, segment_ids), 1.0)
 
 
 def surrogate(kind: str, logp: jax.Array, old_logp: jax.Array, adv: jax.Array,
-              mask: jax.Array, eps_low: float, eps_high: float, dual_clip_c: float = 3.0
+              mask: jax.Array, eps_low: float, eps_high: float, dual_clip_c: float = 3.0,
+              segment_ids: jax.Array | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Per-token objective [B, N] of policy loss `kind` and its metrics (clip_frac, ...)."""
+  """Per-token objective [B, N] of policy loss `kind` and its metrics (clip_frac, ...).
+  With `segment_ids`, rows are packed and a sequence is a segment (gspo's ratio)."""
   maskf = mask.astype(jnp.float32)
   adv = jnp.broadcast_to(adv, logp.shape).astype(jnp.float32)
   lo, hi = 1.0 - eps_low, 1.0 + eps_high
@@ -59,7 +72,7 @@ def surrogate(kind: str, logp: jax.Array, old_logp: jax.Array, adv: jax.Array,
       metrics["dual_clip_frac"] = _masked_mean(dual, maskf)
       clipped = clipped | dual
   elif kind in ("gspo", "gspo_token"):
-    log_s = _seq_log_ratio_mean(logp, old_logp, maskf)  # [B, 1]
+    log_s = _seq_log_ratio_mean(logp, old_logp, maskf, segment_ids)  # [B, 1] or [R, L]
     if kind == "gspo":
       s = jnp.broadcast_to(jnp.exp(log_s), logp.shape)
     else:
@@ -81,14 +94,15 @@ def surrogate(kind: str, logp: jax.Array, old_logp: jax.Array, adv: jax.Array,
 
 
 def tis_weights(old_logp: jax.Array, sampler_logp: jax.Array, mask: jax.Array, mode: str,
-                cap: float) -> jax.Array:
-  """Truncated importance weights [B, N] (or [B, 1] per sequence), no gradient."""
+                cap: float, segment_ids: jax.Array | None = None) -> jax.Array:
+  """Truncated importance weights [B, N] (or [B, 1] per sequence; per segment on packed
+  rows, `segment_ids`), no gradient."""
   maskf = mask.astype(jnp.float32)
   log_w = (sg(old_logp) - sampler_logp) * maskf
   if mode == "token":
     return jnp.minimum(jnp.exp(log_w), cap)
   if mode == "sequence":
-    return jnp.minimum(jnp.exp(log_w.sum(-1, keepdims=True)), cap)
+    return jnp.minimum(jnp.exp(seq_sum(log_w, segment_ids)), cap)
   raise ValueError(f"tis={mode!r}; choose from {TIS_MODES[1:]}")
 
 

@@ -157,13 +157,28 @@ def value_loss(v: jax.Array, old_v: jax.Array, returns: jax.Array, mask: jax.Arr
   return 0.5 * (per_tok * m).sum() / n, {"value_clip_frac": frac}
 
 
+def _packed(batch) -> bool:
+  return hasattr(batch, "segment_ids")  # rows from r1jax.packing
+
+
+def _mask(batch) -> jax.Array:
+  return batch.loss_mask if _packed(batch) else batch.completion_mask
+
+
+def batch_values(critic: dict, model_cfg, batch) -> jax.Array:
+  """`values` of a batch (a policy or critic batch, padded or packed)."""
+  if _packed(batch):
+    from r1jax import packed_rl
+    return packed_rl.values(critic, model_cfg, batch)
+  return values(critic, model_cfg, batch.prompt_tokens, batch.prompt_mask,
+                batch.completion_tokens, batch.completion_mask)
+
+
 def critic_loss(critic: dict, batch: CriticBatch, pcfg: PPOConfig, model_cfg
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  v = values(critic, model_cfg, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
-             batch.completion_mask)
-  loss, m = value_loss(v, batch.old_values, batch.returns, batch.completion_mask,
-                       pcfg.value_clip)
-  maskf = batch.completion_mask.astype(jnp.float32)
+  v = batch_values(critic, model_cfg, batch)
+  loss, m = value_loss(v, batch.old_values, batch.returns, _mask(batch), pcfg.value_clip)
+  maskf = _mask(batch).astype(jnp.float32)
   m["value_mean"] = (v * maskf).sum() / jnp.maximum(maskf.sum(), 1.0)
   m["value_loss"] = loss
   return pcfg.value_loss_weight * loss, m
@@ -171,13 +186,15 @@ def critic_loss(critic: dict, batch: CriticBatch, pcfg: PPOConfig, model_cfg
 
 def ppo_advantages(scores: jax.Array, old_values: jax.Array, mask: jax.Array,
                    old_logp: jax.Array | None, ref_logp: jax.Array | None, beta: float,
-                   pcfg: PPOConfig) -> tuple[jax.Array, jax.Array]:
-  """(advantages, returns) [B*G, N] from outcome scores [B*G] and the critic's values."""
+                   pcfg: PPOConfig, segment_ids: jax.Array | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
+  """(advantages, returns) [B*G, N] from outcome scores [B*G] and the critic's values; on
+  packed rows (`segment_ids`, scores per token) GAE stops at every segment's end."""
   kl = None
   if pcfg.kl_in == "reward" and beta > 0 and ref_logp is not None:
     kl = old_logp - ref_logp  # k1 per token
-  r = adv_lib.token_rewards(scores, mask, kl, beta)
-  adv, ret = adv_lib.gae(r, old_values, mask, pcfg.gamma, pcfg.lam)
+  r = adv_lib.token_rewards(scores, mask, kl, beta, segment_ids)
+  adv, ret = adv_lib.gae(r, old_values, mask, pcfg.gamma, pcfg.lam, segment_ids)
   if pcfg.whiten_advantages:
     adv = adv_lib.whiten(adv, mask)
   return adv, ret
@@ -202,27 +219,37 @@ def make_critic(model_params: Any, model_cfg, pcfg: PPOConfig, ocfg: steps.Optim
       init_critic_params(model_params, model_cfg, mesh), tx)
   loss_fn = functools.partial(critic_loss, pcfg=pcfg, model_cfg=model_cfg)
   step = steps.jit_train_step(steps.make_train_step(
-      lambda p, b: loss_fn(p, b), tx, n_micro, lambda b: b.completion_mask.sum()), state)
-  vals = jax.jit(lambda p, b: jax.lax.stop_gradient(values(
-      p, model_cfg, b.prompt_tokens, b.prompt_mask, b.completion_tokens, b.completion_mask)))
+      lambda p, b: loss_fn(p, b), tx, n_micro, lambda b: _mask(b).sum()), state)
+  vals = jax.jit(lambda p, b: jax.lax.stop_gradient(batch_values(p, model_cfg, b)))
   advs = jax.jit(functools.partial(ppo_advantages, pcfg=pcfg), static_argnames=("beta",))
   return state, Critic(vals, advs, step)
 
 
-def update_critic(critic: Critic, state: steps.TrainState, batch: grpo.Batch, scores,
-                  beta: float) -> tuple[grpo.Batch, steps.TrainState, dict, np.ndarray]:
+def update_critic(critic: Critic, state: steps.TrainState, batch, scores, beta: float,
+                  layout=None) -> tuple[Any, steps.TrainState, dict, np.ndarray]:
   """GAE advantages into `batch` (from the critic before its update) and one critic step.
 
-  `batch.old_logp` must hold pi_old's log-probs when the KL is in the reward. Returns the
-  batch, the new critic state, its metrics and each row's mean advantage (for logging).
+  `batch.old_logp` must hold pi_old's log-probs when the KL is in the reward. A packed batch
+  (r1jax.packing) comes with its `layout`. Returns the batch, the new critic state, its
+  metrics and each row's mean advantage (for logging).
   """
+  from r1jax import packing
   old_v = critic.values(state.params, batch)
-  adv, ret = critic.advantages(jnp.asarray(scores, jnp.float32), old_v, batch.completion_mask,
-                               batch.old_logp, batch.ref_logp, beta=beta)
-  cb = CriticBatch(batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
-                   batch.completion_mask, ret, old_v)
+  mask, seg = _mask(batch), getattr(batch, "segment_ids", None)
+  if layout is not None:
+    scores = packing.place(scores, layout)  # each token gets its sample's score
+  adv, ret = critic.advantages(jnp.asarray(scores, jnp.float32), old_v, mask, batch.old_logp,
+                               batch.ref_logp, beta=beta, segment_ids=seg)
+  if layout is not None:
+    from r1jax import packed_rl
+    cb = packed_rl.CriticBatch(batch.tokens, batch.positions, seg, mask, ret, old_v)
+  else:
+    cb = CriticBatch(batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens, mask,
+                     ret, old_v)
   state, m = critic.train_step(state, cb)
   m = {f"critic/{k}": v for k, v in jax.device_get(m).items()}
-  mask = np.asarray(jax.device_get(batch.completion_mask), np.float32)
-  row_adv = (np.asarray(jax.device_get(adv)) * mask).sum(1) / np.maximum(mask.sum(1), 1)
+  host_m, host_a = np.asarray(jax.device_get(mask), np.float32), np.asarray(jax.device_get(adv))
+  if layout is not None:
+    host_m, host_a = packing.unpack(host_m, layout), packing.unpack(host_a, layout)
+  row_adv = (host_a * host_m).sum(1) / np.maximum(host_m.sum(1), 1)
   return batch._replace(advantages=adv), state, m, row_adv

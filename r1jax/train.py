@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
 from r1jax import advantages as adv_lib
-from r1jax import compile_cache, dynamic_sampling, faults, grpo, ppo, steps
+from r1jax import compile_cache, dynamic_sampling, faults, grpo, packed_rl, packing, ppo, steps
 from r1jax import lora as lora_lib
 from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer
@@ -58,6 +58,7 @@ def validate(c) -> None:
     raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
   sampling_config(c)  # raises on a bad value
   grpo_config(c)  # raises on a bad value or an incompatible combination
+  packing.from_config(c)  # raises on a packing knob the chosen step ignores
   if ppo.from_config(c):
     ppo.critic_spec(c)  # raises naming ppo.critic_model
   if c.grpo.get("dynamic_sampling") and c.grpo.max_sampling_rounds < 1:
@@ -138,12 +139,16 @@ def train(c, workdir: str) -> list[dict]:
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
   tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
   pcfg = ppo.from_config(c)  # PPO: a critic, GAE advantages (None for the outcome estimators)
-  loss_fn = functools.partial(_loss, gcfg=ppo.loss_config(gcfg, pcfg) if pcfg else gcfg,
-                              model_cfg=model_cfg)
   policy = lora_lib.policy_fn(lcfg)  # train-state params -> model params (LoRA merged)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
-  logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=model_cfg,
-                                      temperature=gcfg.temperature, impl=gcfg.logprob_impl))
+  row_len = packing.from_config(c)  # None: the padded step; else padding-free packed rows
+  packed = row_len is not None
+  loss_fn = functools.partial(packed_rl.loss, n_micro=n_micro) if packed else grpo.grpo_loss
+  loss_fn = functools.partial(loss_fn, model_cfg=model_cfg,
+                              cfg=ppo.loss_config(gcfg, pcfg) if pcfg else gcfg)
+  logp_fn = jax.jit(functools.partial(packed_rl.batch_logprobs if packed else grpo.batch_logprobs,
+                                      model_cfg=model_cfg, temperature=gcfg.temperature,
+                                      impl=gcfg.logprob_impl))
 
   params = lora_lib.wrap_params(params, lcfg, jax.random.key(c.seed + 1),
                                 jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
@@ -181,8 +186,8 @@ def train(c, workdir: str) -> list[dict]:
                     "data-parallel devices (the mesh axes of `batch`): XLA will reshard every "
                     "micro-batch the slow way", c.grpo.micro_batch_size,
                     c.grpo.micro_batch_size // g, dp)
-  train_step = steps.jit_train_step(lora_lib.make_train_step(
-      loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg), lcfg), state)
+  train_step = steps.jit_train_step(lora_lib.make_train_step(  # packed: exact shares, no weight
+      loss_fn, tx, n_micro, None if packed else grpo.micro_batch_weight(gcfg), lcfg), state)
 
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows after start
   progress = Progress(c.train.num_steps, start)
@@ -246,7 +251,12 @@ def train(c, workdir: str) -> list[dict]:
       adv = np.zeros(len(texts)) if pcfg else adv_lib.outcome_advantages(
           res.total, g, gcfg.advantage_estimator, gcfg.advantage_norm, gcfg.advantage_eps,
           gcfg.std_ddof)
-      batch = shard_batch(build_batch(ptoks, pmask, out, adv), mesh)
+      batch, layout, pack_m = build_batch(ptoks, pmask, out, adv), None, {}
+      if packed:
+        batch, layout = packing.pack_batch(batch, row_len, n_micro * dp, gcfg.loss_aggregation,
+                                           gcfg.max_completion_len)
+        pack_m = {"packed/fill": packing.useful_share(batch), "packed/rows": len(batch.tokens)}
+      batch = shard_batch(batch, mesh)
       if gcfg.beta > 0:
         ref = lora_lib.base(state.params, lcfg) if ref_params is None else ref_params
         batch = batch._replace(ref_logp=logp_fn(ref, batch))
@@ -255,7 +265,7 @@ def train(c, workdir: str) -> list[dict]:
       critic_m, m = {}, {}
       if pcfg:
         batch, critic_state, critic_m, adv = ppo.update_critic(critic, critic_state, batch,
-                                                               res.total, gcfg.beta)
+                                                               res.total, gcfg.beta, layout)
       skipped = 0
       for _ in range(0 if pcfg and step < pcfg.critic_warmup_steps else c.grpo.mu):
         state, m = train_step(state, batch)
@@ -267,7 +277,7 @@ def train(c, workdir: str) -> list[dict]:
       # 4. Metrics, samples, evaluation, checkpoints.
       step_time = time.time() - t_step
       n_gen = int(out.lengths.sum())
-      metrics = dict(m, **dyn_metrics, **critic_m)
+      metrics = dict(m, **dyn_metrics, **critic_m, **pack_m)
       metrics.update(
           reward_mean=float(res.total.mean()), reward_std=float(res.total.std()),
           accuracy=float(res.per_reward["accuracy"].mean()),
@@ -318,10 +328,6 @@ def train(c, workdir: str) -> list[dict]:
   ckpt.close()
   writer.close()
   return rows
-
-
-def _loss(params, batch, gcfg, model_cfg):
-  return grpo.grpo_loss(params, batch, gcfg, model_cfg)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Rollouts with long-tailed completion lengths: useful tokens/s of the static sampler vs
-continuous batching (`SamplingConfig.mode`).
+continuous batching (`SamplingConfig.mode`), and of the RL train step padded vs packed
+(`grpo.packing`, r1jax/packing.py) on the same lengths.
 
     python -m r1jax.bench.rollout                        # 8 prompts x 4 samples, up to 512 tokens
     python -m r1jax.bench.rollout --prompts=16 --max_new_tokens=1024 --slots=8,16
     python -m r1jax.bench.rollout --model=tiny --prompts=2 --samples=2 --max_new_tokens=16
+    python -m r1jax.bench.rollout --parts=train --layers=4 --max_new_tokens=1024
 
 The model has SmolLM2-135M's shape (`--model`, a `model.PRESETS` name) with random weights:
 the speed of a decode step does not depend on the weights, and the completion lengths are
@@ -14,6 +16,11 @@ length histograms) and imposed with `generate(..., max_lengths=...)` (EOS disabl
 modes decode exactly the same tokens (the run checks it). Useful tokens are the generated
 (non-pad) ones; time is wall-clock for the whole call (prefill included), best of
 `--repeats` after a warm-up call that compiles (and whose tokens are compared).
+
+The train part (`--parts=train`) times one GRPO train step (loss, gradient, AdamW; one
+micro-batch) on the padded batch the trainer builds (completions padded to the power-of-two
+bucket of the longest) and on packed rows of `--row_len` tokens (0: sized per batch), with
+the same random tokens and the same lengths; it checks that both losses agree.
 """
 
 from __future__ import annotations
@@ -26,6 +33,37 @@ from typing import Any
 import numpy as np
 
 from r1jax.bench.sampling import machine
+
+
+def train_rows(cfg, params, prompts: np.ndarray, lens: np.ndarray, max_new: int, row_len: int,
+               repeats: int) -> list[dict]:
+  """Best seconds of one GRPO train step on the padded batch vs on packed rows."""
+  import functools
+  import jax
+  from r1jax import compile_cache, grpo, packed_rl, packing, steps
+  rows = len(lens)
+  width = compile_cache.completion_bucket(int(lens.max()), max_new)
+  rng = np.random.RandomState(2)
+  cmask = (np.arange(width)[None] < lens[:, None]).astype(np.int32)
+  comp = rng.randint(3, cfg.vocab_size, (rows, width)).astype(np.int32) * cmask
+  batch = grpo.Batch(prompts, np.ones_like(prompts), comp, cmask,
+                     rng.normal(size=rows).astype(np.float32), None, None)
+  gcfg = grpo.GRPOConfig(beta=0.0, max_completion_len=max_new)
+  packed, _ = packing.pack_batch(batch, row_len, 1, gcfg.loss_aggregation, max_new)
+  tx = steps.make_optimizer(steps.OptimConfig(learning_rate=1e-6))
+  out = []
+  for name, loss, b in (("padded", grpo.grpo_loss, batch), ("packed", packed_rl.loss, packed)):
+    step = jax.jit(steps.make_train_step(functools.partial(loss, cfg=gcfg, model_cfg=cfg), tx))
+    state = steps.init_state(params, tx)
+    loss0 = float(step(state, b)[1]["loss"])  # compiles
+    best = float("inf")
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(step(state, b))
+      best = min(best, time.perf_counter() - t0)
+    shape = np.shape(b.completion_tokens if name == "padded" else b.tokens)
+    out.append(dict(step=name, shape=f"{shape[0]}x{shape[1]}", s=best, loss=loss0))
+  return out
 
 
 def lengths(rows: int, median: float, sigma: float, limit: int, seed: int = 0) -> np.ndarray:
@@ -47,6 +85,9 @@ def main(argv=None) -> dict[str, Any]:
   ap.add_argument("--temperature", type=float, default=1.0)
   ap.add_argument("--decode_dtype", default="")
   ap.add_argument("--repeats", type=int, default=1)
+  ap.add_argument("--parts", default="rollout", help="comma-separated: rollout, train")
+  ap.add_argument("--layers", type=int, default=0, help="num_layers override (0: preset's)")
+  ap.add_argument("--row_len", type=int, default=0, help="packed row length (0: per batch)")
   ap.add_argument("--json_out", default="")
   args = ap.parse_args(argv)
 
@@ -55,13 +96,16 @@ def main(argv=None) -> dict[str, Any]:
   from r1jax.sampling import SamplingConfig, generate
 
   cfg = PRESETS[args.model]
+  cfg = cfg.replace(num_layers=args.layers) if args.layers else cfg
+  parts = set(args.parts.split(","))
   params = init_params(cfg, 0)
   b, g, n = args.prompts, args.samples, args.max_new_tokens
   lens = lengths(b * g, args.median, args.sigma, n)
   prompts = np.random.RandomState(1).randint(3, cfg.vocab_size, (b, args.prompt_len))
   prompts, mask = prompts.astype(np.int32), np.ones_like(prompts, np.int32)
   useful = int(lens.sum())
-  info = {"machine": machine(), "jax": jax.__version__, "model": f"{args.model} (random weights)",
+  info = {"machine": machine(), "jax": jax.__version__,
+          "model": f"{args.model} ({cfg.num_layers} layers, random weights)",
           "prompts x samples": f"{b}x{g}", "prompt_len": args.prompt_len, "max_new_tokens": n,
           "lengths": f"log-normal median {args.median} sigma {args.sigma}, clipped to [1, {n}]: "
                      f"mean {lens.mean():.1f}, p90 {np.percentile(lens, 90):.0f}, "
@@ -83,18 +127,30 @@ def main(argv=None) -> dict[str, Any]:
       best = min(best, time.perf_counter() - t0)
     return best, out
 
-  s, ref = timed(SamplingConfig(**base))
-  rows = [dict(mode="static", slots=b * g, s=s)]
-  for slots in [int(x) for x in args.slots.split(",")]:
-    s, out = timed(SamplingConfig(**base, mode="continuous", num_slots=slots))
-    rows.append(dict(mode="continuous", slots=slots, s=s,
-                     same_tokens=bool((out.tokens == ref.tokens).all())))
-  print("\n| mode | slots | s | useful tok/s | vs static |\n|---|---|---|---|---|")
-  for r in rows:
-    r["tok_s"] = useful / r["s"]
-    r["ratio"] = rows[0]["s"] / r["s"]
-    print(f"| {r['mode']} | {r['slots']} | {r['s']:.2f} | {r['tok_s']:.1f} | {r['ratio']:.2f}x |")
-  res = {"info": info, "useful_tokens": useful, "rows": rows}
+  rows, train = [], []
+  if "rollout" in parts:
+    s, ref = timed(SamplingConfig(**base))
+    rows = [dict(mode="static", slots=b * g, s=s)]
+    for slots in [int(x) for x in args.slots.split(",")]:
+      s, out = timed(SamplingConfig(**base, mode="continuous", num_slots=slots))
+      rows.append(dict(mode="continuous", slots=slots, s=s,
+                       same_tokens=bool((out.tokens == ref.tokens).all())))
+    print("\n| mode | slots | s | useful tok/s | vs static |\n|---|---|---|---|---|")
+    for r in rows:
+      r["tok_s"] = useful / r["s"]
+      r["ratio"] = rows[0]["s"] / r["s"]
+      print(f"| {r['mode']} | {r['slots']} | {r['s']:.2f} | {r['tok_s']:.1f} | "
+            f"{r['ratio']:.2f}x |")
+  if "train" in parts:
+    train = train_rows(cfg, params, prompts, lens, n, args.row_len, max(args.repeats, 1))
+    print("\n| train step | rows x tokens | s | useful tok/s | vs padded | loss |\n"
+          "|---|---|---|---|---|---|")
+    for r in train:
+      r["tok_s"] = useful / r["s"]
+      r["ratio"] = train[0]["s"] / r["s"]
+      print(f"| {r['step']} | {r['shape']} | {r['s']:.2f} | {r['tok_s']:.1f} | "
+            f"{r['ratio']:.2f}x | {r['loss']:.6g} |")
+  res = {"info": info, "useful_tokens": useful, "rows": rows, "train": train}
   if args.json_out:
     with open(args.json_out, "w") as f:
       json.dump(res, f, indent=1)
