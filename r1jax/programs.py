@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from r1jax import distill, grpo, memory, mesh as mesh_lib, ppo, reward_head, sampling, steps
+from r1jax import distill, grpo, memory, mesh as mesh_lib, packed_rl, packing, ppo, reward_head
+from r1jax import sampling, steps
 from r1jax import lora as lora_lib
 from r1jax.model import hf
 from r1jax.model.config import PRESETS, ModelConfig
@@ -203,6 +204,13 @@ def _completion_batch(mesh, b, p, rows, n, *, per_token_adv=False, ref=False, ol
       sampler_logp=batch_sds(mesh, (rows, n), f32))
 
 
+def _packed_batch(mesh, rows, row_len, multiple, *, ref=False, old=False):
+  r = packing.row_bucket(rows, multiple, rows)
+  i32, f32 = (batch_sds(mesh, (r, row_len), t) for t in (jnp.int32, jnp.float32))
+  return packing.PackedBatch(i32, i32, i32, i32, i32, f32, f32, old_logp=f32 if old else None,
+                             ref_logp=f32 if ref else None, sampler_logp=f32)
+
+
 def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
   from r1jax import run as run_lib
   cfg = model_config(c.model, stages)
@@ -229,6 +237,14 @@ def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
   n_micro = rows // c.grpo.micro_batch_size
   out += _train_programs("", loss, tx, state, batch, n_micro, grpo.micro_batch_weight(gcfg),
                          mu=c.grpo.mu, lcfg=lcfg)
+  row_len = packing.from_config(c)
+  if row_len is not None:  # the padding-free step, at its largest row count (one per sample)
+    out += _train_programs("packed_", functools.partial(packed_rl.loss, n_micro=n_micro,
+                                                        **loss.keywords), tx, state,
+                           _packed_batch(mesh, rows, row_len or 1 << (p + n - 2).bit_length(),
+                                         n_micro * mesh_lib.batch_parallel_size(mesh),
+                                         ref=ref, old=old),
+                           n_micro, None, mu=c.grpo.mu, lcfg=lcfg)
   if pcfg:
     spec = ppo.critic_spec(c)  # {}: a copy of the policy; "policy": every k-th block of it
     if spec.get("source") == "policy":

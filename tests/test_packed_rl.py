@@ -269,3 +269,14 @@ def test_tiny_packed_ppo_run(tmp_path):
   rows = train_lib.train(c, str(tmp_path))
   assert [r["step"] for r in rows] == [1, 2]
   assert rows[1]["critic/value_mean"] != 0.0 and np.isfinite(rows[1]["loss"])
+
+
+def test_aot_adds_the_packed_train_step():
+  from r1jax import programs
+  from r1jax.mesh import make_mesh
+  c = _tiny(packing=True)
+  progs = {p.name: p for p in programs.grpo_programs(c, make_mesh((1, 1, 1)), 16)}
+  assert {"train_step", "packed_train_step", "packed_micro_grad"} <= set(progs)
+  p = progs["packed_train_step"]
+  assert p.args[1].tokens.shape == (8, 64)  # one row per sample, 16 + 48 - 1 -> 64 tokens
+  p.fn.lower(*p.args).compile()
