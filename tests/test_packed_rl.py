@@ -280,3 +280,20 @@ def test_aot_adds_the_packed_train_step():
   p = progs["packed_train_step"]
   assert p.args[1].tokens.shape == (8, 64)  # one row per sample, 16 + 48 - 1 -> 64 tokens
   p.fn.lower(*p.args).compile()
+
+
+def test_packed_moe_loss_equals_padded_without_the_balance_loss():
+  # Routing is per token (no token dropped), so the policy loss is the same; the balance
+  # loss is not (packed rows route each prompt once per sample), hence coefficient 0 here.
+  cfg = PRESETS["tiny_moe"]
+  params = init_params(cfg, 0)
+  gcfg = grpo.GRPOConfig(router_aux_coef=0.0, beta=0.0, logprob_impl="xla")
+  batch = _batch()
+  pb, _ = packing.pack_batch(batch, 16, 1, gcfg.loss_aggregation)
+  grad = lambda f: jax.jit(jax.value_and_grad(functools.partial(f, cfg=gcfg, model_cfg=cfg),
+                                               has_aux=True))
+  (l1, m1), g1 = grad(grpo.grpo_loss)(params, batch)
+  (l2, m2), g2 = grad(packed_rl.loss)(params, pb)
+  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
+  _rel_close(g1, g2, 1e-5)
+  assert "router_aux_loss" in m2
