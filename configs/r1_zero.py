@@ -56,8 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # prompts, at most max_sampling_rounds rollouts per step.
                 dynamic_sampling=False, max_sampling_rounds=4,
                 # Padding-free RL step (r1jax/packing.py, r1jax/packed_rl.py): samples laid
-                # end to end in rows of pack_row_len tokens (0: sized per batch) instead of
-                # padding every completion to the batch's bucket. Same loss and gradients.
+                # end to end in rows of pack_row_len tokens (0: a power of two >= prompt +
+                # max_new_tokens) instead of padding every completion to the batch's bucket.
+                # Same loss and gradients; faster with long-tailed completions (README).
                 packing=False, pack_row_len=0)
   c.grpo.epsilon_high = ml_collections.config_dict.placeholder(float)
   # Mixture-of-experts policies: weight of the router load-balancing loss in the GRPO loss

@@ -107,9 +107,10 @@ def pack_batch(batch: Any, row_len: int, multiple: int = 1,
   """A padded host `grpo.Batch` (numpy) -> (PackedBatch, Layout).
 
   Completions must be left-aligned (mask a prefix of each row, as the sampler gives). Samples
-  with no completion token take no room. `row_len` 0: the smallest power of two holding the
-  longest possible sequence (padded prompt width + completion width - 1). `max_len` is L_max
-  of seq-mean-token-sum-norm (0: the completion width, as `grpo.aggregate`).
+  with no completion token take no room. `max_len` is L_max of seq-mean-token-sum-norm and
+  the longest possible completion (0: the completion width, as `grpo.aggregate`). `row_len`
+  0: the smallest power of two holding the longest possible sequence (padded prompt width +
+  max_len - 1), so the row length does not follow each batch's longest completion.
   """
   ptoks, pmask = np.asarray(batch.prompt_tokens), np.asarray(batch.prompt_mask).astype(bool)
   ctoks, cmask = np.asarray(batch.completion_tokens), np.asarray(batch.completion_mask)
@@ -121,7 +122,7 @@ def pack_batch(batch: Any, row_len: int, multiple: int = 1,
     raise ValueError("pack_batch: a prompt with no token (nothing to predict the completion "
                      "from)")
   if row_len <= 0:
-    row_len = 1 << (ptoks.shape[1] + n - 2).bit_length()
+    row_len = 1 << (ptoks.shape[1] + (max_len or n) - 2).bit_length()
   seq_len = np.array([len(prompts[i // g]) + clen[i] - 1 if clen[i] else 0
                       for i in range(rows)])
   live = [i for i in range(rows) if clen[i]]
@@ -166,7 +167,8 @@ def useful_share(packed: PackedBatch) -> float:
 
 
 def from_config(c) -> int | None:
-  """The packed rows' length when `grpo.packing` is on (0: sized per batch), else None.
+  """The packed rows' length when `grpo.packing` is on (0: the power of two holding a padded
+  prompt and sampling.max_new_tokens, chosen by `pack_batch`), else None.
 
   Raises, naming the value, on a `grpo.pack_row_len` the padded step would ignore or one
   shorter than `sampling.max_new_tokens` (a longest completion after a 1-token prompt)."""
@@ -177,6 +179,7 @@ def from_config(c) -> int | None:
                        "padded step ignores it): set grpo.packing=True or leave it 0")
     return None
   if row_len < 0 or 0 < row_len < c.sampling.max_new_tokens:
-    raise ValueError(f"grpo.pack_row_len={row_len} must be 0 (sized per batch) or >= "
-                     f"sampling.max_new_tokens={c.sampling.max_new_tokens} plus the prompt")
+    raise ValueError(f"grpo.pack_row_len={row_len} must be 0 (a power of two holding prompt "
+                     f"+ completion) or >= sampling.max_new_tokens={c.sampling.max_new_tokens} "
+                     "plus the prompt")
   return row_len

@@ -19,8 +19,8 @@ modes decode exactly the same tokens (the run checks it). Useful tokens are the 
 
 The train part (`--parts=train`) times one GRPO train step (loss, gradient, AdamW; one
 micro-batch) on the padded batch the trainer builds (completions padded to the power-of-two
-bucket of the longest) and on packed rows of `--row_len` tokens (0: sized per batch), with
-the same random tokens and the same lengths; it checks that both losses agree.
+bucket of the longest) and on packed rows of `--row_len` tokens (0: a power of two >= prompt
++ max_new_tokens), with the same random tokens and lengths; it prints both losses (equal).
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def main(argv=None) -> dict[str, Any]:
   ap.add_argument("--repeats", type=int, default=1)
   ap.add_argument("--parts", default="rollout", help="comma-separated: rollout, train")
   ap.add_argument("--layers", type=int, default=0, help="num_layers override (0: preset's)")
-  ap.add_argument("--row_len", type=int, default=0, help="packed row length (0: per batch)")
+  ap.add_argument("--row_len", type=int, default=0,
+                  help="packed row length (0: a power of two >= prompt + max_new_tokens)")
   ap.add_argument("--json_out", default="")
   args = ap.parse_args(argv)
 
