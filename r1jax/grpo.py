@@ -214,6 +214,9 @@ class Batch(NamedTuple):
   old_logp: jax.Array | None  # [B*G, N]; None: pi_old is the current params (mu = 1)
   ref_logp: jax.Array | None  # [B*G, N]; None when beta == 0
   sampler_logp: jax.Array | None = None  # [B*G, N] the sampler's log-probs (mismatch, tis)
+  # [B*G, N] the tokens the loss trains, where it differs from completion_mask (which is
+  # what attention sees): a multi-turn rollout's tool replies are context, not trained.
+  loss_mask: jax.Array | None = None
 
 
 def completion_hidden(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Array,
@@ -292,11 +295,12 @@ def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
   ent = jax.lax.stop_gradient(ent)
   ref = batch.ref_logp if cfg.beta > 0 else None
   old = jax.lax.stop_gradient(logp) if batch.old_logp is None else batch.old_logp
-  loss, metrics = grpo_objective(logp, old, ref, batch.advantages,
-                                 batch.completion_mask, cfg, batch.sampler_logp)
+  mask = batch.completion_mask if batch.loss_mask is None else batch.loss_mask
+  loss, metrics = grpo_objective(logp, old, ref, batch.advantages, mask, cfg,
+                                 batch.sampler_logp)
   if batch.sampler_logp is not None:  # per micro-batch; the max is averaged over them
-    metrics.update(pl.mismatch_metrics(old, batch.sampler_logp, batch.completion_mask))
-  maskf = batch.completion_mask.astype(jnp.float32)
+    metrics.update(pl.mismatch_metrics(old, batch.sampler_logp, mask))
+  maskf = mask.astype(jnp.float32)
   metrics["entropy"] = (ent * maskf).sum() / jnp.maximum(maskf.sum(), 1.0)
   if moe:
     aux, load = stats[0]["aux_loss"], jax.lax.stop_gradient(stats[0]["expert_load"])

@@ -21,21 +21,29 @@ import jax
 import numpy as np
 
 from r1jax import tools as tools_lib
-from r1jax.sampling import SamplingConfig, SampleOutput, generate, pad_prompts
+from r1jax.mesh import to_host
+from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
 
 class ToolRollout(NamedTuple):
+  """`sampling.SampleOutput`'s fields (host arrays, same order) plus the loss mask."""
   tokens: np.ndarray     # [R, N] the transcript after the prompt: policy and tool tokens
   mask: np.ndarray       # [R, N] 1 where a token is present (attention), 0 for padding
-  loss_mask: np.ndarray  # [R, N] 1 on the policy's own tokens (trained), 0 on tool replies
   logprobs: np.ndarray   # [R, N] the sampler's log-probs of the policy's tokens, 0 elsewhere
   lengths: np.ndarray    # [R] tokens present
-  calls: list            # per row: [(tool name, reply body), ...] in order
-  tool_errors: int       # replies that start with "error:"
+  loss_mask: np.ndarray  # [R, N] 1 on the policy's own tokens (trained), 0 on tool replies
 
-  def sample_output(self) -> SampleOutput:
-    """As the plain sampler's output (mask = the present tokens)."""
-    return SampleOutput(self.tokens, self.mask, self.logprobs, self.lengths)
+
+class ToolCalls(NamedTuple):
+  calls: list            # per row: [(tool name, reply body), ...] in order
+  errors: int            # replies that start with "error:"
+
+
+def metrics(tc: ToolCalls) -> dict[str, float]:
+  """Per step: tool calls per sample and the share of replies that were errors."""
+  n = sum(len(c) for c in tc.calls)
+  return {"tools/calls_per_sample": n / max(len(tc.calls), 1),
+          "tools/error_share": tc.errors / n if n else 0.0}
 
 
 def _cut_at_call(tokenizer, toks: list[int], fmt: str) -> int | None:
@@ -54,8 +62,9 @@ def _cut_at_call(tokenizer, toks: list[int], fmt: str) -> int | None:
 
 def generate_with_tools(params: Any, cfg, prompt_ids: Sequence[Sequence[int]], tokenizer,
                         rng: jax.Array, scfg: SamplingConfig, tcfg: tools_lib.ToolConfig,
-                        prompt_bucket: int = 16) -> ToolRollout:
-  """`scfg.num_samples` multi-turn samples per prompt (prompt-major rows, as `generate`)."""
+                        prompt_bucket: int = 16) -> tuple[ToolRollout, ToolCalls]:
+  """`scfg.num_samples` multi-turn samples per prompt (prompt-major rows, as `generate`),
+  and the calls each made."""
   g, budget = scfg.num_samples, scfg.max_new_tokens
   rows = len(prompt_ids) * g
   segs: list[list[tuple[list[int], list[float], bool]]] = [[] for _ in range(rows)]
@@ -72,8 +81,8 @@ def generate_with_tools(params: Any, cfg, prompt_ids: Sequence[Sequence[int]], t
       toks, mask = pad_prompts(ids, scfg.pad_id, prompt_bucket)
       out = generate(params, cfg, toks, mask, jax.random.fold_in(rng, turn), turn_cfg,
                      max_lengths=np.asarray([budget - used[r] for r in active], np.int32))
-    out_toks, out_lp, out_len = (np.asarray(jax.device_get(x))
-                                 for x in (out.tokens, out.logprobs, out.lengths))
+    out_toks, out_lp, out_len = (np.asarray(x) for x in to_host(
+        (out.tokens, out.logprobs, out.lengths)))  # every process runs the tools
     pending = []
     for i, r in enumerate(active):
       t = out_toks[i, :out_len[i]].tolist()
@@ -99,7 +108,7 @@ def generate_with_tools(params: Any, cfg, prompt_ids: Sequence[Sequence[int]], t
   return _assemble(segs, calls, budget, scfg.pad_id)
 
 
-def _assemble(segs, calls, n: int, pad_id: int) -> ToolRollout:
+def _assemble(segs, calls, n: int, pad_id: int) -> tuple[ToolRollout, ToolCalls]:
   rows = len(segs)
   tokens = np.full((rows, n), pad_id, np.int32)
   mask, loss_mask = np.zeros((rows, n), np.int32), np.zeros((rows, n), np.int32)
@@ -114,4 +123,4 @@ def _assemble(segs, calls, n: int, pad_id: int) -> ToolRollout:
       at += k
     lengths[r] = at
   errors = sum(body.startswith("error:") for row in calls for _, body in row)
-  return ToolRollout(tokens, mask, loss_mask, logprobs, lengths, calls, errors)
+  return ToolRollout(tokens, mask, logprobs, lengths, loss_mask), ToolCalls(calls, errors)

@@ -57,6 +57,24 @@ class ToolConfig:
       raise ValueError(f"tools.timeout_s={self.timeout_s!r} must be > 0")
 
 
+def from_config(c) -> ToolConfig | None:
+  """The `tools` config group as a ToolConfig, or None when `tools.enabled` is False (then a
+  knob set away from its default is an error: it would be ignored)."""
+  group = dict(c.get("tools") or {})
+  enabled = bool(group.pop("enabled", False))
+  defaults = dataclasses.asdict(ToolConfig())
+  unknown = sorted(set(group) - set(defaults))
+  if unknown:
+    raise ValueError(f"tools.{unknown[0]} is not a tools option; choose from {sorted(defaults)}")
+  group = {k: tuple(v) if k == "tools" else v for k, v in group.items()}
+  if not enabled:
+    for k, v in group.items():
+      if v != defaults[k]:
+        raise ValueError(f"tools.{k}={v!r} is set but tools.enabled=False (it would be ignored)")
+    return None
+  return ToolConfig(**group)
+
+
 class Call(NamedTuple):
   name: str        # the tool called ("" when the call text could not be read)
   arguments: Any   # dict of keyword arguments, or an error message when name == ""

@@ -122,10 +122,10 @@ def test_multiturn_log_probs_masks_and_replies_match_a_naive_recomputation(param
   prompts = [TOK.encode("Q: 2+2?"), TOK.encode("Q: name a color, then stop")]
   scfg = SamplingConfig(max_new_tokens=40, temperature=1.0, num_samples=3, eos_ids=(2,))
   tcfg = tools.ToolConfig(format="stub", tools=("stub",), max_turns=3)
-  ro = multiturn.generate_with_tools(params, CFG, prompts, TOK, jax.random.key(3), scfg, tcfg,
-                                     prompt_bucket=8)
-  assert ro.tokens.shape == (6, 40) and ro.tool_errors == 0
-  assert sum(len(c) for c in ro.calls) >= 6  # every row calls at least once
+  ro, tc = multiturn.generate_with_tools(params, CFG, prompts, TOK, jax.random.key(3), scfg,
+                                         tcfg, prompt_bucket=8)
+  assert ro.tokens.shape == (6, 40) and tc.errors == 0
+  assert all(len(c) >= 1 for c in tc.calls)  # every row calls at least once
   for r in range(6):
     n = int(ro.lengths[r])
     trans = ro.tokens[r, :n]
@@ -133,9 +133,9 @@ def test_multiturn_log_probs_masks_and_replies_match_a_naive_recomputation(param
     assert not (ro.loss_mask[r] & ~ro.mask[r].astype(bool)).any()
     # Every reply is present, untrained, and tokenised as the format writes it.
     text_untrained = TOK.decode(trans[ro.loss_mask[r, :n] == 0].tolist())
-    for _, body in ro.calls[r]:
+    for _, body in tc.calls[r]:
       assert body.startswith("r") and f"<{body}>" in text_untrained
-    assert len(ro.calls[r]) <= tcfg.max_turns
+    assert len(tc.calls[r]) <= tcfg.max_turns
     # The sampler's log-probs of the policy's tokens equal one forward over the transcript.
     want = _naive_logprobs(params, prompts[r // 3], trans.tolist())
     own = ro.loss_mask[r, :n] == 1
@@ -146,13 +146,13 @@ def test_multiturn_log_probs_masks_and_replies_match_a_naive_recomputation(param
 def test_without_calls_it_is_plain_sampling(params, stub_tools):
   prompts = [TOK.encode("hello"), TOK.encode("a longer prompt here")]
   scfg = SamplingConfig(max_new_tokens=12, temperature=1.0, num_samples=2, eos_ids=(2,))
-  ro = multiturn.generate_with_tools(params, CFG, prompts, TOK, jax.random.key(5), scfg,
-                                     tools.ToolConfig(format="never", tools=("python",)),
-                                     prompt_bucket=8)
+  ro, tc = multiturn.generate_with_tools(params, CFG, prompts, TOK, jax.random.key(5), scfg,
+                                         tools.ToolConfig(format="never", tools=("python",)),
+                                         prompt_bucket=8)
   out = generate(params, CFG, *pad_prompts(prompts, 0, 8), jax.random.key(5), scfg)
   np.testing.assert_array_equal(ro.tokens, np.asarray(out.tokens) * np.asarray(out.mask))
   np.testing.assert_array_equal(ro.loss_mask, np.asarray(out.mask))
-  assert ro.calls == [[]] * 4
+  assert tc.calls == [[]] * 4
 
 
 def test_a_hanging_tool_gives_an_error_reply_and_the_sample_goes_on(params, monkeypatch,
@@ -161,8 +161,65 @@ def test_a_hanging_tool_gives_an_error_reply_and_the_sample_goes_on(params, monk
     raise RuntimeError("tool exploded")
   monkeypatch.setitem(tools.BUILTIN, "stub", slow)
   scfg = SamplingConfig(max_new_tokens=24, temperature=1.0, num_samples=2, eos_ids=(2,))
-  ro = multiturn.generate_with_tools(params, CFG, [TOK.encode("go")], TOK, jax.random.key(1),
-                                     scfg, tools.ToolConfig(format="stub", tools=("stub",),
-                                                            max_turns=2), prompt_bucket=8)
-  assert ro.tool_errors >= 2 and all("tool exploded" in b for c in ro.calls for _, b in c)
+  ro, tc = multiturn.generate_with_tools(
+      params, CFG, [TOK.encode("go")], TOK, jax.random.key(1), scfg,
+      tools.ToolConfig(format="stub", tools=("stub",), max_turns=2), prompt_bucket=8)
+  assert tc.errors >= 2 and all("tool exploded" in b for c in tc.calls for _, b in c)
   assert (ro.loss_mask.sum(1) > 3).any()  # the policy wrote again after the error reply
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_trainer_forward_sees_replies_and_the_loss_skips_them(params, stub_tools):
+  """The train step's log-probs of the policy's tokens (replies as context) equal the
+  sampler's; tool-reply tokens do not enter the loss, whatever their old log-probs."""
+  from r1jax import grpo
+  from r1jax.train import build_batch
+  prompts = [TOK.encode("Q: 1+1"), TOK.encode("Q: 3*3")]
+  scfg = SamplingConfig(max_new_tokens=32, temperature=1.0, num_samples=2, eos_ids=(2,))
+  ro, tc = multiturn.generate_with_tools(params, CFG, prompts, TOK, jax.random.key(7), scfg,
+                                         tools.ToolConfig(format="stub", tools=("stub",),
+                                                          max_turns=2), prompt_bucket=8)
+  assert sum(map(bool, tc.calls)) >= 2
+  ptoks, pmask = pad_prompts(prompts, 0, 8)
+  batch = build_batch(ptoks, pmask, ro, np.asarray([1.0, 0.2, 0.5, -0.3]))
+  assert (batch.loss_mask != batch.completion_mask).any()  # replies are present, untrained
+  logp = np.asarray(grpo.completion_logprobs(params, CFG, batch.prompt_tokens, batch.prompt_mask,
+                                             batch.completion_tokens, batch.completion_mask))
+  own = batch.loss_mask == 1
+  np.testing.assert_allclose(logp[own], batch.sampler_logp[own], atol=2e-4)
+  gcfg = grpo.GRPOConfig(beta=0.0)
+  loss = lambda old: grpo.grpo_loss(params, batch._replace(old_logp=old), gcfg, CFG)[0]
+  rng = np.random.default_rng(0)
+  noise = np.where(own, 0.0, rng.normal(size=own.shape)).astype(np.float32)
+  old = np.where(own, logp - 0.1 * rng.random(own.shape), 0.0).astype(np.float32)
+  np.testing.assert_allclose(float(loss(old + noise)), float(loss(old)), rtol=1e-6)
+  assert abs(float(loss(old + 0.1 * own)) - float(loss(old))) > 1e-3  # policy tokens count
+
+
+def test_a_tiny_grpo_run_with_tools_trains_and_logs_calls(tmp_path, stub_tools):
+  from configs import r1_zero
+  from r1jax import train as train_lib
+  c = r1_zero.get_config("tiny")
+  c.train.num_steps, c.train.eval_every = 2, 0
+  c.tools.update(enabled=True, format="stub", tools=("stub",), max_turns=2)
+  rows = train_lib.train(c, str(tmp_path))
+  assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+  assert all(r["tools/calls_per_sample"] > 0 and r["tools/error_share"] == 0 for r in rows)
+
+
+def test_tools_config_errors_name_the_value():
+  from configs import r1_zero
+  from r1jax import train as train_lib
+  for change, word in ((dict(max_turns=3), "tools.max_turns=3 is set but tools.enabled=False"),
+                       (dict(enabled=True, format="xml"), "tools.format='xml'"),
+                       (dict(enabled=True, colour=1), "tools.colour")):
+    c = r1_zero.get_config("tiny")
+    c.tools.update(change)
+    with pytest.raises(ValueError, match=word):
+      train_lib.validate(c)
+  c = r1_zero.get_config("tiny")
+  c.tools.enabled, c.grpo.advantage_estimator = True, "gae"
+  with pytest.raises(ValueError, match="tools.enabled=True with grpo.advantage_estimator='gae'"):
+    train_lib.validate(c)
