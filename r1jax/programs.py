@@ -58,7 +58,8 @@ def model_config(spec: Any, stages: Any = None) -> ModelConfig:
     cfg = PRESETS[spec["preset"]]
   elif src in ("smollm2_gguf", "gguf"):
     from r1jax.model import gguf
-    path = gguf.smollm2_gguf_path() if src == "smollm2_gguf" else spec["path"]
+    from r1jax.model.smollm2 import smollm2_gguf_path
+    path = smollm2_gguf_path() if src == "smollm2_gguf" else spec["path"]
     cfg = gguf.config_from_gguf(gguf.open_gguf(path))  # metadata only
   elif src == "hf_dir":
     from r1jax.model.checkpoint_io import read_hf_config
