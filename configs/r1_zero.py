@@ -76,6 +76,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                critic_learning_rate=1e-5, critic_model={})
   # LoRA on the policy (rank 0 = full fine-tuning); targets: regex over q|k|v|o|gate|up|down.
   c.lora = dict(rank=0, alpha=16.0, targets="q|k|v|o|gate|up|down")
+  # Multi-turn tool use (r1jax/tools.py, r1jax/multiturn.py): a call pauses the sample, the
+  # tool's reply is appended untrained, decoding resumes. format: python_block | tool_call;
+  # tools: python, calculator, module:function. The knobs are an error while disabled.
+  c.tools = dict(enabled=False, format="python_block", tools=("python",), max_turns=4,
+                 timeout_s=5.0, memory_mb=512, max_reply_chars=1000, workers=4)
 
   c.optim = dict(learning_rate=1e-5, warmup_steps=2, schedule="constant", weight_decay=0.0,
                  b1=0.9, b2=0.99, max_grad_norm=1.0)

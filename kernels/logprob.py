@@ -33,9 +33,12 @@ from .reference import naive_token_logprobs
 # Per impl: {platform: (implementation, interpret)}; "default" covers the rest.
 # The choice is made when lowering (lax.platform_dependent), not from the
 # default backend, so e.g. exporting for TPU from a CPU host gets the kernel.
+# "auto" on GPU is the chunked XLA path: on an H200 (jax 0.11.2, bf16, D=1536,
+# V=151936) the Triton kernel took 223 ms forward+backward for 8192 tokens
+# against XLA's 33 ms (README "On a GPU"); "pallas_gpu" still selects it.
 _TPU, _GPU, _XLA = ("pallas_tpu", False), ("pallas_gpu", False), ("xla", False)
 BRANCHES = {
-    "auto": {"tpu": _TPU, "cuda": _GPU, "rocm": _GPU, "default": _XLA},
+    "auto": {"tpu": _TPU, "default": _XLA},
     "xla": {"default": _XLA},
     "pallas": {"tpu": _TPU, "cuda": _GPU, "rocm": _GPU, "default": ("pallas_tpu", True)},
     "pallas_tpu": {"tpu": _TPU, "default": ("pallas_tpu", True)},
@@ -142,7 +145,7 @@ def token_logprobs(hidden: jax.Array, unembed: jax.Array, targets: jax.Array,
     temperature: static Python float > 0 (not differentiated).
     return_entropy: also return the entropy of the softmax per token; its
       gradient flows into hidden and unembed too.
-    impl: "auto" (Pallas on TPU/GPU, "xla" on CPU), "xla" (chunked scan),
+    impl: "auto" (Pallas on TPU, "xla" on GPU and CPU), "xla" (chunked scan),
       "pallas" (this backend's kernel; the TPU kernel interpreted on CPU),
       "pallas_tpu" / "pallas_gpu" (interpreted off their backend), or "naive"
       (full logits, for tests and benchmarks).

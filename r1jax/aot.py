@@ -1,6 +1,8 @@
 """Ahead-of-time compile of a run's programs for a TPU topology, on any host, no TPU needed.
 
 `python -m r1jax.aot --config=configs/r1_zero.py --topology=v5p:2x2x2 [--prompt_len=1024]`
+`python -m r1jax.aot --config=configs/r1_zero.py --topology=h200:1 --measure=3` (on a GPU host:
+JAX cannot compile for CUDA without a GPU; `--measure` also times each program there)
 
 Builds the run's mesh (the config's `mesh.shape`, `-1` as in training) from the compile-only
 devices libtpu describes, and compiles every program the config's entry point executes from
@@ -21,28 +23,34 @@ completion runs to `max_new_tokens`.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import time
 
+import jax
+import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from r1jax import hardware, mesh as mesh_lib
 from r1jax.programs import Program, programs_of
 
-_CONFIG = _TOPOLOGY = _PROMPT_LEN = _STAGE = _JSON = None
+_CONFIG = _TOPOLOGY = _PROMPT_LEN = _STAGE = _JSON = _MEASURE = None
 
 
 def define_flags() -> None:
   """Command-line flags, defined only when run as a program (the trainers define --config
   too, and tests import both)."""
-  global _CONFIG, _TOPOLOGY, _PROMPT_LEN, _STAGE, _JSON
+  global _CONFIG, _TOPOLOGY, _PROMPT_LEN, _STAGE, _JSON, _MEASURE
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                             lock_config=False)
   _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology: v5p:2x2x2, v5e:2x4, ...")
   _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 256, "Prompt tokens (GRPO, rejection sampling).")
   _STAGE = flags.DEFINE_string("stage", "", "Pipeline configs: compile only this stage.")
   _JSON = flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
+  _MEASURE = flags.DEFINE_integer("measure", 0, "GPU topologies: also run each program this "
+                                  "many times on random inputs and report the best time.")
 
 
 class DoesNotFit(Exception):
@@ -71,8 +79,45 @@ def _cost(compiled) -> dict:
   return dict(cost or {})
 
 
-def compile_program(p: Program, chip: hardware.Chip) -> dict:
-  """Lower and compile `p`; its per-chip memory, cost and roofline time."""
+@functools.lru_cache(maxsize=None)
+def _maker(shape: tuple, dtype, sharding, fill: int):
+  """A jitted function making one input (cached: a step's inputs repeat few shapes)."""
+  def f():
+    key = jax.random.key(0)
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      return jax.random.split(key, shape) if shape else key
+    if dtype == jnp.bool_:
+      return jnp.ones(shape, bool)
+    if jnp.issubdtype(dtype, jnp.integer):
+      return jnp.full(shape, fill, dtype)
+    return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+  return jax.jit(f, out_shardings=sharding)
+
+
+def materialize(p: Program) -> tuple:
+  """Concrete inputs of `p`'s shapes and shardings, made on the devices: floats small and
+  random (zeros would flatter the matmuls), integers `p.int_fill` per argument (1 if unset),
+  masks True, keys split from key 0."""
+  fills = p.int_fill or (1,) * len(p.args)
+  return tuple(jax.tree.map(lambda s, f=f: _maker(tuple(s.shape), s.dtype, s.sharding, f)(), a)
+               for a, f in zip(p.args, fills))
+
+
+def best_time(compiled, p: Program, repeats: int) -> float:
+  """Best wall time of `repeats` calls after a warm-up, inputs made afresh (donation)."""
+  best = float("inf")
+  for i in range(repeats + 1):
+    args = jax.block_until_ready(materialize(p))
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    if i:
+      best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def compile_program(p: Program, chip: hardware.Chip, measure: int = 0) -> dict:
+  """Lower and compile `p`; its per-chip memory, cost and roofline time (and, with
+  `measure` > 0 on devices that run, its best measured time)."""
   lowered = p.fn.lower(*p.args) if hasattr(p.fn, "lower") else p.fn(*p.args)
   compiled = lowered.compile()
   m = compiled.memory_analysis()
@@ -85,8 +130,17 @@ def compile_program(p: Program, chip: hardware.Chip) -> dict:
               temp_bytes=m.temp_size_in_bytes, code_bytes=m.generated_code_size_in_bytes,
               total_bytes=total, hbm_bytes=chip.hbm_bytes, flops=flops, bytes_accessed=nbytes,
               roofline_s=max(flops / chip.peak_flops, nbytes / chip.hbm_bw),
-              per_step=p.per_step, sampling=p.sampling,
-              pallas_kernels=lowered.as_text().count("tpu_custom_call"))
+              # Each argument read once: XLA's bytes also count an in-place cache update as a
+              # full copy and each piece of a pipelined all-gather as the whole buffer.
+              floor_s=max(flops / chip.peak_flops, m.argument_size_in_bytes / chip.hbm_bw),
+              per_step=p.per_step, sampling=p.sampling, calls=p.calls,
+              pallas_kernels=_kernel_calls(lowered.as_text()),
+              measured_s=best_time(compiled, p, measure) if measure else None)
+
+
+def _kernel_calls(hlo: str) -> int:
+  """Pallas calls in a lowered program: Mosaic TPU custom calls, Triton / Mosaic GPU ones."""
+  return sum(hlo.count(m) for m in ("tpu_custom_call", "xla.gpu.triton", "mosaic_gpu"))
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
@@ -107,22 +161,37 @@ def _gib(x: float) -> str:
 
 
 def print_table(stage: str, results: list[dict]) -> dict:
-  print(f"\n[{stage}]  GiB per chip; GFLOP and GB accessed per chip; roofline ms per call")
+  meas = any(r.get("measured_s") is not None for r in results)
+  print(f"\n[{stage}]  GiB per chip; GFLOP and GB accessed per chip; roofline ms per call"
+        + ("; measured ms: best call on random inputs" if meas else ""))
   print(f"{'program':<20}{'args':>9}{'out':>9}{'temp':>9}{'total':>9}{'HBM%':>7}"
-        f"{'GFLOP':>10}{'GB':>9}{'ms':>10}{'x/step':>8}{'mosaic':>7}")
+        f"{'GFLOP':>10}{'GB':>9}{'ms':>10}{'x/step':>8}{'kernels':>8}"
+        + (f"{'measured':>10}" if meas else ""))
   for r in results:
     print(f"{r['program']:<20}{_gib(r['argument_bytes']):>9}{_gib(r['output_bytes']):>9}"
           f"{_gib(r['temp_bytes']):>9}{_gib(r['total_bytes']):>9}"
           f"{100 * r['total_bytes'] / r['hbm_bytes']:>6.1f}%{r['flops'] / 1e9:>10.2f}"
           f"{r['bytes_accessed'] / 1e9:>9.3f}{r['roofline_s'] * 1e3:>10.3f}"
-          f"{r['per_step']:>8g}{r['pallas_kernels']:>7}")
+          f"{r['per_step']:>8g}{r['pallas_kernels']:>8}"
+          + (f"{r['measured_s'] * 1e3:>10.3f}" if meas else ""))
   step = sum(r["roofline_s"] * r["per_step"] for r in results)
   samp = sum(r["roofline_s"] * r["per_step"] for r in results if r["sampling"])
+  floor = sum(r["floor_s"] * r["per_step"] for r in results)
+  floor_samp = sum(r["floor_s"] * r["per_step"] for r in results if r["sampling"])
   peak = max(r["total_bytes"] for r in results)
   summary = dict(step_roofline_s=step, sampling_share=samp / step if step else 0.0,
+                 step_floor_s=floor, floor_sampling_share=floor_samp / floor if floor else 0.0,
                  peak_bytes=peak)
-  print(f"step roofline {step:.4g} s ({100 * summary['sampling_share']:.0f}% sampling); "
-        f"largest program {_gib(peak)} GiB of {_gib(results[0]['hbm_bytes'])} GiB HBM")
+  print(f"step roofline {step:.4g} s ({100 * summary['sampling_share']:.0f}% sampling); with "
+        f"each argument read once {floor:.4g} s ({100 * summary['floor_sampling_share']:.0f}% "
+        f"sampling); largest program {_gib(peak)} GiB of {_gib(results[0]['hbm_bytes'])} GiB HBM")
+  if meas:  # the programs a step calls, as often as it calls them
+    calls = lambda r: r["per_step"] if r["calls"] is None else r["calls"]
+    sample = sum(r["measured_s"] * calls(r) for r in results if r["sampling"])
+    rest = sum(r["measured_s"] * calls(r) for r in results if not r["sampling"])
+    summary.update(step_measured_s=sample + rest, sample_measured_s=sample)
+    print(f"step measured {sample + rest:.4g} s (sampler {sample:.4g} s, the rest {rest:.4g} s)"
+          f" = {(sample + rest) / step:.2f}x the roofline")
   return summary
 
 
@@ -140,9 +209,13 @@ def hosts_report(mesh, rows: int) -> dict:
   return {int(k): sorted(v) for k, v in sorted(per.items())}
 
 
-def run(c, topology: str, prompt_len: int = 256, stage: str = "") -> dict:
-  """Compile every program of config `c` for `topology`; raises DoesNotFit / ValueError."""
+def run(c, topology: str, prompt_len: int = 256, stage: str = "", measure: int = 0) -> dict:
+  """Compile every program of config `c` for `topology`; raises DoesNotFit / ValueError.
+  `measure` > 0 (GPU topologies: devices that run) also times each program."""
   chip, devices = hardware.topology_devices(topology)
+  if measure and chip.platform != "gpu":
+    raise ValueError(f"--measure={measure} needs devices that run; --topology={topology} is "
+                     "compile-only")
   mesh = make_mesh(tuple(c.mesh.shape) if "mesh" in c else (1, 1, -1), devices, topology)
   n_hosts = len({d.process_index for d in devices})
   print(f"r1jax.aot: {topology}: {len(devices)} x {chip.name} on {n_hosts} host(s) "
@@ -156,7 +229,10 @@ def run(c, topology: str, prompt_len: int = 256, stage: str = "") -> dict:
       results = []
       for p in progs:
         try:
-          r = compile_program(p, chip)
+          t0 = time.perf_counter()
+          r = compile_program(p, chip, measure)
+          print(f"  {name}/{p.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+                flush=True)
         except Exception as e:  # noqa: BLE001 - one line naming the program
           msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
           over = _bytes_over(msg)
@@ -188,7 +264,7 @@ def main(argv) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    res = run(c, _TOPOLOGY.value, _PROMPT_LEN.value, _STAGE.value)
+    res = run(c, _TOPOLOGY.value, _PROMPT_LEN.value, _STAGE.value, _MEASURE.value)
   except (DoesNotFit, ValueError, FileNotFoundError) as e:
     print(f"r1jax.aot: {e}", file=sys.stderr)
     sys.exit(1)

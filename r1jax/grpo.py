@@ -163,8 +163,9 @@ def micro_batch_weight(cfg: "GRPOConfig"):
   """How micro-batch losses combine into the batch loss (`steps.make_train_step`): by
   completion-token count for token-mean (one global token mean), equally otherwise (every
   micro-batch holds the same number of sequences)."""
-  if cfg.loss_aggregation == "token-mean":
-    return lambda batch: batch.completion_mask.sum()
+  if cfg.loss_aggregation == "token-mean":  # the trained tokens (a tool reply's are not)
+    return lambda batch: (batch.completion_mask if batch.loss_mask is None
+                          else batch.loss_mask).sum()
   return None
 
 
@@ -219,6 +220,9 @@ class Batch(NamedTuple):
   old_logp: jax.Array | None  # [B*G, N]; None: pi_old is the current params (mu = 1)
   ref_logp: jax.Array | None  # [B*G, N]; None when beta == 0
   sampler_logp: jax.Array | None = None  # [B*G, N] the sampler's log-probs (mismatch, tis)
+  # [B*G, N] the tokens the loss trains, where it differs from completion_mask (which is
+  # what attention sees): a multi-turn rollout's tool replies are context, not trained.
+  loss_mask: jax.Array | None = None
 
 
 def completion_hidden(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Array,
@@ -293,8 +297,9 @@ def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
       params, model_cfg, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
       batch.completion_mask, cfg.temperature, cfg.logprob_impl, return_entropy=True,
       router_stats=bool(model_cfg.num_experts))
-  return loss_from_logprobs(out, batch.old_logp, batch.ref_logp, batch.advantages,
-                            batch.completion_mask, batch.sampler_logp, cfg, model_cfg)
+  mask = batch.completion_mask if batch.loss_mask is None else batch.loss_mask
+  return loss_from_logprobs(out, batch.old_logp, batch.ref_logp, batch.advantages, mask,
+                            batch.sampler_logp, cfg, model_cfg)
 
 
 def loss_from_logprobs(out: tuple, old_logp, ref_logp, advantages, mask, sampler_logp,

@@ -76,14 +76,34 @@ def _load_tpu_plugin() -> None:
   os.environ.setdefault("TPU_WORKER_ID", "0")
 
 
-def topology_devices(name: str) -> tuple[Chip, list[Any]]:
-  """(chip, compile-only devices) of a TPU topology, from libtpu on this host."""
-  chip, dims = parse_topology(name)
-  if chip.platform != "tpu":
+def gpu_devices(name: str, chip: Chip, n: int) -> list[Any]:
+  """The first `n` local GPUs, for "h100:N" / "h200:N": JAX 0.10 cannot compile for CUDA
+  without a GPU, so a GPU plan is compiled on the GPU host itself."""
+  import jax
+  try:
+    devs = jax.devices("gpu")
+  except RuntimeError:
+    devs = []
+  if not devs:
     raise ValueError(f"--topology={name!r} is a GPU: JAX 0.10 cannot compile for CUDA without "
-                     "a GPU, so r1jax.aot compiles for TPU topologies only (the GPU kernels are "
-                     "checked by lowering them for CUDA, tests/test_kernels.py)")
-  _load_tpu_plugin()
+                     "a GPU, so run it on a GPU host (the GPU kernels are lowered for CUDA here: "
+                     "tests/test_kernels.py)")
+  if len(devs) < n:
+    raise ValueError(f"--topology={name!r} wants {n} GPUs; this host has {len(devs)}")
+  kind = devs[0].device_kind
+  if chip.name.split()[1].lower() not in kind.lower():
+    print(f"r1jax.aot: note: --topology={name!r} but the local GPU is {kind!r}; the roofline "
+          f"uses {chip.name}'s figures")
+  return devs[:n]
+
+
+def topology_devices(name: str) -> tuple[Chip, list[Any]]:
+  """(chip, devices to compile for): compile-only devices of a TPU topology, from libtpu on
+  this host; for a GPU topology, the local GPUs."""
+  chip, dims = parse_topology(name)
+  _load_tpu_plugin()  # also before a GPU backend starts: jax[tpu] loads libtpu with it
+  if chip.platform == "gpu":
+    return chip, gpu_devices(name, chip, num_chips(dims))
   from jax.experimental import topologies
   gen = name.split(":")[0].strip().lower()
   dims3 = (dims + (1, 1))[:3]

@@ -10,8 +10,9 @@ step does:
   targets      the next token of the same sequence at every input position
   positions    0, 1, ... restarting in each segment (the padded step's positions)
   segment_ids  1, 2, ... per row, 0 = padding; attention stays inside a segment
-  loss_mask    1 where the target is a completion token (position p - 1 + t predicts
-               completion token t of a sequence whose prompt has p real tokens)
+  loss_mask    1 where the target is a trained completion token (position p - 1 + t
+               predicts completion token t of a sequence whose prompt has p real tokens; a
+               multi-turn rollout's tool replies, `Batch.loss_mask` 0, are context only)
   weights      the loss aggregation as per-token weights: the loss is -sum(obj * weights)
                (seq-mean-token-mean 1/(|o_i| B), token-mean 1/sum|o|, Dr. GRPO 1/(L_max B),
                with B the number of samples, empty ones included, as `grpo.aggregate`)
@@ -150,11 +151,13 @@ def pack_batch(batch: Any, row_len: int, multiple: int = 1,
       at += m
   cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64)
   layout = Layout(cat(src_row), cat(src_col), cat(dst_row), cat(dst_col), (rows, n), shape)
-  w = aggregation_weights(clen, aggregation, max_len or n)
+  trained = getattr(batch, "loss_mask", None)  # multi-turn: tool replies are not trained
+  trained = cmask if trained is None else np.asarray(trained)
+  w = aggregation_weights(trained.astype(bool).sum(1), aggregation, max_len or n)
   opt = lambda x: None if x is None else place(x, layout)
   packed = PackedBatch(
       tokens=tokens, targets=targets, positions=positions, segment_ids=segs,
-      loss_mask=place(np.ones(rows), layout, np.int32), weights=place(w, layout),
+      loss_mask=place(trained, layout, np.int32), weights=place(w, layout),
       advantages=place(batch.advantages, layout), old_logp=opt(batch.old_logp),
       ref_logp=opt(batch.ref_logp), sampler_logp=opt(batch.sampler_logp))
   return packed, layout

@@ -34,6 +34,9 @@ class Program:
   args: tuple                   # ShapeDtypeStructs with shardings
   per_step: float = 1.0         # times a step runs it, for the roofline (0: memory only)
   sampling: bool = False        # part of the rollout
+  int_fill: tuple = ()          # per argument: the value integer inputs take when measured
+  calls: float | None = None    # times a step calls it as a whole (None: per_step); 0 for
+                                # the pieces compiled apart for the roofline
 
 
 # ------------------------------------------------------------------ abstract inputs
@@ -56,7 +59,8 @@ def model_config(spec: Any, stages: Any = None) -> ModelConfig:
     cfg = PRESETS[spec["preset"]]
   elif src in ("smollm2_gguf", "gguf"):
     from r1jax.model import gguf
-    path = gguf.smollm2_gguf_path() if src == "smollm2_gguf" else spec["path"]
+    from r1jax.model.smollm2 import smollm2_gguf_path
+    path = smollm2_gguf_path() if src == "smollm2_gguf" else spec["path"]
     cfg = gguf.config_from_gguf(gguf.open_gguf(path))  # metadata only
   elif src == "hf_dir":
     from r1jax.model.checkpoint_io import read_hf_config
@@ -121,7 +125,8 @@ def _train_programs(prefix: str, loss_fn: Callable, tx, state, batch, n_micro: i
     else:
       grad = jax.value_and_grad(loss_fn, has_aux=True)
       args = (state.params, micro, *consts)
-    out.append(Program(f"{prefix}micro_grad", jax.jit(grad), args, per_step=mu * (n_micro - 1)))
+    out.append(Program(f"{prefix}micro_grad", jax.jit(grad), args, per_step=mu * (n_micro - 1),
+                       calls=0))  # inside train_step's scan
   return out
 
 
@@ -152,7 +157,7 @@ def sampler_programs(params, cfg: ModelConfig, mesh, b: int, p: int, scfg, prefi
     decode_rows, decode_steps = rows, n
   out = [Program(f"{prefix}sample", gen,
                  (params, toks, mask, _sds((), jnp.int32, rep), rng, limits), per_step=0,
-                 sampling=True)]
+                 sampling=True, int_fill=(1, 1, 1, bb, 0, n), calls=1)]  # all prompts, full
 
   def prefill(params, toks, mask):
     m = mask.astype(bool)
@@ -160,7 +165,8 @@ def sampler_programs(params, cfg: ModelConfig, mesh, b: int, p: int, scfg, prefi
                                     scfg.prefill_chunk)
     logits = last @ sampling.unembed_matrix(params, cfg).astype(last.dtype)
     return logits, cache
-  out.append(Program(f"{prefix}prefill", jax.jit(prefill), (params, toks, mask), sampling=True))
+  out.append(Program(f"{prefix}prefill", jax.jit(prefill), (params, toks, mask), sampling=True,
+                     calls=0))
 
   wdt = jnp.dtype(scfg.decode_dtype or cfg.dtype)
   kt = sampling._k_transposed(wdt)
@@ -184,7 +190,7 @@ def sampler_programs(params, cfg: ModelConfig, mesh, b: int, p: int, scfg, prefi
   out.append(Program(f"{prefix}decode_step", jax.jit(decode, donate_argnums=4),  # in place
                      (wparams, batch_sds(mesh, (decode_rows,)), batch_sds(mesh, (decode_rows,)),
                       batch_sds(mesh, (decode_rows,), jnp.bool_), cache), per_step=decode_steps,
-                     sampling=True))
+                     sampling=True, calls=0))
   return out
 
 

@@ -23,7 +23,9 @@ from ml_collections import config_flags
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
 from r1jax import advantages as adv_lib
-from r1jax import compile_cache, dynamic_sampling, faults, grpo, packed_rl, packing, ppo, steps
+from r1jax import compile_cache, dynamic_sampling, faults, grpo, multiturn, packed_rl, packing
+from r1jax import ppo, steps
+from r1jax import tools as tools_lib
 from r1jax import lora as lora_lib
 from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer
@@ -70,6 +72,9 @@ def validate(c) -> None:
     if c.train[key] < 0:
       raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
   data_lib.prefill_text(c.data.template, c.data.think_prefill)  # validates the template name
+  if tools_lib.from_config(c) and ppo.from_config(c):  # raises on a bad tools value
+    raise ValueError("tools.enabled=True with grpo.advantage_estimator='gae': the critic does "
+                     "not take the tool replies' loss mask yet; use an outcome estimator")
   if lora_lib.from_config(c.get("lora")).enabled and ppo.from_config(c):  # raises on bad values
     raise ValueError("lora.rank > 0 with grpo.advantage_estimator='gae': the PPO critic starts "
                      "from full weights and does not take LoRA adapters; use one or the other")
@@ -77,12 +82,15 @@ def validate(c) -> None:
 
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
   """Host numpy training batch; completion columns trimmed to the longest row, padded to a
-  power-of-two bucket (few distinct shapes, so few train-step compilations)."""
+  power-of-two bucket (few distinct shapes, so few train-step compilations). A multi-turn
+  rollout's `loss_mask` (tool replies untrained) rides along."""
   keep = compile_cache.completion_bucket(int(out.lengths.max()), out.tokens.shape[1], bucket)
+  loss_mask = getattr(out, "loss_mask", None)
   return grpo.Batch(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
                     completion_tokens=out.tokens[:, :keep], completion_mask=out.mask[:, :keep],
                     advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None,
-                    sampler_logp=out.logprobs[:, :keep])
+                    sampler_logp=out.logprobs[:, :keep],
+                    loss_mask=None if loss_mask is None else loss_mask[:, :keep])
 
 
 def main(argv) -> None:
@@ -139,6 +147,7 @@ def train(c, workdir: str) -> list[dict]:
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
   tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
   pcfg = ppo.from_config(c)  # PPO: a critic, GAE advantages (None for the outcome estimators)
+  tcfg = tools_lib.from_config(c)  # multi-turn tool use (None: single-turn sampling)
   policy = lora_lib.policy_fn(lcfg)  # train-state params -> model params (LoRA merged)
   n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
   row_len = packing.from_config(c)  # None: the padded step; else padding-free packed rows
@@ -209,7 +218,7 @@ def train(c, workdir: str) -> list[dict]:
     for step in range(start, c.train.num_steps):
       t_step, compiles0 = time.time(), compile_cache.snapshot()
       rng, sample_rng, eval_rng = jax.random.split(rng, 3)
-      times = {"sample": 0.0, "reward": 0.0}
+      times, tool_m = {"sample": 0.0, "reward": 0.0}, {}
 
       def draw(rnd, sample_rng=sample_rng):
         """1. Rollouts of the next prompts on the mesh; 2. their rewards on the host."""
@@ -217,11 +226,16 @@ def train(c, workdir: str) -> list[dict]:
         prompts = [render(ex) for ex in examples]
         ids = [tokenizer.encode(p) for p in prompts]
         t0 = time.time()
-        dev = shard_batch(pad_prompts(ids, tokenizer.pad_id, c.data.prompt_bucket), mesh)
-        out = generate(policy(state.params), model_cfg, *dev,
-                       jax.random.fold_in(sample_rng, rnd) if rnd else sample_rng, scfg)
+        key = jax.random.fold_in(sample_rng, rnd) if rnd else sample_rng
+        if tcfg:  # multi-turn: the tools run on the host between sampler calls
+          out, tool_calls = multiturn.generate_with_tools(
+              policy(state.params), model_cfg, ids, tokenizer, key, scfg, tcfg,
+              c.data.prompt_bucket)
+          tool_m.update(multiturn.metrics(tool_calls))
+        else:
+          dev = shard_batch(pad_prompts(ids, tokenizer.pad_id, c.data.prompt_bucket), mesh)
+          out = to_host(generate(policy(state.params), model_cfg, *dev, key, scfg))
         faults.hit("sample", step + 1)
-        out = to_host(out)
         times["sample"] += time.time() - t0
         t0 = time.time()
         texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
@@ -277,7 +291,7 @@ def train(c, workdir: str) -> list[dict]:
       # 4. Metrics, samples, evaluation, checkpoints.
       step_time = time.time() - t_step
       n_gen = int(out.lengths.sum())
-      metrics = dict(m, **dyn_metrics, **critic_m, **pack_m)
+      metrics = dict(m, **dyn_metrics, **critic_m, **tool_m, **pack_m)
       metrics.update(
           reward_mean=float(res.total.mean()), reward_std=float(res.total.std()),
           accuracy=float(res.per_reward["accuracy"].mean()),

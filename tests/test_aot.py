@@ -220,3 +220,23 @@ def test_cli_model_that_does_not_fit_ends_with_one_line():
   assert len(lines) == 1, r.stderr
   assert lines[0].startswith("r1jax.aot: reward_model/rm_train_step does not fit on v5e:1x1")
   assert "bytes over" in lines[0]
+
+
+def test_measure_times_each_program_on_devices_that_run(monkeypatch, capsys):
+  """`--measure` on a GPU topology runs each compiled program on random inputs (here the
+  host CPU stands in for the GPU); the whole sampler runs every prompt to full length."""
+  monkeypatch.setattr(hardware, "gpu_devices", lambda name, chip, n: jax.devices("cpu")[:n])
+  c = r1_zero.get_config("tiny")
+  c.mesh.shape = (1, 1, 1)
+  res = aot.run(c, "h200:1", prompt_len=8, measure=1)
+  (stage,) = res["stages"].values()
+  progs = {r["program"]: r for r in stage["programs"]}
+  assert all(r["measured_s"] > 0 for r in progs.values()), progs
+  assert stage["step_measured_s"] >= stage["sample_measured_s"] > 0
+  assert "step measured" in capsys.readouterr().out
+  sample = next(p for p in programs.programs_of(c, aot.make_mesh((1, 1, 1), jax.devices("cpu")[:1],
+                                                                 "cpu"), 8)[0][1]
+                if p.name == "sample")
+  args = aot.materialize(sample)
+  bb, n = args[1].shape[0], c.sampling.max_new_tokens
+  assert int(args[3]) == bb and np.all(np.asarray(args[5]) == n) and np.all(np.asarray(args[2]) == 1)

@@ -4,12 +4,13 @@ import pytest
 
 from r1jax.bench import sampling as bench
 from r1jax.model import gguf
+from r1jax.model.smollm2 import smollm2_gguf_path
 
 pytest.importorskip("transformers")
 
 
 def test_flops_per_token_counts_smollm2_weights():
-  cfg, params = gguf.load_gguf(gguf.smollm2_gguf_path())
+  cfg, params = gguf.load_gguf(smollm2_gguf_path())
   # Every [D, *] / [*, D] matrix of the layers plus the (tied) unembedding, 2 FLOPs each.
   layers = params["layers"]
   layers = layers.values() if isinstance(layers, dict) else layers

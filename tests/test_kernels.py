@@ -176,15 +176,16 @@ def test_lowers_for_tpu(impl, entropy):
   assert both.mlir_module().count("tpu_custom_call") == 3  # fwd, d hidden, d unembed
 
 
-@pytest.mark.parametrize("impl", ["pallas_gpu", "auto"])
-def test_lowers_for_gpu(impl):
-  # Triton IR is generated on this host; PTX compilation happens on a GPU.
+@pytest.mark.parametrize("impl,calls", [("pallas_gpu", 3), ("auto", 0)])
+def test_lowers_for_gpu(impl, calls):
+  # Triton IR is generated on this host; PTX compilation happens on a GPU. "auto" is the
+  # chunked XLA path on GPU (the Triton kernel measured slower on an H200).
   h, w, t = _qwen_head()
   try:
     exp = _export(lambda h, w, t: _fwd_bwd(impl, t, True)(h, w), "cuda", h, w, t)
   except Exception as e:  # pragma: no cover - depends on the jaxlib build
     pytest.skip(f"cannot lower Pallas Triton for cuda from this host: {e}")
-  assert exp.mlir_module().count(TRITON) == 3
+  assert exp.mlir_module().count(TRITON) == calls
 
 
 # ---------------------------------------------------------------------------
@@ -341,7 +342,8 @@ _AUTO_SHARDED = textwrap.dedent('''
   sds = lambda shape, dt, *spec: jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(mesh, P(*spec)))
   args = (sds((512, 256), jnp.bfloat16, ("data", "fsdp"), None),
           sds((256, 4096), jnp.bfloat16, "fsdp", "tensor"), sds((512,), jnp.int32, ("data", "fsdp")))
-  g = jax.grad(lambda h, w, t: jnp.sum(token_logprobs(h, w, t, return_entropy=True)[0]), (0, 1))
+  g = jax.grad(lambda h, w, t: jnp.sum(token_logprobs(h, w, t, return_entropy=True,
+                                                     impl="pallas_gpu")[0]), (0, 1))
   checks = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
   exp = jax.export.export(jax.jit(g), platforms=("cuda",), disabled_checks=checks)(*args)
   assert exp.mlir_module().count("__gpu$xla.gpu.triton") == 3 and exp.nr_devices == 8

@@ -297,3 +297,22 @@ def test_packed_moe_loss_equals_padded_without_the_balance_loss():
   np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
   _rel_close(g1, g2, 1e-5)
   assert "router_aux_loss" in m2
+
+
+@pytest.mark.parametrize("how", ["seq-mean-token-mean", "token-mean"])
+def test_tool_replies_are_context_not_trained(params, how):
+  # A multi-turn rollout's tool replies (Batch.loss_mask 0) are attended but not trained.
+  cfg = grpo.GRPOConfig(loss_aggregation=how, beta=0.04, logprob_impl="xla")
+  batch = _with_logps(_batch(), params)
+  trained = batch.completion_mask.copy()
+  trained[0, 2:5] = 0  # a reply inside sample 0's completion
+  trained[3, 1:3] = 0
+  batch = batch._replace(loss_mask=trained)
+  pb, _ = packing.pack_batch(batch, 16, 1, how)
+  assert pb.loss_mask.sum() == trained.sum() and (pb.segment_ids > 0).sum() == sum(
+      batch.prompt_mask[i // 2].sum() + batch.completion_mask[i].sum() - 1
+      for i in range(6) if batch.completion_mask[i].any())
+  (l1, _), g1 = jax.value_and_grad(grpo.grpo_loss, has_aux=True)(params, batch, cfg, CFG)
+  (l2, _), g2 = jax.value_and_grad(packed_rl.loss, has_aux=True)(params, pb, cfg, CFG)
+  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
+  _rel_close(g1, g2, 1e-5)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from r1jax.model import gguf
+from r1jax.model.smollm2 import smollm2_gguf_path
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 from r1jax.tokenizer import Tokenizer
 
@@ -19,7 +20,7 @@ PROMPTS = ["Question: Tom has 7 apples and buys 5 more. How many apples does he 
 def models():
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  path = gguf.smollm2_gguf_path()
+  path = smollm2_gguf_path()
   reader = gguf.open_gguf(path)
   cfg, params = gguf.load_gguf(reader)
   tok = Tokenizer.from_gguf(reader)

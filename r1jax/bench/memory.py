@@ -38,15 +38,17 @@ def _model(name: str):
 
 
 def step_memory(cfg, lora_rank: int, *, rows: int, micro: int, prompt_len: int, new_tokens: int,
-                fsdp: int = 1, beta: float = 0.04, compile: bool = True) -> dict:
+                fsdp: int = 1, beta: float = 0.04, compile: bool = True,
+                devices: list | None = None) -> dict:
   """Bytes per device of the compiled GRPO train step (see module doc); `compile=False`
-  counts params / optimizer / reference bytes only (peak 0)."""
+  counts params / optimizer / reference bytes only (peak 0). `devices`: compile for these
+  (e.g. a TPU topology's, `r1jax.hardware.topology_devices`) instead of the host's."""
   import jax
   import jax.numpy as jnp
   from r1jax import grpo, lora, memory, steps
   from r1jax import mesh as mesh_lib
   from r1jax.model import param_axes, param_shapes
-  mesh = mesh_lib.make_mesh((1, fsdp, 1), jax.devices()[:fsdp])
+  mesh = mesh_lib.make_mesh((1, fsdp, 1), (devices or jax.devices())[:fsdp])
   lcfg = lora.LoraConfig(rank=lora_rank)
   shard = mesh_lib.tree_shardings(mesh, param_axes(cfg), param_shapes(cfg))
   params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -91,17 +93,25 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--prompt_len", type=int, default=256)
   ap.add_argument("--new_tokens", type=int, default=1024)
   ap.add_argument("--remat", default="full", help="model.remat: '' (off), full, dots_saveable")
+  ap.add_argument("--topology", default="", help="compile for this TPU topology's chips (e.g. "
+                  "v5p:2x2x2, libtpu needed) instead of host CPU devices")
   args = ap.parse_args(argv)
   fsdps = [int(x) for x in args.fsdp.split(",")]
-  if "jax" not in sys.modules:  # host CPU devices for the fsdp meshes
+  devices = None
+  if args.topology:
+    from r1jax import hardware
+    devices = hardware.topology_devices(args.topology)[1]
+  elif "jax" not in sys.modules:  # host CPU devices for the fsdp meshes
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={max(fsdps)}")
   import jax
-  if len(jax.devices()) < max(fsdps):
-    raise SystemExit(f"--fsdp={max(fsdps)} needs that many devices; have {len(jax.devices())}")
+  have = len(devices or jax.devices())
+  if have < max(fsdps):
+    raise SystemExit(f"--fsdp={max(fsdps)} needs that many devices; have {have}")
   gb = lambda b: b / 2**30
   print(f"GRPO train step, {args.rows} rows x ({args.prompt_len} prompt + {args.new_tokens} "
-        f"new tokens), micro-batch {args.micro}, remat={args.remat or 'off'}, AdamW, beta 0.04")
+        f"new tokens), micro-batch {args.micro}, remat={args.remat or 'off'}, AdamW, beta 0.04, "
+        f"compiled for {args.topology or 'host CPU devices'}")
   print("\n| model | variant | devices (fsdp) | params GiB | optimizer GiB | step peak GiB | "
         "+ ref GiB | total GiB/device | fits 16 / 80 / 141 GB |")
   print("|---|---|---|---|---|---|---|---|---|")
@@ -112,8 +122,14 @@ def main(argv=None) -> list[dict]:
       cfg = dataclasses.replace(_model(name), param_dtype=pdt, dtype=dt,
                                 remat=args.remat or False)
       for fsdp in fsdps:
-        r = step_memory(cfg, rank, rows=args.rows, micro=args.micro, prompt_len=args.prompt_len,
-                        new_tokens=args.new_tokens, fsdp=fsdp)
+        try:
+          r = step_memory(cfg, rank, rows=args.rows, micro=args.micro,
+                          prompt_len=args.prompt_len, new_tokens=args.new_tokens, fsdp=fsdp,
+                          devices=devices)
+        except Exception as e:  # noqa: BLE001 - e.g. the TPU compiler's own out-of-memory
+          print(f"| {name} | {variant} | {fsdp} | does not compile: "
+                f"{str(e).strip().splitlines()[0][:160]} |", flush=True)
+          continue
         fits = " / ".join("yes" if r["total"] <= cap * 1e9 else "no" for cap in (16, 80, 141))
         print(f"| {name} | {variant} | {fsdp} | {gb(r['params']):.1f} | {gb(r['opt']):.1f} | "
               f"{gb(r['peak']):.1f} | {gb(r['ref']):.1f} | {gb(r['total']):.1f} | {fits} |",

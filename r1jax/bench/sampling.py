@@ -355,7 +355,8 @@ def main(argv=None) -> dict:
 
   import jax
   from r1jax.model import gguf
-  path = gguf.smollm2_gguf_path()
+  from r1jax.model.smollm2 import smollm2_gguf_path
+  path = smollm2_gguf_path()
   cfg, params = gguf.load_gguf(path)
   impls = args.impls.split(",")
   scfg_kw = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)

@@ -324,7 +324,8 @@ def main(argv=None) -> dict:
   from r1jax.model import PRESETS, init_params
   if args.model == "smollm2":
     from r1jax.model import gguf
-    gguf_path = gguf.smollm2_gguf_path()
+    from r1jax.model.smollm2 import smollm2_gguf_path
+    gguf_path = smollm2_gguf_path()
     cfg, params = gguf.load_gguf(gguf_path)
     import transformers
     hf_tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(gguf_path),

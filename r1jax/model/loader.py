@@ -68,7 +68,8 @@ def load_tokenizer(spec: Mapping[str, Any]):
     return Tokenizer.byte_level(PRESETS[spec["preset"]].vocab_size)
   if source in ("smollm2_gguf", "gguf"):
     from r1jax.model import gguf
-    return Tokenizer.from_gguf(gguf.smollm2_gguf_path() if source == "smollm2_gguf"
+    from r1jax.model.smollm2 import smollm2_gguf_path
+    return Tokenizer.from_gguf(smollm2_gguf_path() if source == "smollm2_gguf"
                                else spec["path"])
   if source == "hf_dir":
     return Tokenizer.from_hf_dir(spec["path"])
@@ -91,7 +92,8 @@ def _load(spec: Mapping[str, Any], mesh: Mesh, rules, seed: int):
     return cfg, params, Tokenizer.byte_level(cfg.vocab_size)
   if source in ("smollm2_gguf", "gguf"):
     from r1jax.model import gguf
-    path = gguf.smollm2_gguf_path() if source == "smollm2_gguf" else spec["path"]
+    from r1jax.model.smollm2 import smollm2_gguf_path
+    path = smollm2_gguf_path() if source == "smollm2_gguf" else spec["path"]
     reader = gguf.open_gguf(path)  # one read serves weights and tokenizer
     cfg = gguf.config_from_gguf(reader, dtype=dtypes["param_dtype"]).replace(**dtypes)
     axes = param_axes(cfg)

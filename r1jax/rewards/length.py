@@ -39,6 +39,18 @@ def overlong(completion: str, example: Example, *, max_len: int = 4096, cache_le
   return -1.0
 
 
+def _correctness(name: str):
+  """The correctness reward `cosine` scales (imported here, not from the registry, which
+  imports this module)."""
+  from r1jax.rewards.accuracy import accuracy
+  from r1jax.rewards.code_exec import code_reward
+  from r1jax.rewards.gym import reasoning_gym_score
+  fns = {"accuracy": accuracy, "code": code_reward, "reasoning_gym": reasoning_gym_score}
+  if name not in fns:
+    raise ValueError(f"cosine: correctness={name!r}; choose from {sorted(fns)}")
+  return fns[name]
+
+
 def cosine(completion: str, example: Example, *, max_len: int = 4096,
            min_value_correct: float = 0.5, max_value_correct: float = 1.0,
            min_value_wrong: float = -1.0, max_value_wrong: float = -0.5,
@@ -48,10 +60,10 @@ def cosine(completion: str, example: Example, *, max_len: int = 4096,
   Correct answers earn max_value_correct at length 0 decaying to min_value_correct at
   max_len (short and right is best); wrong answers are penalised min_value_wrong at
   length 0 easing to max_value_wrong at max_len (long and wrong beats short and wrong).
-  `correctness` names the reward (from REWARDS) that decides right/wrong (> 0.5).
+  `correctness` names the reward that decides right/wrong (> 0.5): accuracy, code or
+  reasoning_gym.
   """
-  from r1jax.rewards.registry import REWARDS  # the registry imports this module
-  correct = REWARDS[correctness](completion, example) > 0.5
+  correct = _correctness(correctness)(completion, example) > 0.5
   progress = min(completion_length(completion, example, chars_per_token) / max_len, 1.0)
   lo, hi = ((min_value_correct, max_value_correct) if correct
             else (max_value_wrong, min_value_wrong))
