@@ -2,7 +2,7 @@
 
 Every array that is sharded names its dimensions with logical axes (`batch`,
 `length`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `norm`,
-`expert`).
+`expert`, `q_lora`, `kv_lora`).
 `DEFAULT_RULES` maps them onto the mesh axes (`data`, `fsdp`, `tensor`); this is
 the only place where that mapping lives. A mesh axis is dropped for a dimension
 it does not divide (the dimension is then replicated over that axis).
@@ -32,6 +32,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("norm", None),
     ("expert", None),  # MoE expert weights: replicated (no expert mesh axis yet)
+    ("q_lora", None),  # MLA's low-rank query and key-value latents (r1jax.model.mla)
+    ("kv_lora", None),
 )
 
 _CURRENT: list[tuple[Mesh, tuple]] = []
