@@ -35,8 +35,8 @@ from r1jax.model.config import ModelConfig
 from r1jax.model.layers import (MASKED, Params, apply_rope, attention, dense, param,
                                 rms_norm, rope_inv_freq)
 from r1jax.model.mla import mla_attention, mla_params
-from r1jax.model.moe import (MOE_IMPLS, merge_router_stats, moe_mlp, route, router_stats,
-                             router_summary)
+from r1jax.model.moe import (  # noqa: F401 - MOE_IMPLS, merge_router_stats, route: re-exported
+    MOE_IMPLS, merge_router_stats, moe_mlp, route, router_stats, router_summary)
 
 # Older names, kept for the modules and tests that import them from here.
 _attention, _dense, _param = attention, dense, param
@@ -69,7 +69,7 @@ class Block(nnx.Module):
   """Pre-norm attention (or MLA) + SwiGLU MLP (or a mixture of SwiGLU experts when `moe`)."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, moe: bool = False):
-    d, h, kv, hd, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd, cfg.intermediate_size
+    d, f = cfg.hidden_size, cfg.intermediate_size
     self.attn_norm = _param(rngs, (d,), ("norm",), cfg, value=1.0)
     self.mlp_norm = _param(rngs, (d,), ("norm",), cfg, value=1.0)
     if cfg.is_mla:
