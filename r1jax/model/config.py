@@ -176,10 +176,9 @@ class ModelConfig:
     if not isinstance(self.n_shared_experts, int) or self.n_shared_experts < 0:
       raise ValueError(f"ModelConfig.n_shared_experts must be an int >= 0, got "
                        f"{self.n_shared_experts!r}")
-    fk = self.first_k_dense_replace
-    if not isinstance(fk, int) or not 0 <= fk <= self.num_layers:
-      raise ValueError(f"ModelConfig.first_k_dense_replace must be an int in [0, num_layers="
-                       f"{self.num_layers}], got {fk!r}")
+    fk = self.first_k_dense_replace  # >= num_layers: every layer dense (a cut-down depth)
+    if not isinstance(fk, int) or fk < 0:
+      raise ValueError(f"ModelConfig.first_k_dense_replace must be an int >= 0, got {fk!r}")
     if not self.routed_scaling_factor > 0:
       raise ValueError(f"ModelConfig.routed_scaling_factor must be > 0, got "
                        f"{self.routed_scaling_factor!r}")

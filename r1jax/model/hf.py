@@ -101,6 +101,9 @@ def check_supported(hf: Mapping[str, Any]) -> None:
                     hf["num_nextn_predict_layers"])
   if family == "qwen3_moe" and hf.get("shared_expert_intermediate_size"):
     raise ValueError("unsupported: shared_expert_intermediate_size (shared experts)")
+  if hf.get("quantization_config"):  # e.g. DeepSeek-V3's FP8 blocks with weight_scale_inv
+    raise ValueError(f"unsupported: a quantized checkpoint (quantization_config="
+                     f"{hf['quantization_config']}); dequantize it to bf16 first")
   if hf.get("use_sliding_window"):
     raise ValueError("unsupported: use_sliding_window=true (sliding-window attention)")
   if model_type == "mistral" and hf.get("sliding_window"):

@@ -114,8 +114,9 @@ def absorbed_attention(q_nope: jax.Array, q_rope: jax.Array, k_rope: jax.Array,
   s = s + jnp.einsum(f"bthd,{k_layout}->bhts", q_rope.astype(k_rope.dtype), k_rope,
                      preferred_element_type=jnp.float32)
   p = jax.nn.softmax(s * softmax_scale(cfg) + bias[:, None], axis=-1).astype(latent.dtype)
-  o_lat = jnp.einsum("bhts,bsr->bthr", p, latent, preferred_element_type=jnp.float32)
-  return jnp.einsum("bthr,rhv->bthv", o_lat.astype(dtype), kv_b[..., dn:])
+  # Head-major output: XLA:CPU has no bf16 x bf16 -> f32 dot that writes [B, T, H, R].
+  o_lat = jnp.einsum("bhts,bsr->bhtr", p, latent, preferred_element_type=jnp.float32)
+  return jnp.einsum("bhtr,rhv->bthv", o_lat.astype(dtype), kv_b[..., dn:])
 
 
 def mla_attention(hn: jax.Array, layer: Params, cfg: ModelConfig, positions: jax.Array,

@@ -126,8 +126,9 @@ def router_summary(stats: list[dict] | dict, cfg: ModelConfig) -> dict[str, jax.
   leaf-wise to another forward's, `merge_router_stats` re-summarises).
   aux_loss is the Switch-Transformer load-balancing loss as HF Qwen3-MoE computes it:
   E * sum_e f_e * P_e, f_e the fraction of (real token, top-k slot) pairs sent to expert e
-  and P_e its mean router probability, both pooled over the MoE layers; unscaled (a trainer
-  adds a coefficient, e.g. `cfg.router_aux_loss_coef`, times it). expert_load[l, e] is the
+  and P_e its mean router probability (sigmoid routing: the per-token normalised scores,
+  as DeepSeek-V3's balance loss uses them), both pooled over the MoE layers; unscaled (a
+  trainer adds a coefficient, e.g. `cfg.router_aux_loss_coef`, times it). expert_load[l, e] is the
   fraction of layer l's routed pairs expert e got (1/E each when balanced). A dense model
   gives 0 and [0, 0].
   """
