@@ -152,7 +152,8 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
               mlp_only_layers=tuple(hf.get("mlp_only_layers") or ()),
               router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)))
   if family == "deepseek_v3":  # MLA, and sigmoid-routed experts after the first k layers
-    kw.update({k: hf[k] for k in DEEPSEEK_FIELDS if k in hf}, scoring_func="sigmoid",
+    kw.update({k: hf[k] for k in DEEPSEEK_FIELDS if hf.get(k) is not None},  # None: default
+              scoring_func="sigmoid",
               num_experts=int(hf.get("n_routed_experts", hf.get("num_local_experts", 256))),
               num_kv_heads=heads, head_dim=None)
   kw.update(overrides)
