@@ -1,5 +1,6 @@
-"""The sampler's building blocks: its config, token choice, the one-token decode step over a
-head-major KV cache, per-sample keys and the shared prompt prefill.
+"""The sampler's building blocks: its config, the one-token decode step over a head-major KV
+cache (ordinary or MLA's latent one), per-sample keys and the shared prompt prefill; token
+choice lives in `r1jax.token_choice` (re-exported here).
 
 `r1jax.sampling` (the static batch) and `r1jax.continuous` (refilled decode slots) are both
 built from these; see `r1jax.sampling`'s docstring for why each piece is shaped as it is.
@@ -16,7 +17,11 @@ import jax.numpy as jnp
 
 from r1jax.mesh import constrain, current_mesh
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
-from r1jax.model.transformer import apply_rope, moe_mlp, rms_norm, rope_inv_freq
+from r1jax.model import mla
+from r1jax.model.transformer import MASKED, apply_rope, moe_mlp, rms_norm, rope_inv_freq
+from r1jax.token_choice import (  # noqa: F401 - re-exported: the sampler's token choice
+    _BLOCK, _blocked_categorical, _choose, _filtered_sample, _first_argmax, _nucleus_cutoff,
+    _ordered_key, _row_categorical, filter_logits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,153 +96,6 @@ class SampleOutput(NamedTuple):
   lengths: jax.Array  # [B*G] number of generated tokens
 
 
-# ----------------------------------------------------------------------------- token choice
-
-
-def filter_logits(logits: jax.Array, top_p: float, top_k: int) -> jax.Array:
-  """Mask logits outside the top-k and outside the top-p nucleus with -inf.
-
-  The nucleus is the smallest prefix of the descending order whose probability mass
-  (under softmax of all the logits) reaches `top_p`, always at least one token; tokens tied
-  with the cut-off value are kept. No sort: the top-k cut-off comes from `lax.top_k`, the
-  nucleus cut-off from `_nucleus_cutoff` (an exact search over the float order).
-  """
-  if top_k <= 0 and top_p >= 1.0:
-    return logits
-  v = logits.shape[-1]
-  keep = jnp.ones(logits.shape, bool)
-  if 0 < top_k < v:
-    keep = logits >= jax.lax.top_k(logits, top_k)[0][..., -1:]
-  if top_p < 1.0:
-    keep &= _ordered_key(logits) >= _nucleus_cutoff(logits, top_p)
-  return jnp.where(keep, logits, -jnp.inf)
-
-
-def _ordered_key(x: jax.Array) -> jax.Array:
-  """float32 -> uint32 with the same order (for bisection over float values)."""
-  u = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-  return jnp.where(u >> 31 == 1, ~u, u | jnp.uint32(1 << 31))
-
-
-def _nucleus_cutoff(logits: jax.Array, top_p: float) -> jax.Array:
-  """The ordered key of the smallest kept logit of the top-p nucleus, [..., 1].
-
-  A token is in the nucleus iff the mass of the tokens above it is < top_p; that mass only
-  decreases with the threshold, so 32 bisection steps over the 2^32 float keys find the
-  exact cut-off (each step one masked sum over the vocabulary, no sort).
-  """
-  x = logits.astype(jnp.float32)
-  p = jax.nn.softmax(x, axis=-1)
-  key = _ordered_key(x)
-  hi = jnp.max(key, axis=-1, keepdims=True)  # mass above: 0 < top_p
-  lo = jnp.min(key, axis=-1, keepdims=True) - 1  # mass above: 1 >= top_p
-
-  def body(_, c):
-    lo, hi = c
-    mid = lo + (hi - lo) // 2
-    above = jnp.sum(jnp.where(key > mid, p, 0.0), axis=-1, keepdims=True)
-    small = above < top_p
-    return jnp.where(small, lo, mid), jnp.where(small, mid, hi)
-
-  _, hi = jax.lax.fori_loop(0, 32, body, (lo, hi))
-  return hi
-
-
-def _first_argmax(x: jax.Array) -> jax.Array:
-  """argmax over the last axis (first index among ties), as two vectorisable reductions."""
-  v = x.shape[-1]
-  m = jnp.max(x, axis=-1, keepdims=True)
-  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-  return jnp.min(jnp.where(x == m, iota, v), axis=-1)
-
-
-def _row_categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
-  """One categorical draw per row, row i using keys[i]; logits [R, K] -> [R] int32."""
-  return jax.vmap(lambda k, l: jax.random.categorical(k, l))(keys, logits).astype(jnp.int32)
-
-
-_BLOCK = 256
-
-
-def _blocked_categorical(keys: jax.Array, logits: jax.Array, e: jax.Array) -> jax.Array:
-  """Exact sample from softmax(logits) [R, V]: a block of `_BLOCK` tokens by its mass, then a
-  token inside it. Draws R * (V/_BLOCK + _BLOCK) Gumbels instead of R * V.
-
-  e: exp(logits - row max) [R, V] (shared with the log-prob computation).
-  """
-  r, v = logits.shape
-  nb = -(-v // _BLOCK)
-  pad = nb * _BLOCK - v
-  if pad:
-    logits = jnp.pad(logits, ((0, 0), (0, pad)), constant_values=-jnp.inf)
-    e = jnp.pad(e, ((0, 0), (0, pad)))
-  mass = e.reshape(r, nb, _BLOCK).sum(-1)
-  k1, k2 = jax.vmap(jax.random.split, out_axes=1)(keys)
-  block = _row_categorical(k1, jnp.log(mass))
-  within = jnp.take_along_axis(logits.reshape(r, nb, _BLOCK), block[:, None, None], axis=1)[:, 0]
-  return block * _BLOCK + _row_categorical(k2, within)
-
-
-def _choose(logits: jax.Array, keys: jax.Array, scfg: SamplingConfig):
-  """logits [R, V] float32, keys [R] -> (token [R], logp [R] under softmax(logits / T))."""
-  if scfg.temperature == 0.0:
-    tok = _first_argmax(logits)
-    scaled = logits
-    m = jnp.max(scaled, axis=-1, keepdims=True)
-    e = jnp.exp(scaled - m)
-  else:
-    scaled = logits / scfg.temperature
-    m = jnp.max(scaled, axis=-1, keepdims=True)
-    e = jnp.exp(scaled - m)
-    if scfg.top_k <= 0 and scfg.top_p >= 1.0:
-      tok = _blocked_categorical(keys, scaled, e)
-    else:
-      tok = _filtered_sample(scaled, m, e, keys, scfg)
-  log_z = jnp.log(jnp.sum(e, axis=-1))
-  picked = jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0]
-  return tok, (picked - m[:, 0]) - log_z
-
-
-def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
-  """Top-k / top-p sample among `lax.top_k` candidates, or over the whole filtered vocabulary
-  (`filter_logits`, no sort) when the candidates do not cover the nucleus."""
-  v = scaled.shape[-1]
-  k = min(scfg.top_k if scfg.top_k > 0 else scfg.top_p_candidates, v)
-
-  def full(_):
-    f = filter_logits(scaled, scfg.top_p, scfg.top_k)
-    mf = jnp.max(f, axis=-1, keepdims=True)
-    return _blocked_categorical(keys, f, jnp.exp(f - mf))
-
-  if k >= v:
-    return full(None)
-  vals, idx = jax.lax.top_k(scaled, k)
-  keep = jnp.ones(vals.shape, bool)
-  covered = None  # per row
-  if scfg.top_p < 1.0:
-    probs = jnp.exp(vals - m) / jnp.sum(e, axis=-1, keepdims=True)
-    before = jnp.cumsum(probs, axis=-1) - probs
-    keep = before < scfg.top_p
-    # The nucleus ends inside the candidates iff the last one is already outside it; with
-    # top_k <= k the top-k cut bounds it anyway.
-    if not 0 < scfg.top_k <= k:
-      covered = ~keep[:, -1]
-  # Tokens tied with the cut-off value stay in (as filter_logits keeps them).
-  cut = jnp.min(jnp.where(keep, vals, jnp.inf), axis=-1, keepdims=True)
-  keep = vals >= cut
-
-  def cand(_):
-    j = _row_categorical(keys, jnp.where(keep, vals, -jnp.inf))
-    return jnp.take_along_axis(idx, j[:, None], axis=-1)[:, 0].astype(jnp.int32)
-
-  if covered is None:
-    return cand(None)
-  # Each row by its own coverage, so that its draw does not depend on the other rows.
-  tok = cand(None)
-  return jax.lax.cond(jnp.all(covered), lambda: tok,
-                      lambda: jnp.where(covered, tok, full(None)))
-
-
 # ----------------------------------------------------------------------------- decode step
 
 
@@ -269,26 +127,23 @@ def _decode_weights(params, cfg: ModelConfig, fuse: bool, wdt: Any) -> dict:
   """
   dt = jnp.dtype(wdt)
   d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd
+  mats = ("q", "k", "v", "o", "gate", "up", "down", "router", "experts_gate", "experts_up",
+          "experts_down", "shared_gate", "shared_up", "shared_down", "q_a", "q_b", "kv_a", "kv_b")
+  as_is = ("attn_norm", "mlp_norm", "q_norm", "k_norm", "q_a_norm", "kv_a_norm", "router_bias",
+           "q_bias", "k_bias", "v_bias")
   layers = []
   for i in range(cfg.num_layers):
     layer = params["layers"][i]
-    moe = "router" in layer
-    w = {k: layer[k] for k in ("attn_norm", "mlp_norm", "q_norm", "k_norm") if k in layer}
-    mlp = ("router", "experts_gate", "experts_up", "experts_down") if moe else ("down",)
-    w.update({k: layer[k].astype(dt) for k in ("o",) + mlp})
-    if fuse:
-      w["qkv"] = jnp.concatenate([layer["q"].reshape(d, h * hd), layer["k"].reshape(d, kvh * hd),
-                                  layer["v"].reshape(d, kvh * hd)], axis=1).astype(dt)
-      if not moe:
-        w["gate_up"] = jnp.concatenate([layer["gate"], layer["up"]], axis=1).astype(dt)
+    w = {k: layer[k] for k in as_is if k in layer}
+    w.update({k: layer[k].astype(dt) for k in mats if k in layer})
+    if fuse and "k" in layer:
+      w["qkv"] = jnp.concatenate([w.pop("q").reshape(d, h * hd), w.pop("k").reshape(d, kvh * hd),
+                                  w.pop("v").reshape(d, kvh * hd)], axis=1)
       if cfg.qkv_bias:
-        w["qkv_bias"] = jnp.concatenate([layer["q_bias"].reshape(-1), layer["k_bias"].reshape(-1),
-                                         layer["v_bias"].reshape(-1)])
-    else:
-      for k in ("q", "k", "v") + (() if moe else ("gate", "up")):
-        w[k] = layer[k].astype(dt)
-      if cfg.qkv_bias:
-        w.update({k: layer[k] for k in ("q_bias", "k_bias", "v_bias")})
+        w["qkv_bias"] = jnp.concatenate([w.pop(n).reshape(-1) for n in ("q_bias", "k_bias",
+                                                                         "v_bias")])
+    if fuse and "gate" in layer:
+      w["gate_up"] = jnp.concatenate([w.pop("gate"), w.pop("up")], axis=1)
     layers.append(w)
   unembed = unembed_matrix(params, cfg).astype(dt)
   if fuse and cfg.tie_embeddings:
@@ -310,6 +165,37 @@ def _mm(x: jax.Array, w: jax.Array, spec: str = "rd,dn->rn") -> jax.Array:
   """x @ w in w's dtype with float32 accumulation and result, cast back to x's dtype (a bf16
   dot that returns bf16 takes a much slower path on CPU than one that returns float32)."""
   return jnp.einsum(spec, x.astype(w.dtype), w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _qkv(hn: jax.Array, layer: dict, cfg: ModelConfig) -> tuple[jax.Array, ...]:
+  """q [R, H, Dh], k and v [R, Hkv, Dh] of one token per row (before RoPE)."""
+  r, dt = hn.shape[0], jnp.dtype(cfg.dtype)
+  h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.hd
+  if "qkv" in layer:
+    qkv = _mm(hn, layer["qkv"])
+    if cfg.qkv_bias:
+      qkv = qkv + layer["qkv_bias"].astype(dt)
+    q = qkv[:, :h * hd].reshape(r, h, hd)
+    k = qkv[:, h * hd:(h + kvh) * hd].reshape(r, kvh, hd)
+    v = qkv[:, (h + kvh) * hd:].reshape(r, kvh, hd)
+  else:
+    q, k, v = (_mm(hn, layer[n], "rd,dhk->rhk") for n in ("q", "k", "v"))
+    if cfg.qkv_bias:
+      q, k, v = (a + layer[n + "_bias"].astype(dt) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+  if cfg.qk_norm:
+    q = rms_norm(q, layer["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(k, layer["k_norm"], cfg.rms_norm_eps)
+  return q, k, v
+
+
+def _swiglu(hn: jax.Array, layer: dict, prefix: str) -> jax.Array:
+  """The SwiGLU MLP `prefix`gate/up/down (or its fused gate_up) on hn [R, D]."""
+  if prefix + "gate_up" in layer:
+    gu = _mm(hn, layer[prefix + "gate_up"])
+    g, u = jnp.split(gu, 2, axis=-1)
+  else:
+    g, u = _mm(hn, layer[prefix + "gate"]), _mm(hn, layer[prefix + "up"])
+  return _mm(constrain(jax.nn.silu(g) * u, ("batch", "mlp")), layer[prefix + "down"])
 
 
 def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live: jax.Array,
@@ -337,22 +223,13 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
   new_k, new_v = [], []
   for i, layer in enumerate(w["layers"]):
     hn = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
-    if "qkv" in layer:
-      qkv = _mm(hn, layer["qkv"])
-      if cfg.qkv_bias:
-        qkv = qkv + layer["qkv_bias"].astype(dt)
-      q = qkv[:, :h * hd].reshape(r, h, hd)
-      k = qkv[:, h * hd:(h + kvh) * hd].reshape(r, kvh, hd)
-      v = qkv[:, (h + kvh) * hd:].reshape(r, kvh, hd)
+    if "kv_a" in layer:  # MLA: the cache holds k_rope (as K) and the latent (as V), 1 "head"
+      q, q_rope, v, k = mla.project(hn[:, None], layer, cfg, pos[:, None], lambda a: a.astype(dt))
+      q, q_rope, k, v = q[:, 0], q_rope[:, 0], k[:, 0, None], v[:, 0, None]
     else:
-      q, k, v = (_mm(hn, layer[n], "rd,dhk->rhk") for n in ("q", "k", "v"))
-      if cfg.qkv_bias:
-        q, k, v = (a + layer[n + "_bias"].astype(dt) for a, n in ((q, "q"), (k, "k"), (v, "v")))
-    if cfg.qk_norm:
-      q = rms_norm(q, layer["q_norm"], cfg.rms_norm_eps)
-      k = rms_norm(k, layer["k_norm"], cfg.rms_norm_eps)
-    q = constrain(rope(q), ("batch", "heads", "head_dim"))
-    k = rope(k)
+      q, k, v = _qkv(hn, layer, cfg)
+      q = constrain(rope(q), ("batch", "heads", "head_dim"))
+      k = rope(k)
     kt = _k_transposed(cache.k[i].dtype)
     k, v = k.astype(cache.k[i].dtype), v.astype(cache.v[i].dtype)
     if per_row:  # a scatter of R slots (in place)
@@ -365,26 +242,28 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
     ck, cv = constrain(ck, _K_AXES if kt else _V_AXES), constrain(cv, _V_AXES)
     new_k.append(ck)
     new_v.append(cv)
-    qg = q.reshape(r, kvh, h // kvh, hd).astype(ck.dtype)
-    s = jnp.einsum("rkgd,rkds->rkgs" if kt else "rkgd,rksd->rkgs", qg, ck,
-                   preferred_element_type=jnp.float32)
-    s = s / math.sqrt(hd)
-    s = jnp.where(allowed[:, None, None], s, jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(cv.dtype)
-    attn = jnp.einsum("rkgs,rksd->rkgd", p, cv, preferred_element_type=jnp.float32)
-    x = x + _mm(attn.reshape(r, h, hd).astype(dt), layer["o"], "rhk,hkd->rd")
+    if "kv_a" in layer:
+      bias = jnp.where(allowed, 0.0, MASKED)[:, None].astype(jnp.float32)
+      attn = mla.absorbed_attention(q[:, None], q_rope[:, None], ck[:, 0], cv[:, 0], layer["kv_b"],
+                                    bias, cfg, dt, "bds" if kt else "bsd")[:, 0]
+    else:
+      qg = q.reshape(r, kvh, h // kvh, hd).astype(ck.dtype)
+      s = jnp.einsum("rkgd,rkds->rkgs" if kt else "rkgd,rksd->rkgs", qg, ck,
+                     preferred_element_type=jnp.float32)
+      s = s / math.sqrt(hd)
+      s = jnp.where(allowed[:, None, None], s, jnp.finfo(jnp.float32).min)
+      p = jax.nn.softmax(s, axis=-1).astype(cv.dtype)
+      attn = jnp.einsum("rkgs,rksd->rkgd", p, cv, preferred_element_type=jnp.float32)
+      attn = attn.reshape(r, h, hd)
+    x = x + _mm(attn.astype(dt), layer["o"], "rhk,hkd->rd")
     x = constrain(x, ("batch", "embed"))
     hn = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
     if "router" in layer:
-      x = constrain(x + moe_mlp(hn, layer, cfg, lambda a: a.astype(dt))[0], ("batch", "embed"))
-      continue
-    if "gate_up" in layer:
-      gu = _mm(hn, layer["gate_up"])
-      g, u = gu[:, :cfg.intermediate_size], gu[:, cfg.intermediate_size:]
+      x = x + moe_mlp(hn, layer, cfg, lambda a: a.astype(dt))[0]
+      x = x + (_swiglu(hn, layer, "shared_") if "shared_gate" in layer else 0)
     else:
-      g, u = _mm(hn, layer["gate"]), _mm(hn, layer["up"])
-    mlp = constrain(jax.nn.silu(g) * u, ("batch", "mlp"))
-    x = constrain(x + _mm(mlp, layer["down"]), ("batch", "embed"))
+      x = x + _swiglu(hn, layer, "")
+    x = constrain(x, ("batch", "embed"))
   x = rms_norm(x, w["final_norm"], cfg.rms_norm_eps)
   logits = jnp.einsum("rd,dv->rv", x.astype(w["unembed"].dtype), w["unembed"],
                       preferred_element_type=jnp.float32)

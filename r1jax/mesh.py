@@ -2,10 +2,12 @@
 
 Every array that is sharded names its dimensions with logical axes (`batch`,
 `length`, `embed`, `heads`, `kv_heads`, `head_dim`, `mlp`, `vocab`, `norm`,
-`expert`).
-`DEFAULT_RULES` maps them onto the mesh axes (`data`, `fsdp`, `tensor`); this is
-the only place where that mapping lives. A mesh axis is dropped for a dimension
-it does not divide (the dimension is then replicated over that axis).
+`expert`, `q_lora`, `kv_lora`).
+`DEFAULT_RULES` maps them onto the mesh axes (`data`, `fsdp`, `tensor`, `expert`); this is
+the only place where that mapping lives. The `expert` mesh axis (size 1 unless a 4-entry
+mesh shape asks for more) is expert parallelism: MoE expert weights are split over it, and
+so is the batch (the rest of the model runs data-parallel over it). A mesh axis is dropped
+for a dimension it does not divide (the dimension is then replicated over that axis).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
 # logical axis -> mesh axes (a tuple is sharded over their product).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
+    ("batch", ("data", "fsdp", "expert")),
     ("length", None),
     ("embed", "fsdp"),
     ("vocab", "tensor"),
@@ -31,18 +33,23 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("norm", None),
-    ("expert", None),  # MoE expert weights: replicated (no expert mesh axis yet)
+    ("expert", "expert"),  # MoE expert weights (and router columns)
+    ("q_lora", None),  # MLA's low-rank query and key-value latents (r1jax.model.mla)
+    ("kv_lora", None),
 )
 
 _CURRENT: list[tuple[Mesh, tuple]] = []
 
 
 def make_mesh(shape: Sequence[int] = (1, 1, 1), devices: Sequence[Any] | None = None) -> Mesh:
-  """Mesh over (data, fsdp, tensor); `-1` in one slot takes the remaining devices."""
+  """Mesh over (data, fsdp, tensor, expert); `-1` in one slot takes the remaining devices.
+  A 3-entry shape has expert = 1."""
   devices = list(jax.devices() if devices is None else devices)
   shape = list(shape)
-  if len(shape) != 3:
-    raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
+  if len(shape) not in (3, 4):
+    raise ValueError(f"mesh shape must have 3 or 4 entries (data, fsdp, tensor[, expert]), "
+                     f"got {shape}")
+  shape += [1] * (4 - len(shape))
   if shape.count(-1) > 1:
     raise ValueError(f"mesh shape may contain at most one -1, got {shape}")
   if -1 in shape:

@@ -171,9 +171,9 @@ def sampler_programs(params, cfg: ModelConfig, mesh, b: int, p: int, scfg, prefi
   wdt = jnp.dtype(scfg.decode_dtype or cfg.dtype)
   kt = sampling._k_transposed(wdt)
   s = p + n  # the cache at its full length: an upper bound on every step's reads
-  k_shape = ((decode_rows, cfg.num_kv_heads, cfg.hd, s) if kt
-             else (decode_rows, cfg.num_kv_heads, s, cfg.hd))
-  v_shape = (decode_rows, cfg.num_kv_heads, s, cfg.hd)
+  heads, dk, dv = cfg.cache_dims  # MLA: its latent cache
+  k_shape = (decode_rows, heads, dk, s) if kt else (decode_rows, heads, s, dk)
+  v_shape = (decode_rows, heads, s, dv)
   named = lambda axes, shape: mesh_lib.named_sharding(mesh, axes, shape)
   cache = sampling._Cache(
       tuple(_sds(k_shape, wdt, named(sampling._K_AXES if kt else sampling._V_AXES, k_shape))

@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from r1jax import mesh as mesh_lib
 from r1jax.model import transformer as tfm
-from r1jax.model.config import ModelConfig
+from r1jax.model.config import PRESETS, ModelConfig
 from r1jax.model.checkpoint_io import load_hf_dir, save_hf_dir
 
 MODELS: dict[str, ModelConfig] = {
@@ -58,6 +58,9 @@ MODELS: dict[str, ModelConfig] = {
     "odd": ModelConfig(vocab_size=250, hidden_size=48, num_layers=2, num_heads=6,
                        num_kv_heads=3, intermediate_size=90, tie_embeddings=True,
                        qkv_bias=False, rms_norm_eps=1e-6, max_position_embeddings=256),
+    # DeepSeek-V3 in miniature (MLA, layer 0 dense, 8 sigmoid-routed experts in 2 groups,
+    # a shared expert), for expert parallelism: run it on a 4-entry mesh shape.
+    "dsv3": PRESETS["tiny_mla"].replace(router_bias_update_speed=0.0),
 }
 
 CHECKS: dict[str, Callable[["Context"], dict]] = {}
@@ -252,6 +255,22 @@ def check_forward(ctx: Context) -> dict:
   err = float(np.abs(np.asarray(out) - ref)[ctx.mask].max())
   assert err <= 1e-4, f"max abs diff {err}"
   return {"max_abs_diff": err, "logits_spec": str(out.sharding.spec)}
+
+
+@check
+def check_expert_sharded(ctx: Context) -> dict:
+  """MoE expert weights are split over the `expert` mesh axis (E / expert per device)."""
+  n = ctx.mesh.shape["expert"]
+  out = {}
+  for i in ctx.cfg.moe_layers:
+    for name in ("experts_gate", "experts_up", "experts_down", "router_bias"):
+      x = ctx.params["layers"][i][name]
+      spec = x.sharding.spec
+      assert spec[0] == "expert" or n == 1, (name, spec)
+      shard = x.sharding.shard_shape(x.shape)
+      assert shard[0] == x.shape[0] // n, (name, shard, x.shape)
+      out[f"{i}.{name}"] = str(spec)
+  return out
 
 
 def _loss(params, cfg, tokens, positions, mask):

@@ -29,7 +29,8 @@ TARGETS = [t for _, ts in GROUPS for t in ts]
 
 
 def _abstract(shape):
-  return AbstractMesh(tuple(shape), mesh_lib.MESH_AXES)
+  shape = tuple(shape) + (1,) * (len(mesh_lib.MESH_AXES) - len(shape))  # expert = 1
+  return AbstractMesh(shape, mesh_lib.MESH_AXES)
 
 
 # ----------------------------------------------------------------------------- rules (in-process)

@@ -8,11 +8,14 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Llama 3.x / Qwen2 / Qwen2.5 / SmolLM2 / Qwen3 / Qwen3-MoE decoder-only transformer.
+  """Llama 3.x / Qwen2 / Qwen2.5 / SmolLM2 / Qwen3 / Qwen3-MoE / DeepSeek-V3 decoder-only
+  transformer.
 
   Field names follow HF `config.json` meanings. `dtype` is the compute dtype,
   `param_dtype` the storage dtype of the parameters. With `num_experts` > 0 the MLP of
-  every layer `is_moe_layer` picks is a softmax top-k mixture of experts (Qwen3-MoE).
+  every layer `is_moe_layer` picks is a top-k mixture of experts (softmax scores as
+  Qwen3-MoE, or sigmoid with DeepSeek-V3's bias and expert groups). With `kv_lora_rank` > 0
+  attention is DeepSeek's multi-head latent attention (r1jax.model.mla).
   """
 
   vocab_size: int
@@ -42,6 +45,25 @@ class ModelConfig:
   decoder_sparse_step: int = 1  # layer i is MoE when (i + 1) % step == 0 ...
   mlp_only_layers: tuple[int, ...] = ()  # ... and i is not listed here
   router_aux_loss_coef: float = 0.0  # weight of the Switch load-balancing loss (trainers)
+  # DeepSeek-V3 routing (HF DeepseekV3Config names); the defaults are Qwen3-MoE's.
+  scoring_func: str = "softmax"  # "softmax" | "sigmoid" (r1jax.model.moe.SCORING_FUNCS);
+  # sigmoid layers carry a router_bias (e_score_correction_bias) used only to choose experts
+  n_group: int = 1  # experts form n_group groups; a token picks among its topk_group best
+  topk_group: int = 1
+  routed_scaling_factor: float = 1.0  # multiplies the routed experts' weights
+  n_shared_experts: int = 0  # an always-on SwiGLU of n_shared * moe_intermediate_size
+  first_k_dense_replace: int = 0  # the first k layers keep a dense MLP
+  # aux-loss-free balancing: router_bias += speed * sign(mean load - load) per train step
+  # (r1jax.model.moe.update_router_bias); 0 disables. DeepSeek-V3 used 0.001.
+  router_bias_update_speed: float = 0.0
+  # Multi-head latent attention (DeepSeek-V2/V3); kv_lora_rank=0 is ordinary attention and
+  # the other MLA fields must then keep their defaults.
+  q_lora_rank: int | None = None  # None: q is one [D, H, Dn + Dr] projection
+  kv_lora_rank: int = 0
+  qk_nope_head_dim: int = 0
+  qk_rope_head_dim: int = 0
+  v_head_dim: int = 0
+  rope_interleave: bool = True  # the rotary dims are interleaved pairs (DeepSeek checkpoints)
   # Rematerialise each block in the backward pass: False/"" off, True/"full" recompute all,
   # or a jax.checkpoint_policies name ("dots_saveable", ...; r1jax.memory.REMAT_POLICIES).
   remat: bool | str = False
@@ -50,9 +72,26 @@ class ModelConfig:
   def hd(self) -> int:
     return self.head_dim or self.hidden_size // self.num_heads
 
+  @property
+  def is_mla(self) -> bool:
+    return self.kv_lora_rank > 0
+
+  @property
+  def rope_dim(self) -> int:
+    """Rotary dims per head: qk_rope_head_dim under MLA, the whole head otherwise."""
+    return self.qk_rope_head_dim if self.is_mla else self.hd
+
+  @property
+  def cache_dims(self) -> tuple[int, int, int]:
+    """(heads, K dim, V dim) of a layer's KV cache per token: MLA caches its rotary key
+    (1, qk_rope_head_dim) and latent (kv_lora_rank) instead of per-head K and V."""
+    if self.is_mla:
+      return 1, self.qk_rope_head_dim, self.kv_lora_rank
+    return self.num_kv_heads, self.hd, self.hd
+
   def is_moe_layer(self, i: int) -> bool:
     return (self.num_experts > 0 and i not in self.mlp_only_layers
-            and (i + 1) % self.decoder_sparse_step == 0)
+            and i >= self.first_k_dense_replace and (i + 1) % self.decoder_sparse_step == 0)
 
   @property
   def moe_layers(self) -> tuple[int, ...]:
@@ -81,6 +120,7 @@ class ModelConfig:
       raise ValueError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
     self._check_moe()
+    self._check_mla()
     if self.remat not in (False, True, ""):
       from r1jax.memory import remat_policy
       remat_policy(self.remat)  # raises naming the bad value
@@ -96,7 +136,10 @@ class ModelConfig:
     if self.num_experts == 0:
       for name, default in (("num_experts_per_tok", 0), ("moe_intermediate_size", 0),
                             ("norm_topk_prob", False), ("decoder_sparse_step", 1),
-                            ("mlp_only_layers", ()), ("router_aux_loss_coef", 0.0)):
+                            ("mlp_only_layers", ()), ("router_aux_loss_coef", 0.0),
+                            ("scoring_func", "softmax"), ("n_group", 1), ("topk_group", 1),
+                            ("routed_scaling_factor", 1.0), ("n_shared_experts", 0),
+                            ("first_k_dense_replace", 0), ("router_bias_update_speed", 0.0)):
         if getattr(self, name) != default:
           raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} needs num_experts > 0 "
                            "(a dense model ignores it)")
@@ -117,6 +160,58 @@ class ModelConfig:
     if self.router_aux_loss_coef < 0:
       raise ValueError(f"ModelConfig.router_aux_loss_coef must be >= 0, got "
                        f"{self.router_aux_loss_coef!r}")
+    from r1jax.model.moe import SCORING_FUNCS
+    if self.scoring_func not in SCORING_FUNCS:
+      raise ValueError(f"ModelConfig.scoring_func={self.scoring_func!r}; choose from "
+                       f"{sorted(SCORING_FUNCS)}")
+    e, g = self.num_experts, self.n_group
+    if not isinstance(g, int) or g < 1 or e % g or (g > 1 and e // g < 2):
+      raise ValueError(f"ModelConfig.n_group={g!r} must be a positive int dividing "
+                       f"num_experts={e} into groups of at least 2")
+    if not isinstance(self.topk_group, int) or not 1 <= self.topk_group <= g:
+      raise ValueError(f"ModelConfig.topk_group={self.topk_group!r} must be in [1, n_group={g}]")
+    if self.num_experts_per_tok > self.topk_group * (e // g):
+      raise ValueError(f"ModelConfig.num_experts_per_tok={self.num_experts_per_tok} exceeds "
+                       f"the {self.topk_group * (e // g)} experts of topk_group={self.topk_group} groups")
+    if not isinstance(self.n_shared_experts, int) or self.n_shared_experts < 0:
+      raise ValueError(f"ModelConfig.n_shared_experts must be an int >= 0, got "
+                       f"{self.n_shared_experts!r}")
+    fk = self.first_k_dense_replace  # >= num_layers: every layer dense (a cut-down depth)
+    if not isinstance(fk, int) or fk < 0:
+      raise ValueError(f"ModelConfig.first_k_dense_replace must be an int >= 0, got {fk!r}")
+    if not self.routed_scaling_factor > 0:
+      raise ValueError(f"ModelConfig.routed_scaling_factor must be > 0, got "
+                       f"{self.routed_scaling_factor!r}")
+    if self.router_bias_update_speed < 0 or (self.router_bias_update_speed
+                                             and self.scoring_func != "sigmoid"):
+      raise ValueError(f"ModelConfig.router_bias_update_speed={self.router_bias_update_speed!r} "
+                       "must be >= 0, and > 0 only with scoring_func='sigmoid' (the biased router)")
+
+  def _check_mla(self):
+    rs = self.rope_scaling_dict or {}
+    if rs.get("rope_type", rs.get("type")) == "yarn" and not self.is_mla:
+      raise ValueError(f"ModelConfig.rope_scaling={rs!r}: yarn is implemented for MLA models "
+                       "(kv_lora_rank > 0) only")
+    names = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    if not self.is_mla:
+      for name, default in zip(names, (None, 0, 0, 0, 0)):
+        if getattr(self, name) != default or self.kv_lora_rank < 0:
+          raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} needs kv_lora_rank > 0 "
+                           "(multi-head latent attention)")
+      return
+    for name in names[1:]:
+      v = getattr(self, name)
+      if not isinstance(v, int) or v <= 0:
+        raise ValueError(f"ModelConfig.{name} must be a positive int under MLA, got {v!r}")
+    if self.q_lora_rank is not None and (not isinstance(self.q_lora_rank, int)
+                                         or self.q_lora_rank <= 0):
+      raise ValueError(f"ModelConfig.q_lora_rank must be None or a positive int, got "
+                       f"{self.q_lora_rank!r}")
+    if self.qk_rope_head_dim % 2:
+      raise ValueError(f"ModelConfig.qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
+    for name in ("qkv_bias", "qk_norm"):
+      if getattr(self, name):
+        raise ValueError(f"ModelConfig.{name}=True is not supported with MLA (kv_lora_rank > 0)")
 
 
 # Presets by name (architecture only; weights come from files).
@@ -177,4 +272,31 @@ PRESETS: dict[str, ModelConfig] = {
                           tie_embeddings=True, max_position_embeddings=1024, qk_norm=True,
                           num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                           norm_topk_prob=True, router_aux_loss_coef=0.001),
+  # Tests and smoke runs: DeepSeek-V3's architecture in miniature (MLA with a low-rank q,
+  # layer 0 dense, then 8 sigmoid-routed experts in 2 groups, 2 per token, one shared).
+  "tiny_mla": ModelConfig(vocab_size=256, hidden_size=64, num_layers=3, num_heads=4,
+                          num_kv_heads=4, intermediate_size=128, rope_theta=10000.0,
+                          tie_embeddings=False, max_position_embeddings=1024, rms_norm_eps=1e-6,
+                          q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16,
+                          qk_rope_head_dim=8, v_head_dim=16, num_experts=8,
+                          num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                          scoring_func="sigmoid", n_group=2, topk_group=1,
+                          routed_scaling_factor=2.5, n_shared_experts=1, first_k_dense_replace=1,
+                          router_bias_update_speed=0.001),
+  # DeepSeek-V3 / R1 (671B total, 37B active), for memory and compute planning; multi-token
+  # prediction (the 62nd layer) is not implemented.
+  "deepseek-v3": ModelConfig(vocab_size=129280, hidden_size=7168, num_layers=61, num_heads=128,
+                             num_kv_heads=128, intermediate_size=18432, rope_theta=10000.0,
+                             rms_norm_eps=1e-6, tie_embeddings=False,
+                             max_position_embeddings=163840,
+                             rope_scaling={"rope_type": "yarn", "factor": 40.0,
+                                           "original_max_position_embeddings": 4096,
+                                           "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
+                                           "mscale_all_dim": 1.0},
+                             q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+                             qk_rope_head_dim=64, v_head_dim=128, num_experts=256,
+                             num_experts_per_tok=8, moe_intermediate_size=2048,
+                             norm_topk_prob=True, scoring_func="sigmoid", n_group=8, topk_group=4,
+                             routed_scaling_factor=2.5, n_shared_experts=1,
+                             first_k_dense_replace=3, router_bias_update_speed=0.001),
 }

@@ -20,13 +20,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.model.config import ModelConfig
+from r1jax.model.mla import mla_hf_layout
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM",
-                           "Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+                           "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV3ForCausalLM")
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
                "MistralForCausalLM": "mistral", "Qwen3ForCausalLM": "qwen3",
-               "Qwen3MoeForCausalLM": "qwen3_moe"}
-SUPPORTED_ROPE_TYPES = ("default", "llama3")
+               "Qwen3MoeForCausalLM": "qwen3_moe", "DeepseekV3ForCausalLM": "deepseek_v3"}
+SUPPORTED_ROPE_TYPES = ("default", "llama3", "yarn")
+ROPE_KEYS = {"llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                        "original_max_position_embeddings"),
+             "yarn": ("factor", "original_max_position_embeddings")}
+YARN_OPTIONAL = ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+                 "truncate")
+# DeepSeek-V3 fields copied both ways between config.json and ModelConfig (same names).
+DEEPSEEK_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                   "v_head_dim", "n_group", "topk_group", "routed_scaling_factor",
+                   "n_shared_experts", "first_k_dense_replace", "norm_topk_prob",
+                   "rope_interleave", "num_experts_per_tok", "moe_intermediate_size")
 # Fields that are written to config.json and copied from a base config on export.
 TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -46,12 +57,13 @@ def _rope_fields(hf: Mapping[str, Any]) -> tuple[float, dict | None]:
                      f"(rope_scaling/rope_parameters = {scaling}); supported: {SUPPORTED_ROPE_TYPES}")
   if rope_type == "default":
     return float(theta), None
-  keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+  keys = ROPE_KEYS[rope_type]
   missing = [k for k in keys if k not in scaling]
   if missing:
-    raise ValueError(f"llama3 rope scaling in config.json lacks {missing}: {scaling}")
-  out = {k: scaling[k] for k in keys}
-  out["rope_type"] = "llama3"
+    raise ValueError(f"{rope_type} rope scaling in config.json lacks {missing}: {scaling}")
+  optional = YARN_OPTIONAL if rope_type == "yarn" else ()
+  out = {k: scaling[k] for k in keys + optional if scaling.get(k) is not None}
+  out["rope_type"] = rope_type
   return float(theta), out
 
 
@@ -83,8 +95,15 @@ def check_supported(hf: Mapping[str, Any]) -> None:
   layer_types = set(hf.get("layer_types") or ())
   if layer_types - {"full_attention"}:
     raise ValueError(f"unsupported layer_types {sorted(layer_types)} (only full_attention)")
+  if family == "deepseek_v3" and hf.get("num_nextn_predict_layers"):
+    logging.warning("DeepSeek-V3 multi-token prediction layers (num_nextn_predict_layers=%s) "
+                    "are not implemented; their weights are ignored",
+                    hf["num_nextn_predict_layers"])
   if family == "qwen3_moe" and hf.get("shared_expert_intermediate_size"):
     raise ValueError("unsupported: shared_expert_intermediate_size (shared experts)")
+  if hf.get("quantization_config"):  # e.g. DeepSeek-V3's FP8 blocks with weight_scale_inv
+    raise ValueError(f"unsupported: a quantized checkpoint (quantization_config="
+                     f"{hf['quantization_config']}); dequantize it to bf16 first")
   if hf.get("use_sliding_window"):
     raise ValueError("unsupported: use_sliding_window=true (sliding-window attention)")
   if model_type == "mistral" and hf.get("sliding_window"):
@@ -132,6 +151,11 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> ModelConfig:
               decoder_sparse_step=int(hf.get("decoder_sparse_step", 1)),
               mlp_only_layers=tuple(hf.get("mlp_only_layers") or ()),
               router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)))
+  if family == "deepseek_v3":  # MLA, and sigmoid-routed experts after the first k layers
+    kw.update({k: hf[k] for k in DEEPSEEK_FIELDS if hf.get(k) is not None},  # None: default
+              scoring_func="sigmoid",
+              num_experts=int(hf.get("n_routed_experts", hf.get("num_local_experts", 256))),
+              num_kv_heads=heads, head_dim=None)
   kw.update(overrides)
   for k in ("dtype", "param_dtype"):  # accept jnp.bfloat16, np.dtype, "bfloat16"
     if k in kw and kw[k] is not None:
@@ -146,7 +170,8 @@ def config_to_hf(cfg: ModelConfig, architecture: str | None = None,
   qkv_bias models are written as Qwen2 (HF Llama's attention_bias would add an o_proj bias),
   qk_norm models as Qwen3, mixtures of experts as Qwen3-MoE.
   """
-  arch = architecture or ("Qwen3MoeForCausalLM" if cfg.num_experts else
+  arch = architecture or ("DeepseekV3ForCausalLM" if cfg.is_mla else
+                          "Qwen3MoeForCausalLM" if cfg.num_experts else
                           "Qwen3ForCausalLM" if cfg.qk_norm else
                           "Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM")
   if arch not in SUPPORTED_ARCHITECTURES:
@@ -156,9 +181,17 @@ def config_to_hf(cfg: ModelConfig, architecture: str | None = None,
   if cfg.qk_norm != arch.startswith("Qwen3"):
     raise ValueError(f"{arch} {'lacks' if cfg.qk_norm else 'needs'} q/k norm (qk_norm="
                      f"{cfg.qk_norm}); q/k-normed models are Qwen3ForCausalLM/Qwen3MoeForCausalLM")
-  if bool(cfg.num_experts) != (arch == "Qwen3MoeForCausalLM"):
+  if bool(cfg.num_experts) != (arch == "Qwen3MoeForCausalLM") and not cfg.is_mla:
     raise ValueError(f"num_experts={cfg.num_experts} cannot be written as {arch}; mixtures "
                      "of experts are Qwen3MoeForCausalLM")
+  if cfg.is_mla != (arch == "DeepseekV3ForCausalLM") or (cfg.is_mla and (
+      cfg.num_experts == 0 or cfg.scoring_func != "sigmoid" or not cfg.n_shared_experts
+      or cfg.decoder_sparse_step != 1 or cfg.mlp_only_layers)):
+    raise ValueError(f"{arch} cannot express this model: DeepseekV3ForCausalLM is MLA with "
+                     "sigmoid-routed experts and shared experts after first_k_dense_replace "
+                     f"dense layers (kv_lora_rank={cfg.kv_lora_rank}, num_experts="
+                     f"{cfg.num_experts}, scoring_func={cfg.scoring_func!r}, n_shared_experts="
+                     f"{cfg.n_shared_experts})")
   model_type = MODEL_TYPES[arch]
   dtype = dtype or cfg.param_dtype
   out: dict[str, Any] = {
@@ -190,6 +223,10 @@ def config_to_hf(cfg: ModelConfig, architecture: str | None = None,
                norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=cfg.decoder_sparse_step,
                mlp_only_layers=list(cfg.mlp_only_layers),
                router_aux_loss_coef=cfg.router_aux_loss_coef)
+  if model_type == "deepseek_v3":
+    out.update({k: getattr(cfg, k) for k in DEEPSEEK_FIELDS}, n_routed_experts=cfg.num_experts,
+               scoring_func="sigmoid", topk_method="noaux_tc", attention_bias=False,
+               num_nextn_predict_layers=0, head_dim=cfg.qk_rope_head_dim)
   if model_type in ("llama", "mistral"):
     out.update(attention_bias=False, mlp_bias=False)
   if model_type == "mistral":
@@ -313,29 +350,17 @@ class TensorLayout:
 
 def param_layout(cfg: ModelConfig) -> list[TensorLayout]:
   """Every param of `cfg`, in HF checkpoint order."""
-  d, h, kv, hd, f, v = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd,
-                        cfg.intermediate_size, cfg.vocab_size)
+  d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
   out = [TensorLayout(("embed",), "model.embed_tokens.weight", (v, d), (v, d))]
   for i in range(cfg.num_layers):
     p = f"model.layers.{i}."
     L = lambda leaf, name, hf_shape, shape, tr=False: TensorLayout(
         ("layers", i, leaf), p + name, tuple(hf_shape), tuple(shape), tr)
-    out += [
-        L("attn_norm", "input_layernorm.weight", (d,), (d,)),
-        L("q", "self_attn.q_proj.weight", (h * hd, d), (d, h, hd), True),
-        L("k", "self_attn.k_proj.weight", (kv * hd, d), (d, kv, hd), True),
-        L("v", "self_attn.v_proj.weight", (kv * hd, d), (d, kv, hd), True),
-    ]
-    if cfg.qkv_bias:
-      out += [
-          L("q_bias", "self_attn.q_proj.bias", (h * hd,), (h, hd)),
-          L("k_bias", "self_attn.k_proj.bias", (kv * hd,), (kv, hd)),
-          L("v_bias", "self_attn.v_proj.bias", (kv * hd,), (kv, hd)),
-      ]
-    out.append(L("o", "self_attn.o_proj.weight", (d, h * hd), (h, hd, d), True))
-    if cfg.qk_norm:
-      out += [L("q_norm", "self_attn.q_norm.weight", (hd,), (hd,)),
-              L("k_norm", "self_attn.k_norm.weight", (hd,), (hd,))]
+    out.append(L("attn_norm", "input_layernorm.weight", (d,), (d,)))
+    if cfg.is_mla:
+      out += mla_hf_layout(cfg, L)
+    else:
+      out += _gqa_layout(cfg, L)
     out.append(L("mlp_norm", "post_attention_layernorm.weight", (d,), (d,)))
     if cfg.is_moe_layer(i):
       e, fe = cfg.num_experts, cfg.moe_intermediate_size
@@ -347,15 +372,37 @@ def param_layout(cfg: ModelConfig) -> list[TensorLayout]:
           X("experts_up", "up_proj.weight", (fe, d), (d, fe)),
           X("experts_down", "down_proj.weight", (d, fe), (fe, d)),
       ]
+      if cfg.scoring_func == "sigmoid":
+        out.append(L("router_bias", "mlp.gate.e_score_correction_bias", (e,), (e,)))
+      if cfg.n_shared_experts:
+        out += _mlp_layout(L, "shared_", "mlp.shared_experts.", d, fe * cfg.n_shared_experts)
     else:
-      out += [
-          L("gate", "mlp.gate_proj.weight", (f, d), (d, f), True),
-          L("up", "mlp.up_proj.weight", (f, d), (d, f), True),
-          L("down", "mlp.down_proj.weight", (d, f), (f, d), True),
-      ]
+      out += _mlp_layout(L, "", "mlp.", d, f)
   out.append(TensorLayout(("final_norm",), "model.norm.weight", (d,), (d,)))
   if not cfg.tie_embeddings:
     out.append(TensorLayout(("lm_head",), "lm_head.weight", (v, d), (d, v), True))
+  return out
+
+
+def _mlp_layout(L: Callable, leaf: str, name: str, d: int, f: int) -> list[TensorLayout]:
+  return [L(leaf + "gate", name + "gate_proj.weight", (f, d), (d, f), True),
+          L(leaf + "up", name + "up_proj.weight", (f, d), (d, f), True),
+          L(leaf + "down", name + "down_proj.weight", (d, f), (f, d), True)]
+
+
+def _gqa_layout(cfg: ModelConfig, L: Callable) -> list[TensorLayout]:
+  d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.hd
+  out = [L("q", "self_attn.q_proj.weight", (h * hd, d), (d, h, hd), True),
+         L("k", "self_attn.k_proj.weight", (kv * hd, d), (d, kv, hd), True),
+         L("v", "self_attn.v_proj.weight", (kv * hd, d), (d, kv, hd), True)]
+  if cfg.qkv_bias:
+    out += [L("q_bias", "self_attn.q_proj.bias", (h * hd,), (h, hd)),
+            L("k_bias", "self_attn.k_proj.bias", (kv * hd,), (kv, hd)),
+            L("v_bias", "self_attn.v_proj.bias", (kv * hd,), (kv, hd))]
+  out.append(L("o", "self_attn.o_proj.weight", (d, h * hd), (h, hd, d), True))
+  if cfg.qk_norm:
+    out += [L("q_norm", "self_attn.q_norm.weight", (hd,), (hd,)),
+            L("k_norm", "self_attn.k_norm.weight", (hd,), (hd,))]
   return out
 
 
