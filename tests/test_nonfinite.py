@@ -98,11 +98,13 @@ def test_trainer_skips_nan_steps_and_stops(tmp_path, monkeypatch):
 
   from r1jax.checkpoint import Checkpointer
 
-  def nan_loss(params, batch, gcfg, model_cfg):
-    loss, m = grpo.grpo_loss(params, batch, gcfg, model_cfg)
+  real_loss = grpo.grpo_loss
+
+  def nan_loss(params, batch, cfg, model_cfg):
+    loss, m = real_loss(params, batch, cfg, model_cfg)
     return loss * jnp.nan, m
 
-  monkeypatch.setattr(train_lib, "_loss", nan_loss)
+  monkeypatch.setattr(grpo, "grpo_loss", nan_loss)  # the trainer's padded step calls it
   c = r1_zero.get_config("tiny")
   c.unlock()
   c.train.update(num_steps=5, eval_every=0, checkpoint_every=1, max_nonfinite_steps=2)
