@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline", "gae")
+ADVANTAGE_NORMS = ("std", "batch_std", "none")
 
 
 def _groups(rewards) -> tuple[jax.Array, jax.Array]:
@@ -51,12 +52,34 @@ def reinforce_pp_advantages(rewards: jax.Array | np.ndarray, group_size: int,
   return whiten(centred, eps=eps)
 
 
+def group_advantages(rewards: jax.Array | np.ndarray, group_size: int, norm: str = "std",
+                     eps: float = 1e-6, ddof: int = 1) -> jax.Array:
+  """rewards [B*G] (prompt-major) -> advantages [B*G]: centred within each group, divided by
+  the group's std ("std"), the whole batch's reward std ("batch_std", TRL's
+  scale_rewards="batch": a group of near-equal scores, as a reward model gives, stays near 0
+  instead of being blown up to +-1), or nothing ("none", Dr. GRPO)."""
+  r = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
+  # A group whose rewards are all equal carries no signal: its advantage is exactly 0.
+  # (Tested on the rewards themselves: float error in the mean would otherwise leave
+  # ~1e-7 residues that the std division blows up to O(0.1) advantages.)
+  varied = (r.max(axis=1, keepdims=True) > r.min(axis=1, keepdims=True))
+  centred = jnp.where(varied, r - r.mean(axis=1, keepdims=True), 0.0)
+  if norm == "std":
+    std = jnp.std(r, axis=1, ddof=ddof, keepdims=True) if group_size > ddof else jnp.ones_like(r)
+    centred = jnp.where(varied, centred / (std + eps), 0.0)
+  elif norm == "batch_std":
+    std = jnp.std(r, ddof=ddof) if r.size > ddof else jnp.ones(())
+    centred = centred / (std + eps)
+  elif norm != "none":
+    raise ValueError(f"advantage_norm={norm!r}; choose from {ADVANTAGE_NORMS}")
+  return centred.reshape(-1)
+
+
 def outcome_advantages(rewards, group_size: int, estimator: str = "grpo", norm: str = "std",
                        eps: float = 1e-6, ddof: int = 1) -> jax.Array:
   """Per-completion advantages [B*G] for the outcome estimators (all but `gae`)."""
-  from r1jax import grpo
   if estimator == "grpo":
-    return grpo.group_advantages(rewards, group_size, norm, eps, ddof)
+    return group_advantages(rewards, group_size, norm, eps, ddof)
   if estimator == "rloo":
     return rloo_advantages(rewards, group_size)
   if estimator == "reinforce_pp_baseline":

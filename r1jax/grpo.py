@@ -34,13 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import advantages as adv_lib
+from r1jax.advantages import ADVANTAGE_NORMS, group_advantages  # noqa: F401 - its names
 from r1jax import policy_loss as pl
 from r1jax.mesh import kernel_axes
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
 from r1jax.model.transformer import merge_router_stats
 
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-ADVANTAGE_NORMS = ("std", "batch_std", "none")
 KL_ESTIMATORS = ("k3", "k1", "k2")
 # GRPOConfig fields of the algorithm family (read from the config's grpo section when set).
 FAMILY_KNOBS = ("advantage_estimator", "policy_loss", "dual_clip_c", "tis", "tis_cap")
@@ -110,29 +110,6 @@ class GRPOConfig:
       raise ValueError(f"grpo.router_aux_coef={self.router_aux_coef} needs a mixture-of-experts "
                        "model (this one has num_experts=0)")
     return self.router_aux_coef
-
-
-def group_advantages(rewards: jax.Array | np.ndarray, group_size: int, norm: str = "std",
-                     eps: float = 1e-6, ddof: int = 1) -> jax.Array:
-  """rewards [B*G] (prompt-major) -> advantages [B*G]: centred within each group, divided by
-  the group's std ("std"), the whole batch's reward std ("batch_std", TRL's
-  scale_rewards="batch": a group of near-equal scores, as a reward model gives, stays near 0
-  instead of being blown up to +-1), or nothing ("none", Dr. GRPO)."""
-  r = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
-  # A group whose rewards are all equal carries no signal: its advantage is exactly 0.
-  # (Tested on the rewards themselves: float error in the mean would otherwise leave
-  # ~1e-7 residues that the std division blows up to O(0.1) advantages.)
-  varied = (r.max(axis=1, keepdims=True) > r.min(axis=1, keepdims=True))
-  centred = jnp.where(varied, r - r.mean(axis=1, keepdims=True), 0.0)
-  if norm == "std":
-    std = jnp.std(r, axis=1, ddof=ddof, keepdims=True) if group_size > ddof else jnp.ones_like(r)
-    centred = jnp.where(varied, centred / (std + eps), 0.0)
-  elif norm == "batch_std":
-    std = jnp.std(r, ddof=ddof) if r.size > ddof else jnp.ones(())
-    centred = centred / (std + eps)
-  elif norm != "none":
-    raise ValueError(f"advantage_norm={norm!r}; choose from {ADVANTAGE_NORMS}")
-  return centred.reshape(-1)
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:

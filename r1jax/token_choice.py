@@ -3,13 +3,11 @@ row with its own key, without sorting the vocabulary."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-  from r1jax.decode import SamplingConfig
 
 
 def filter_logits(logits: jax.Array, top_p: float, top_k: int) -> jax.Array:
@@ -96,7 +94,7 @@ def _blocked_categorical(keys: jax.Array, logits: jax.Array, e: jax.Array) -> ja
   return block * _BLOCK + _row_categorical(k2, within)
 
 
-def _choose(logits: jax.Array, keys: jax.Array, scfg: SamplingConfig):
+def _choose(logits: jax.Array, keys: jax.Array, scfg: Any):
   """logits [R, V] float32, keys [R] -> (token [R], logp [R] under softmax(logits / T))."""
   if scfg.temperature == 0.0:
     tok = _first_argmax(logits)
@@ -116,7 +114,7 @@ def _choose(logits: jax.Array, keys: jax.Array, scfg: SamplingConfig):
   return tok, (picked - m[:, 0]) - log_z
 
 
-def _filtered_sample(scaled, m, e, keys, scfg: SamplingConfig):
+def _filtered_sample(scaled, m, e, keys, scfg: Any):
   """Top-k / top-p sample among `lax.top_k` candidates, or over the whole filtered vocabulary
   (`filter_logits`, no sort) when the candidates do not cover the nucleus."""
   v = scaled.shape[-1]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+SCORING_NAMES = ("sigmoid", "softmax")  # router scores (r1jax.model.moe.SCORING_FUNCS)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -160,10 +162,9 @@ class ModelConfig:
     if self.router_aux_loss_coef < 0:
       raise ValueError(f"ModelConfig.router_aux_loss_coef must be >= 0, got "
                        f"{self.router_aux_loss_coef!r}")
-    from r1jax.model.moe import SCORING_FUNCS
-    if self.scoring_func not in SCORING_FUNCS:
+    if self.scoring_func not in SCORING_NAMES:
       raise ValueError(f"ModelConfig.scoring_func={self.scoring_func!r}; choose from "
-                       f"{sorted(SCORING_FUNCS)}")
+                       f"{sorted(SCORING_NAMES)}")
     e, g = self.num_experts, self.n_group
     if not isinstance(g, int) or g < 1 or e % g or (g > 1 and e // g < 2):
       raise ValueError(f"ModelConfig.n_group={g!r} must be a positive int dividing "
