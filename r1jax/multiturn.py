@@ -46,8 +46,9 @@ def metrics(tc: ToolCalls) -> dict[str, float]:
           "tools/error_share": tc.errors / n if n else 0.0}
 
 
-def _cut_at_call(tokenizer, toks: list[int], fmt: str) -> int | None:
-  """The fewest leading tokens whose text holds a complete call, or None (no call)."""
+def _cut_at_call(tokenizer, toks: list[int], fmt: str) -> tuple[int, tools_lib.Call] | None:
+  """The fewest leading tokens whose text holds a complete call, and that call; None when
+  the turn holds no call."""
   if tools_lib.find_call(tokenizer.decode(toks), fmt) is None:
     return None
   lo, hi = 1, len(toks)  # a prefix holding a call keeps holding it: bisect
@@ -57,7 +58,7 @@ def _cut_at_call(tokenizer, toks: list[int], fmt: str) -> int | None:
       lo = mid + 1
     else:
       hi = mid
-  return lo
+  return lo, tools_lib.find_call(tokenizer.decode(toks[:lo]), fmt)
 
 
 def generate_with_tools(params: Any, cfg, prompt_ids: Sequence[Sequence[int]], tokenizer,
@@ -87,13 +88,13 @@ def generate_with_tools(params: Any, cfg, prompt_ids: Sequence[Sequence[int]], t
     for i, r in enumerate(active):
       t = out_toks[i, :out_len[i]].tolist()
       lp = out_lp[i, :out_len[i]].tolist()
-      cut = _cut_at_call(tokenizer, t, tcfg.format) if turn < tcfg.max_turns else None
-      if cut is not None:
-        t, lp = t[:cut], lp[:cut]
+      found = _cut_at_call(tokenizer, t, tcfg.format) if turn < tcfg.max_turns else None
+      if found is not None:
+        t, lp = t[:found[0]], lp[:found[0]]
       segs[r].append((t, lp, True))
       used[r] += len(t)
-      if cut is not None and used[r] < budget:
-        pending.append((r, tools_lib.find_call(tokenizer.decode(t), tcfg.format)))
+      if found is not None and used[r] < budget:
+        pending.append((r, found[1]))
     replies = tools_lib.run_calls([c for _, c in pending], tcfg)
     active = []
     for (r, call), body in zip(pending, replies):
