@@ -30,11 +30,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from r1jax import hardware, mesh as mesh_lib
-from r1jax.programs import Program, programs_of
+from r1jax import cli, hardware, mesh as mesh_lib
+from r1jax.programs import Program, config_kind, programs_of
 
 _CONFIG = _TOPOLOGY = _PROMPT_LEN = _STAGE = _JSON = _MEASURE = None
 
@@ -256,13 +256,18 @@ def run(c, topology: str, prompt_len: int = 256, stage: str = "", measure: int =
   return out
 
 
-def main(argv) -> None:
-  del argv
+def check(c, stage: str = "") -> None:
+  """The config, checked by its entry point's (or each pipeline stage's) `validate`."""
+  from r1jax import pipeline
+  kind = config_kind(c)
+  if kind == "pipeline":
+    pipeline.validate(c, [stage] if stage else None, flag="--stage")
+  else:
+    pipeline.validate_stage(kind, c)
+
+
+def main() -> None:
   c = _CONFIG.value
-  if c is None:
-    raise app.UsageError("--config is required")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   try:
     res = run(c, _TOPOLOGY.value, _PROMPT_LEN.value, _STAGE.value, _MEASURE.value)
   except (DoesNotFit, ValueError, FileNotFoundError) as e:
@@ -275,4 +280,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, check=lambda: check(_CONFIG.value, _STAGE.value), required=("config",))

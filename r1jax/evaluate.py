@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import stats
+from r1jax import cli, stats
 from r1jax.checkpoint import resolve_checkpoint, restore_params  # noqa: F401 (CLI API)
 from r1jax.eval_metrics import (  # noqa: F401 - the metrics, re-exported
     pass_at_k, majority_vote, best_of_n, weighted_majority_vote, test_time_metrics, reflection_rate, per_problem, summarize)
@@ -211,6 +211,17 @@ def eval_settings(c, **overrides) -> dict:
   return s
 
 
+def validate(c, checkpoint: str | None = None, **overrides) -> dict:
+  """Fail fast, naming the bad field and value (the settings, the model and data files, the
+  checkpoint); returns the settings."""
+  s = eval_settings(c, **overrides)
+  cli.check_model(c.model, "model")
+  cli.check_source(s["source"] or c.data.source, "eval.source" if s["source"] else "data.source")
+  if checkpoint:
+    cli.check_checkpoint(checkpoint)
+  return s
+
+
 def load_examples(c, source: Mapping[str, Any] | None, num_problems: int = 0) -> list[dict]:
   """The config's held-out split (as the trainer makes it), or all of `source`."""
   from r1jax import data as data_lib
@@ -231,7 +242,7 @@ def run(c, checkpoint: str | None = None, output_dir: str | None = None,
   from r1jax.model.loader import load_model
   from r1jax.rewards import RewardPool, scored_weights
 
-  s = eval_settings(c, **overrides)
+  s = validate(c, checkpoint, **overrides)
   mesh = make_mesh(tuple(c.mesh.shape))
   model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
   step = None
@@ -307,30 +318,33 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
   return "\n".join(lines)
 
 
-def main(argv) -> None:
-  from absl import app
-  del argv
-  c = _CONFIG.value
-  if c is None:
-    raise app.UsageError("--config is required")
+def _overrides() -> dict:
+  """The CLI's settings flags (a --source spec parsed as JSON or a Python dict literal)."""
   source = _SOURCE.value
   if source:
     import ast
     try:
       source = json.loads(source)
     except json.JSONDecodeError:
-      source = ast.literal_eval(source)
-  res = run(c, _CHECKPOINT.value or None, _OUTPUT.value or None, source=source or None,
-            num_samples=_NUM_SAMPLES.value, num_problems=_NUM_PROBLEMS.value,
-            temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-            max_new_tokens=_MAX_NEW_TOKENS.value)
+      try:
+        source = ast.literal_eval(source)
+      except (ValueError, SyntaxError):
+        raise cli.ConfigError("--source", source, "not a JSON object or Python dict "
+                              "literal") from None
+  return dict(source=source or None, num_samples=_NUM_SAMPLES.value,
+              num_problems=_NUM_PROBLEMS.value, temperature=_TEMPERATURE.value,
+              top_p=_TOP_P.value, max_new_tokens=_MAX_NEW_TOKENS.value)
+
+
+def main() -> None:
+  res = run(_CONFIG.value, _CHECKPOINT.value or None, _OUTPUT.value or None, **_overrides())
   print(f"step {res['step']}: {res['num_samples_total']} samples; [lo, hi]: "
         f"{res['settings']['ci_level']:.0%} bootstrap interval over problems")
   print(format_metrics(res["metrics"]))
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                             lock_config=True)
@@ -345,4 +359,5 @@ if __name__ == "__main__":
   _TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature.")
   _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus mass.")
   _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "Completion length cap.")
-  app.run(main)
+  cli.run(main, check=lambda: validate(_CONFIG.value, _CHECKPOINT.value, **_overrides()),
+          required=("config",))

@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from r1jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -83,10 +85,27 @@ def export(workdir: str, out: str, *, step: int | None = None, tokenizer_dir: st
   return files
 
 
-def main(argv):
-  del argv
-  if not FLAGS.workdir or not FLAGS.out:
-    raise app.UsageError("--workdir and --out are required")
+def check(workdir: str, step: int | None = None, tokenizer_dir: str | None = None,
+          model_config: str | None = None) -> None:
+  """The inputs exist: a run directory with model_config.json and checkpoints/ (holding
+  `step`), the tokenizer directory."""
+  cli.check_path(workdir, "--workdir", is_dir=True, what="a training run directory")
+  cfg_path = model_config or os.path.join(workdir, "model_config.json")
+  if not os.path.exists(cfg_path):
+    raise cli.ConfigError("--model_config" if model_config else "--workdir", model_config or workdir,
+                          f"{cfg_path} not found (the trainer writes it)")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  have = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) \
+      if os.path.isdir(ckpt_dir) else []
+  if not have:
+    raise cli.ConfigError("--workdir", workdir, f"no checkpoint steps in {ckpt_dir}")
+  if step is not None and step not in have:
+    raise cli.ConfigError("--step", step, f"no step {step} in {ckpt_dir}; available: {have}")
+  if tokenizer_dir:
+    cli.check_path(tokenizer_dir, "--tokenizer_dir", is_dir=True)
+
+
+def main() -> None:
   files = export(FLAGS.workdir, FLAGS.out, step=FLAGS.step, tokenizer_dir=FLAGS.tokenizer_dir,
                  dtype=FLAGS.dtype, max_shard_bytes=FLAGS.max_shard_bytes,
                  model_config=FLAGS.model_config)
@@ -95,4 +114,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, check=lambda: check(FLAGS.workdir, FLAGS.step, FLAGS.tokenizer_dir,
+                                    FLAGS.model_config), required=("workdir", "out"))

@@ -36,6 +36,7 @@ import numpy as np
 from r1jax import advantages as adv_lib
 from r1jax.advantages import ADVANTAGE_NORMS, group_advantages  # noqa: F401 - its names
 from r1jax import policy_loss as pl
+from r1jax.cli import ConfigError
 from r1jax.mesh import kernel_axes
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
 from r1jax.model.transformer import merge_router_stats
@@ -68,39 +69,38 @@ class GRPOConfig:
   router_aux_coef: float | None = None
 
   def __post_init__(self):
-    if self.loss_aggregation not in AGGREGATIONS:
-      raise ValueError(f"loss_aggregation={self.loss_aggregation!r}; choose from {AGGREGATIONS}")
-    if self.advantage_norm not in ADVANTAGE_NORMS:
-      raise ValueError(f"advantage_norm={self.advantage_norm!r}; choose from {ADVANTAGE_NORMS}")
-    if self.kl_estimator not in KL_ESTIMATORS:
-      raise ValueError(f"kl_estimator={self.kl_estimator!r}; choose from {KL_ESTIMATORS}")
+    def bad(field, why, group="grpo"):  # names the config key, e.g. grpo.policy_loss
+      return ConfigError(f"{group}.{field}", getattr(self, field), why)
+    for field, allowed in (("loss_aggregation", AGGREGATIONS), ("advantage_norm", ADVANTAGE_NORMS),
+                           ("kl_estimator", KL_ESTIMATORS)):
+      if getattr(self, field) not in allowed:
+        raise bad(field, f"unknown; choose one of {allowed}")
     if not 0 <= self.epsilon < 1:
-      raise ValueError(f"epsilon must be in [0, 1), got {self.epsilon}")
+      raise bad("epsilon", "must be in [0, 1)")
     if self.epsilon_high is not None and self.epsilon_high < 0:
-      raise ValueError(f"epsilon_high must be >= 0, got {self.epsilon_high}")
+      raise bad("epsilon_high", "must be >= 0")
     if self.beta < 0:
-      raise ValueError(f"beta must be >= 0, got {self.beta}")
+      raise bad("beta", "must be >= 0")
     if self.temperature <= 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+      raise bad("temperature", "must be > 0", "sampling")
     if self.advantage_estimator not in adv_lib.ESTIMATORS:
-      raise ValueError(f"advantage_estimator={self.advantage_estimator!r}; choose from "
-                       f"{adv_lib.ESTIMATORS}")
+      raise bad("advantage_estimator", f"unknown; choose one of {adv_lib.ESTIMATORS}")
     if self.policy_loss not in pl.POLICY_LOSSES:
-      raise ValueError(f"policy_loss={self.policy_loss!r}; choose from {pl.POLICY_LOSSES}")
+      raise bad("policy_loss", f"unknown; choose one of {pl.POLICY_LOSSES}")
     if self.policy_loss == "gspo" and self.loss_aggregation != "seq-mean-token-mean":
-      raise ValueError(f"policy_loss='gspo' with loss_aggregation={self.loss_aggregation!r}: "
-                       "GSPO's unit is the sequence, use seq-mean-token-mean (or gspo_token)")
+      raise bad("policy_loss", f"with loss_aggregation={self.loss_aggregation!r}: GSPO's unit "
+                "is the sequence, use seq-mean-token-mean (or gspo_token)")
     if self.policy_loss == "gspo" and self.advantage_estimator == "gae":
-      raise ValueError("policy_loss='gspo' with advantage_estimator='gae': a sequence ratio "
-                       "needs per-sequence advantages, use gspo_token")
+      raise bad("policy_loss", "with advantage_estimator='gae': a sequence ratio needs "
+                "per-sequence advantages, use gspo_token")
     if self.policy_loss == "dual_clip" and self.dual_clip_c <= 1:
-      raise ValueError(f"dual_clip_c must be > 1, got {self.dual_clip_c}")
+      raise bad("dual_clip_c", "must be > 1")
     if self.tis not in pl.TIS_MODES:
-      raise ValueError(f"tis={self.tis!r}; choose from {pl.TIS_MODES}")
+      raise bad("tis", f"unknown; choose one of {pl.TIS_MODES}")
     if self.tis_cap <= 0:
-      raise ValueError(f"tis_cap must be > 0, got {self.tis_cap}")
+      raise bad("tis_cap", "must be > 0")
     if self.router_aux_coef is not None and self.router_aux_coef < 0:
-      raise ValueError(f"router_aux_coef must be >= 0, got {self.router_aux_coef}")
+      raise bad("router_aux_coef", "must be >= 0")
 
   def aux_coef(self, model_cfg: ModelConfig) -> float:
     """The load-balancing loss weight for `model_cfg`; a weight for a dense model is an error."""

@@ -24,12 +24,15 @@ DIR/summary.png plots the metrics.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 import time
 from typing import Any, Mapping, Sequence
+
+from r1jax import cli
 
 KINDS = {"sft": ("r1jax.sft", "workdir"), "grpo": ("r1jax.train", "workdir"),
          "reward_model": ("r1jax.reward_model", "workdir"),
@@ -67,14 +70,43 @@ def write_config(cfg: Mapping[str, Any], path: str) -> str:
   return path
 
 
-def validate(c) -> None:
-  """Fail fast, naming the bad field and value."""
+def validate_stage(kind: str, cfg: Any, name: str = "") -> None:
+  """A stage's config checked by its entry point's `validate` (its "@stage" inputs are
+  left to `check_inputs`); a bad field is named under stages.<name>.config."""
+  import ml_collections
+  cfg = cfg if isinstance(cfg, ml_collections.ConfigDict) else ml_collections.ConfigDict(cfg)
+  try:
+    importlib.import_module(KINDS[kind][0]).validate(cfg)
+  except cli.ConfigError as e:
+    if not name:
+      raise
+    raise cli.ConfigError(f"stages.{name}.config.{e.field}", e.value, e.why) from e
+  except cli.BAD_INPUT as e:
+    if not name:
+      raise
+    raise ValueError(f"stage {name!r}: {cli.one_line(e)}") from e
+
+
+def validate(c, stages: Sequence[str] | None = None, workdir: str | None = None,
+             flag: str = "--stages") -> list[str]:
+  """Fail fast, naming the bad field and value: the stages to run (`stages`, default
+  `order`), each one's config, and (given `workdir`) their inputs. Returns the stages."""
   for name in c.order:
     if name not in c.stages:
       raise ValueError(f"order names stage {name!r} but stages has {sorted(c.stages)}")
+  order = list(stages or c.order)
+  for name in order:
+    if name not in c.stages:
+      raise cli.ConfigError(flag, ",".join(order), f"names {name!r}; the config has "
+                            f"{sorted(c.stages)}")
+  for name in order:
     kind = c.stages[name].kind
     if kind not in KINDS:
       raise ValueError(f"stages.{name}.kind={kind!r}; choose one of {sorted(KINDS)}")
+    validate_stage(kind, c.stages[name].config, name)
+  if workdir is not None:
+    check_inputs(c.to_dict(), order, os.path.abspath(workdir))
+  return order
 
 
 def _env() -> dict[str, str]:
@@ -203,16 +235,11 @@ def check_inputs(cd: Mapping[str, Any], order: Sequence[str], workdir: str) -> N
 
 def run(c, workdir: str, stages: Sequence[str] | None = None) -> str:
   """Run (or resume) the pipeline; returns the summary markdown."""
-  validate(c)
   t0 = time.time()
   workdir = os.path.abspath(workdir)
+  order = validate(c, stages, workdir)  # before anything is written
   os.makedirs(workdir, exist_ok=True)
   cd = c.to_dict()
-  order = list(stages or cd["order"])
-  for s in order:
-    if s not in cd["stages"]:
-      raise ValueError(f"--stages names {s!r}; the config has {list(cd['order'])}")
-  check_inputs(cd, order, workdir)
   ev = cd.get("eval")
   rows = []
   if ev:
@@ -242,20 +269,18 @@ def run(c, workdir: str, stages: Sequence[str] | None = None) -> str:
   return text
 
 
-def main(argv) -> None:
-  from absl import app
-  del argv
-  if _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("--config and --workdir are required")
-  run(_CONFIG.value, _WORKDIR.value, [s for s in _STAGES.value.split(",") if s] or None)
+def _stages() -> list[str] | None:
+  return [s for s in _STAGES.value.split(",") if s] or None
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file.",
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline directory (one subdir per stage).")
   _STAGES = flags.DEFINE_string("stages", "", "Comma-separated stages to run (default: all "
                                 "of config.order).")
-  app.run(main)
+  cli.run(lambda: run(_CONFIG.value, _WORKDIR.value, _stages()),
+          check=lambda: validate(_CONFIG.value, _stages(), _WORKDIR.value),
+          required=("config", "workdir"))

@@ -42,6 +42,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from r1jax import cli
 from r1jax import filters as F
 from r1jax.data.sources import _read_jsonl as read_jsonl
 
@@ -53,7 +54,7 @@ def filter_config(c) -> F.FilterConfig:
 
 
 def validate(c) -> None:
-  """Fail fast, naming the bad field and value."""
+  """Fail fast, naming the bad field and value (and the model and data files named)."""
   from r1jax import data as data_lib
   from r1jax.rewards import REWARDS
   if c.rewards.correct not in REWARDS:
@@ -79,7 +80,13 @@ def validate(c) -> None:
   for i, src in enumerate(c.mixture.sources):
     if src["weight"] <= 0 or not src.get("path"):
       raise ValueError(f"mixture.sources[{i}] needs a path and a weight > 0, got {dict(src)}")
+    cli.check_path(src["path"], f"mixture.sources[{i}].path")
   data_lib.prefill_text(c.data.template, c.data.think_prefill)
+  cli.check_model(c.model, "model")
+  cli.check_source(c.data.source, "data.source")
+  if c.reward_model.checkpoint:
+    cli.check_path(c.reward_model.checkpoint, "reward_model.checkpoint", is_dir=True,
+                   what="an r1jax.reward_model run directory")
 
 
 def process_prompt(example: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
@@ -322,21 +329,24 @@ def finish(c, out: str) -> dict[str, Any]:
   return st
 
 
-def main(argv) -> None:
-  from absl import app
-  del argv
-  if _CONFIG.value is None or not _OUT.value:
-    raise app.UsageError("--config and --out are required")
+def check() -> None:
+  """The CLI's inputs: the config, and --checkpoint when given."""
+  validate(_CONFIG.value)
+  if _CHECKPOINT.value:
+    cli.check_checkpoint(_CHECKPOINT.value)
+
+
+def main() -> None:
   st = run(_CONFIG.value, _CHECKPOINT.value or None, _OUT.value)
   print(json.dumps({k: v for k, v in st.items() if k != "pass_rate_histogram"}))
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Rejection-sampling config file.",
                                             lock_config=True)
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "Trainer workdir, its checkpoints/ dir "
                                     "or one step dir; empty: the config's model as loaded.")
   _OUT = flags.DEFINE_string("out", "", "Output JSONL of SFT records.")
-  app.run(main)
+  cli.run(main, check=check, required=("config", "out"))

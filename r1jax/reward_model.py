@@ -32,14 +32,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import memory as memory_lib, reward_head, steps
+from r1jax import cli, memory as memory_lib, reward_head, steps
 
 OBJECTIVES = ("bt", "orm")
-_CONFIG = _WORKDIR = None
+_CONFIG = _WORKDIR = None  # the CLI's flags (defined when run as a program)
 
 
 def validate(c) -> None:
-  """Fail fast, naming the bad field and value."""
+  """Fail fast, naming the bad field and value (and the model and data files named)."""
+  cli.check_model(c.model, "model")
+  cli.check_source(c.data.train, "data.train", cli.FILE_KINDS)
+  if c.data.get("eval") and c.data.eval.get("path"):
+    cli.check_source(c.data.eval, "data.eval", cli.FILE_KINDS)
   if c.objective not in OBJECTIVES:
     raise ValueError(f"objective={c.objective!r}; choose one of {OBJECTIVES}")
   for key in ("batch_size", "max_len"):
@@ -250,20 +254,11 @@ def train(c, workdir: str) -> list[dict]:
   return rows
 
 
-def main(argv) -> None:
-  from absl import app, flags, logging
-  del argv
-  if _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("--config and --workdir are required")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  train(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Reward-model config file.",
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
-  app.run(main)
+  cli.run(lambda: train(_CONFIG.value, _WORKDIR.value), check=lambda: validate(_CONFIG.value),
+          required=("config", "workdir"))

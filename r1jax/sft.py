@@ -18,11 +18,10 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
 from r1jax import data as data_lib
-from r1jax import compile_cache, distill, faults, steps
+from r1jax import cli, compile_cache, distill, faults, steps
 from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer
 from r1jax.data import sft as sft_data
@@ -53,8 +52,18 @@ def uses_teacher(c) -> bool:
   return c.distill.alpha > 0 or c.distill.on_policy > 0
 
 
+# Record kinds `data.sft.read_records` reads (its own beside the file kinds).
+RECORD_KINDS = ("jsonl", "parquet", "hf_disk", "gym_traces", "records", "mixture")
+
+
 def validate(c) -> None:
-  """Fail fast, naming the bad field and value."""
+  """Fail fast, naming the bad field and value (and the model and data files named)."""
+  cli.check_model(c.model, "model")
+  if uses_teacher(c):
+    cli.check_model(c.teacher, "teacher")
+  cli.check_source(c.data.source, "data.source", RECORD_KINDS)
+  if c.eval.num_problems > 0:
+    cli.check_source(c.eval.source, "eval.source")
   data_config(c)
   distill_config(c)
   if c.data.batch_size < 1 or c.train.micro_batch_size < 1 or \
@@ -116,22 +125,16 @@ def on_policy_rows(params, model_cfg, examples, tokenizer, c, step: int, rng,
 def define_flags() -> None:
   """The CLI's flags, defined only when run as a program (so that trainers can be imported
   side by side, e.g. by the pipeline, without clashing flag names)."""
+  from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints).")
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
 
 
-def main(argv) -> None:
-  del argv
-  c, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  if c is None or workdir is None:
-    raise app.UsageError("--config and --workdir are required")
+def main() -> None:
   if flags.FLAGS.distributed:
     jax.distributed.initialize()
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  validate(c)
-  train(c, workdir)
+  train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 def train(c, workdir: str) -> list[dict]:
@@ -248,4 +251,4 @@ def _loss(params, batch, teacher_params, model_cfg, dcfg, teacher_cfg):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, check=lambda: validate(flags.FLAGS.config), required=("config", "workdir"))

@@ -17,14 +17,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
 from r1jax import advantages as adv_lib
 from r1jax import compile_cache, dynamic_sampling, faults, grpo, multiturn, packed_rl, packing
-from r1jax import ppo, steps
+from r1jax import cli, ppo, steps
 from r1jax import tools as tools_lib
 from r1jax import lora as lora_lib
 from r1jax import memory as memory_lib
@@ -36,15 +35,20 @@ from r1jax.nonfinite import Guard
 from r1jax.run import grpo_config, make_evaluator, sampling_config, write_run_files
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (metrics, samples, checkpoints).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (the pipeline imports `validate`)."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory (metrics, samples, checkpoints).")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU).")
 
 
 def validate(c) -> None:
-  """Fail fast, naming the bad field and value."""
+  """Fail fast, naming the bad field and value (and the model and data files named)."""
+  cli.check_model(c.model, "model")
+  cli.check_source(c.data.source, "data.source")
   from r1jax.rewards import REWARDS
   from r1jax.rewards import judge as judge_lib
   judge_lib.section(c.rewards.get("judge"), "rewards.judge")  # raises on a bad value
@@ -93,17 +97,10 @@ def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -
                     loss_mask=None if loss_mask is None else loss_mask[:, :keep])
 
 
-def main(argv) -> None:
-  del argv
-  c, workdir = _CONFIG.value, _WORKDIR.value
-  if c is None or workdir is None:
-    raise app.UsageError("--config and --workdir are required")
-  if _DISTRIBUTED.value:
+def main() -> None:
+  if flags.FLAGS.distributed:
     jax.distributed.initialize()
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-  validate(c)
-  train(c, workdir)
+  train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 def train(c, workdir: str) -> list[dict]:
@@ -345,4 +342,5 @@ def train(c, workdir: str) -> list[dict]:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  cli.run(main, check=lambda: validate(flags.FLAGS.config), required=("config", "workdir"))
