@@ -64,6 +64,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Mixture-of-experts policies: weight of the router load-balancing loss in the GRPO loss
   # (unset: the model's router_aux_loss_coef).
   c.grpo.router_aux_coef = ml_collections.config_dict.placeholder(float)
+  # Router replay (verl's name; R3): the sampler returns the experts every token was routed
+  # to and the trainer's forwards (pi_old, reference, loss) use exactly those experts, gate
+  # weights recomputed from the trainer's router, so the sampler's and trainer's log-probs
+  # agree on the routing. An error on a dense model.
+  c.grpo.router_replay = False
 
   # PPO with a critic (grpo.advantage_estimator="gae", r1jax/ppo.py): a value head on a copy
   # of the policy with its own AdamW; kl_in="reward" puts beta * k1 per token in the reward,

@@ -35,7 +35,7 @@ from r1jax.mesh import constrain
 from r1jax.model import ModelConfig
 from r1jax.decode import (_K_AXES, _V_AXES, SampleOutput, SamplingConfig, _Cache, _choose,
                             _decode_step, _decode_weights, _fuse_default, _k_transposed,
-                            _pad_length, _prompt_cache, _sample_keys)
+                            _no_experts, _pad_length, _prompt_cache, _repeat_rows, _sample_keys)
 
 
 class _Slots(NamedTuple):
@@ -50,13 +50,15 @@ class _Out(NamedTuple):
   tokens: jax.Array  # [R, N]
   logps: jax.Array  # [R, N]
   mask: jax.Array  # [R, N] bool
+  experts: jax.Array | None  # [R, L_moe, N, k] (SamplingConfig.return_experts; else None)
 
 
 def _write(out: _Out, row, t, tok, lp, on) -> _Out:
   """out[row[i], t[i]] = tok[i], lp[i] where on[i] (other rows index past the end: dropped)."""
   r = jnp.where(on, row, out.tokens.shape[0])
-  return _Out(out.tokens.at[r, t].set(tok, mode="drop"), out.logps.at[r, t].set(lp, mode="drop"),
-              out.mask.at[r, t].set(True, mode="drop"))
+  return out._replace(tokens=out.tokens.at[r, t].set(tok, mode="drop"),
+                      logps=out.logps.at[r, t].set(lp, mode="drop"),
+                      mask=out.mask.at[r, t].set(True, mode="drop"))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "num_slots"))
@@ -70,7 +72,8 @@ def generate_continuous(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
   rows = b * g
   wdt = jnp.dtype(scfg.decode_dtype or cfg.dtype)
   fuse = _fuse_default() if scfg.fuse_weights is None else scfg.fuse_weights
-  last, pcache, next_pos = _prompt_cache(params, cfg, prompt_tokens, prompt_mask, scfg)
+  last, pcache, next_pos, pexperts = _prompt_cache(params, cfg, prompt_tokens, prompt_mask,
+                                                    scfg)
   w = _decode_weights(params, cfg, fuse, wdt)
   eos = jnp.asarray(scfg.eos_ids or (-1,), jnp.int32)
   real = num_prompts * g
@@ -84,7 +87,7 @@ def generate_continuous(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
   zeros = jnp.zeros((s,), jnp.int32)
   slots = _Slots(zeros, zeros, zeros, zeros, jnp.zeros((s,), bool))
   out = _Out(jnp.full((rows, n), scfg.pad_id, jnp.int32), jnp.zeros((rows, n), jnp.float32),
-             jnp.zeros((rows, n), bool))
+             jnp.zeros((rows, n), bool), _no_experts(cfg, rows, n) if scfg.return_experts else None)
 
   def pending(state):
     _, slots, _, nxt = state
@@ -118,8 +121,11 @@ def generate_continuous(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
   def step(state):
     cache, slots, out, nxt = state
     live, t = slots.live, slots.t
-    logits, cache = _decode_step(w, cfg, slots.tok, slots.pos0 + t - 1, live, cache,
-                                 p + jnp.minimum(t, n) - 1)
+    logits, cache, *chosen = _decode_step(w, cfg, slots.tok, slots.pos0 + t - 1, live, cache,
+                                          p + jnp.minimum(t, n) - 1, scfg.return_experts)
+    if chosen:  # the routing of input token t - 1, at the sample's row (as its tokens)
+      r = jnp.where(live, slots.row, rows)
+      out = out._replace(experts=out.experts.at[r, :, t - 1].set(chosen[0], mode="drop"))
     tok, lp = _choose(logits, _sample_keys(rng, t, slots.row), scfg)
     tok = jnp.where(live, tok, scfg.pad_id)
     out = _write(out, slots.row, jnp.minimum(t, n - 1), tok, lp, live)
@@ -131,4 +137,5 @@ def generate_continuous(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
   state = jax.lax.while_loop(lambda st: jnp.any(st[1].live) | (st[3] < real), step, state)
   out = state[2]
   return SampleOutput(out.tokens, out.mask.astype(jnp.int32), out.logps,
-                      out.mask.sum(-1).astype(jnp.int32))
+                      out.mask.sum(-1).astype(jnp.int32), out.experts,
+                      None if pexperts is None else _repeat_rows(pexperts, g))

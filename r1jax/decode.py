@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from r1jax.mesh import constrain, current_mesh
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
 from r1jax.model import mla
-from r1jax.model.transformer import MASKED, apply_rope, moe_mlp, rms_norm, rope_inv_freq
+from r1jax.model.transformer import (EXPERT_DTYPE, MASKED, apply_rope, moe_mlp, rms_norm,
+                                     rope_inv_freq)
 from r1jax.token_choice import (  # noqa: F401 - re-exported: the sampler's token choice
     _BLOCK, _blocked_categorical, _choose, _filtered_sample, _first_argmax, _nucleus_cutoff,
     _ordered_key, _row_categorical, filter_logits)
@@ -60,6 +61,9 @@ class SamplingConfig:
   mode: str = "static"
   # num_slots: decode slots of mode="continuous" (0: half the rows, at least 1; at most the rows).
   num_slots: int = 0
+  # return_experts: also return the experts each MoE layer routed every prompt and completion
+  # token to (`SampleOutput.prompt_experts` / `experts`; router replay, `grpo.router_replay`).
+  return_experts: bool = False
 
   def __post_init__(self):
     if self.max_new_tokens <= 0:
@@ -94,6 +98,12 @@ class SampleOutput(NamedTuple):
   mask: jax.Array  # [B*G, N] 1 for generated tokens, EOS included
   logprobs: jax.Array  # [B*G, N] log p(token) under softmax(logits / temperature)
   lengths: jax.Array  # [B*G] number of generated tokens
+  # With `return_experts` (else None), the top-k expert ids of every MoE layer
+  # (`cfg.moe_layers`), `transformer.EXPERT_DTYPE`, -1 where no token was routed:
+  # experts[r, l, t] is completion token t's routing as the input of the next step (the last
+  # token of a sample is never an input: -1); prompt_experts[r, l, j] prompt token j's.
+  experts: jax.Array | None = None  # [B*G, L_moe, N, k]
+  prompt_experts: jax.Array | None = None  # [B*G, L_moe, P, k] (the same for a group's G rows)
 
 
 # ----------------------------------------------------------------------------- decode step
@@ -199,8 +209,9 @@ def _swiglu(hn: jax.Array, layer: dict, prefix: str) -> jax.Array:
 
 
 def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live: jax.Array,
-                 cache: _Cache, slot: jax.Array) -> tuple[jax.Array, _Cache]:
-  """One token per row at cache slot `slot` -> (logits [R, V] float32, cache).
+                 cache: _Cache, slot: jax.Array, return_experts: bool = False) -> tuple:
+  """One token per row at cache slot `slot` -> (logits [R, V] float32, cache), and with
+  `return_experts` the experts its MoE layers chose, [R, L_moe, k] (`EXPERT_DTYPE`).
 
   The same math as `transformer.forward` with a cache, for T = 1 (`w` from `_decode_weights`).
   `slot` is one slot for all rows (a scalar) or one per row ([R], continuous batching).
@@ -220,7 +231,7 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
     slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, live[:, None], slot, axis=1)
     allowed = slot_mask & (ids <= slot)
   x = constrain(jnp.take(w["embed"], tok, axis=0).astype(dt), ("batch", "embed"))
-  new_k, new_v = [], []
+  new_k, new_v, chosen = [], [], []
   for i, layer in enumerate(w["layers"]):
     hn = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
     if "kv_a" in layer:  # MLA: the cache holds k_rope (as K) and the latent (as V), 1 "head"
@@ -259,15 +270,19 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
     x = constrain(x, ("batch", "embed"))
     hn = rms_norm(x, layer["mlp_norm"], cfg.rms_norm_eps)
     if "router" in layer:
-      x = x + moe_mlp(hn, layer, cfg, lambda a: a.astype(dt))[0]
-      x = x + (_swiglu(hn, layer, "shared_") if "shared_gate" in layer else 0)
+      y, _, experts = moe_mlp(hn, layer, cfg, lambda a: a.astype(dt))
+      x = x + y + (_swiglu(hn, layer, "shared_") if "shared_gate" in layer else 0)
+      chosen.append(experts)
     else:
       x = x + _swiglu(hn, layer, "")
     x = constrain(x, ("batch", "embed"))
   x = rms_norm(x, w["final_norm"], cfg.rms_norm_eps)
   logits = jnp.einsum("rd,dv->rv", x.astype(w["unembed"].dtype), w["unembed"],
                       preferred_element_type=jnp.float32)
-  return constrain(logits, ("batch", "vocab")), _Cache(tuple(new_k), tuple(new_v), slot_mask)
+  out = constrain(logits, ("batch", "vocab")), _Cache(tuple(new_k), tuple(new_v), slot_mask)
+  if return_experts:
+    out += (jnp.stack(chosen, axis=1).astype(EXPERT_DTYPE),)
+  return out
 
 
 # ----------------------------------------------------------------------------- generate
@@ -288,39 +303,54 @@ def _row_keys(rng: jax.Array, t: jax.Array, rows: int) -> jax.Array:
   return _sample_keys(rng, t, jnp.arange(rows, dtype=jnp.uint32))
 
 
-def _prefill(params, cfg: ModelConfig, tokens, mask, positions, chunk: int):
-  """Prompt -> (last hidden [B, D], KVCache of exactly P slots), in chunks if `chunk`."""
+def _prefill(params, cfg: ModelConfig, tokens, mask, positions, chunk: int,
+             return_experts: bool = False):
+  """Prompt -> (last hidden [B, D], KVCache of exactly P slots), in chunks if `chunk`; with
+  `return_experts` also the prompt's routing [B, L_moe, P, k] (`forward`'s)."""
   b, p = tokens.shape
   cache = init_cache(cfg, b, p)
   if not chunk or chunk >= p:
-    hidden, cache = forward(params, cfg, tokens, positions, mask, cache, return_hidden=True)
-    return hidden[:, -1], cache
+    hidden, cache, *experts = forward(params, cfg, tokens, positions, mask, cache,
+                                      return_hidden=True, return_experts=return_experts)
+    return (hidden[:, -1], cache, *experts)
   n = p // chunk
   split = lambda x: x.reshape(b, n, chunk).swapaxes(0, 1)
 
   def body(cache, xs):
     t, m, ps = xs
-    hidden, cache = forward(params, cfg, t, ps, m, cache, return_hidden=True)
-    return cache, hidden[:, -1]
+    hidden, cache, *experts = forward(params, cfg, t, ps, m, cache, return_hidden=True,
+                                      return_experts=return_experts)
+    return cache, (hidden[:, -1], *experts)
 
-  cache, last = jax.lax.scan(body, cache, (split(tokens), split(mask), split(positions)))
-  return last[-1], cache
+  cache, (last, *experts) = jax.lax.scan(body, cache, (split(tokens), split(mask),
+                                                       split(positions)))
+  # [n, B, L, chunk, k] -> [B, L, P, k]
+  experts = [e.transpose(1, 2, 0, 3, 4).reshape(e.shape[1:3] + (p, -1)) for e in experts]
+  return (last[-1], cache, *experts)
 
 
 def _prompt_cache(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
                   prompt_mask: jax.Array, scfg: SamplingConfig):
   """Prefill each prompt once -> (logits after its last token [B, V] float32, its decode-layout
-  `_Cache` of exactly P slots in the decode dtype, position of completion token 0 [B])."""
+  `_Cache` of exactly P slots in the decode dtype, position of completion token 0 [B], and
+  with `scfg.return_experts` the prompt's routing [B, L_moe, P, k], else None)."""
   wdt = jnp.dtype(scfg.decode_dtype or cfg.dtype)
   prompt_mask = prompt_mask.astype(bool)
   positions = positions_from_mask(prompt_mask)
-  last, pcache = _prefill(params, cfg, prompt_tokens, prompt_mask, positions, scfg.prefill_chunk)
+  last, pcache, *experts = _prefill(params, cfg, prompt_tokens, prompt_mask, positions,
+                                    scfg.prefill_chunk, scfg.return_experts)
   last = jnp.einsum("bd,dv->bv", last, unembed_matrix(params, cfg).astype(last.dtype),
                     preferred_element_type=jnp.float32)
   k_perm = (0, 2, 3, 1) if _k_transposed(wdt) else (0, 2, 1, 3)  # [B, P, Hkv, Dh] -> head-major
   cache = _Cache(tuple(x.astype(wdt).transpose(k_perm) for x in pcache.k),
                  tuple(x.astype(wdt).transpose(0, 2, 1, 3) for x in pcache.v), pcache.mask)
-  return last, cache, positions[:, -1] + 1
+  return last, cache, positions[:, -1] + 1, (experts[0] if experts else None)
+
+
+def _no_experts(cfg: ModelConfig, rows: int, n: int) -> jax.Array:
+  """[rows, L_moe, n, k] of -1: the completion routing buffer before any token is routed."""
+  shape = (rows, len(cfg.moe_layers), n, max(cfg.num_experts_per_tok, 1))
+  return jnp.full(shape, -1, EXPERT_DTYPE)
 
 
 def _pad_length(cache: _Cache, extra: int) -> _Cache:

@@ -16,6 +16,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 from absl import logging
 
+from r1jax.model.moe import fit_experts
+
 
 class Rollout(NamedTuple):
   """One batch of prompts and their G completions each (rows prompt-major)."""
@@ -28,6 +30,8 @@ class Rollout(NamedTuple):
 
 
 def _rows(x, rows):
+  if x is None:
+    return None
   return [x[i] for i in rows] if isinstance(x, list) else np.asarray(x)[rows]
 
 
@@ -46,9 +50,14 @@ def select(r: Rollout, groups: Sequence[int], g: int) -> Rollout:
 
 
 def concat(parts: Sequence[Rollout], num_tokens: int) -> Rollout:
-  """Rollouts stacked in order; completion arrays are padded to `num_tokens` columns."""
-  def pad(x):
+  """Rollouts stacked in order; completion arrays are padded to `num_tokens` columns (the
+  sampler's experts too, and its prompt experts on the left to the widest prompt)."""
+  def pad(x, name):
     x = np.asarray(x)
+    if name == "prompt_experts":
+      return fit_experts(x, max(p.out.prompt_experts.shape[2] for p in parts), left=True)
+    if name == "experts":
+      return fit_experts(x, num_tokens)
     return x if x.ndim == 1 else np.pad(x, ((0, 0), (0, num_tokens - x.shape[1])))
   res0 = parts[0].res
   res = dataclasses.replace(
@@ -62,8 +71,10 @@ def concat(parts: Sequence[Rollout], num_tokens: int) -> Rollout:
                           for k in res0.invalid_per_reward},
       max_seconds={k: max(p.res.max_seconds[k] for p in parts) for k in res0.max_seconds},
       extras={k: sum((list(p.res.extras[k]) for p in parts), []) for k in res0.extras})
-  out = type(parts[0].out)(*(np.concatenate([pad(p.out[i]) for p in parts])
-                             for i in range(len(parts[0].out))))
+  fields = parts[0].out._fields
+  out = type(parts[0].out)(*(None if parts[0].out[i] is None else
+                             np.concatenate([pad(p.out[i], fields[i]) for p in parts])
+                             for i in range(len(fields))))
   return Rollout(*(sum((list(getattr(p, f)) for p in parts), [])
                    for f in ("examples", "prompts", "prompt_ids")), out,
                  sum((list(p.texts) for p in parts), []), res)

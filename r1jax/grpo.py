@@ -22,6 +22,8 @@ cispo) and the sampler/trainer correction (`tis`) in r1jax/policy_loss.py.
 A mixture-of-experts policy adds `router_aux_coef` times the load-balancing loss of the
 batch's routing (`transformer.router_summary`; None: the model's `router_aux_loss_coef`) and
 logs `router_aux_loss` and the most / least loaded expert's share of the routed tokens.
+With `router_replay` (verl's "router replay", R3) the batch carries the experts the sampler
+routed each token to, and every forward of the step (pi_old, reference, the loss) uses them.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class GRPOConfig:
   tis_cap: float = 2.0  # C in min(pi_old / pi_sampler, C)
   # MoE load-balancing loss weight; None: the model's router_aux_loss_coef (0 if dense).
   router_aux_coef: float | None = None
+  # Router replay: the sampler returns each token's experts and the trainer's forwards route
+  # through them (the sampler's and trainer's log-probs then share their experts).
+  router_replay: bool = False
 
   def __post_init__(self):
     def bad(field, why, group="grpo"):  # names the config key, e.g. grpo.policy_loss
@@ -110,6 +115,12 @@ class GRPOConfig:
       raise ValueError(f"grpo.router_aux_coef={self.router_aux_coef} needs a mixture-of-experts "
                        "model (this one has num_experts=0)")
     return self.router_aux_coef
+
+  def check_replay(self, model_cfg: ModelConfig) -> None:
+    """Router replay needs experts to replay: an error on a dense model."""
+    if self.router_replay and not model_cfg.num_experts:
+      raise ValueError("grpo.router_replay=True needs a mixture-of-experts model (this one "
+                       "has num_experts=0)")
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:
@@ -200,16 +211,24 @@ class Batch(NamedTuple):
   # [B*G, N] the tokens the loss trains, where it differs from completion_mask (which is
   # what attention sees): a multi-turn rollout's tool replies are context, not trained.
   loss_mask: jax.Array | None = None
+  # Router replay (`GRPOConfig.router_replay`): the sampler's experts, -1 where none (see
+  # `decode.SampleOutput`); the trainer's forwards route through them.
+  prompt_experts: jax.Array | None = None  # [B, L_moe, P, k]
+  experts: jax.Array | None = None  # [B*G, L_moe, N, k]
 
 
 def completion_hidden(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Array,
                       prompt_mask: jax.Array, completion_tokens: jax.Array,
-                      completion_mask: jax.Array, router_stats: bool = False):
+                      completion_mask: jax.Array, router_stats: bool = False,
+                      prompt_experts: jax.Array | None = None,
+                      experts: jax.Array | None = None):
   """Final hidden states that predict each completion token: [B*G, N, D].
 
   Row r of the completions belongs to prompt r // G. Position t of the output is the
   hidden state after the prompt and completion tokens < t. With `router_stats`, also the
   MoE routing summary of the prompts (once each) and completions (`router_summary`).
+  `prompt_experts` [B, L_moe, P, k] and `experts` [B*G, L_moe, N, k] replay a sampler's
+  routing (`Batch`'s fields; None: the model routes).
   """
   b, p = prompt_tokens.shape
   rows, n = completion_tokens.shape
@@ -219,7 +238,8 @@ def completion_hidden(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Ar
   cache = init_cache(model_cfg, b, p + n - 1) if n > 1 else init_cache(model_cfg, b, p)
   h_prompt, cache, *st_prompt = forward(params, model_cfg, prompt_tokens, pos, prompt_mask,
                                        cache, return_hidden=True,
-                                       return_router_stats=router_stats)
+                                       return_router_stats=router_stats,
+                                       experts=prompt_experts)
   h_first = jnp.repeat(h_prompt[:, -1:], g, axis=0)  # predicts completion token 0
   if n == 1:
     return (h_first, *st_prompt) if router_stats else h_first
@@ -230,7 +250,8 @@ def completion_hidden(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.Ar
   cpos = start + jnp.arange(n - 1)[None, :]
   h_rest, _, *st_rest = forward(params, model_cfg, completion_tokens[:, :-1], cpos,
                                 completion_mask[:, :-1].astype(bool), cache,
-                                return_hidden=True, return_router_stats=router_stats)
+                                return_hidden=True, return_router_stats=router_stats,
+                                experts=None if experts is None else experts[:, :, :n - 1])
   h = jnp.concatenate([h_first, h_rest], axis=1)
   if router_stats:
     return h, merge_router_stats(st_prompt[0], st_rest[0], model_cfg)
@@ -241,12 +262,14 @@ def completion_logprobs(params: Any, model_cfg: ModelConfig, prompt_tokens: jax.
                         prompt_mask: jax.Array, completion_tokens: jax.Array,
                         completion_mask: jax.Array, temperature: float = 1.0,
                         impl: str = "auto", return_entropy: bool = False,
-                        router_stats: bool = False):
+                        router_stats: bool = False, prompt_experts: jax.Array | None = None,
+                        experts: jax.Array | None = None):
   """log p(completion tokens) [B*G, N] (and entropy, and with `router_stats` the MoE routing
-  summary, in that order) via the fused unembedding log-prob."""
+  summary, in that order) via the fused unembedding log-prob; `prompt_experts` / `experts`
+  replay a sampler's routing (`completion_hidden`)."""
   from r1jax.kernels import token_logprobs
   hidden = completion_hidden(params, model_cfg, prompt_tokens, prompt_mask, completion_tokens,
-                             completion_mask, router_stats)
+                             completion_mask, router_stats, prompt_experts, experts)
   h, stats = hidden if router_stats else (hidden, None)
   rows, n, d = h.shape
   out = token_logprobs(h.reshape(rows * n, d), unembed_matrix(params, model_cfg).astype(h.dtype),
@@ -263,7 +286,8 @@ def batch_logprobs(params: Any, batch: Batch, model_cfg: ModelConfig, temperatur
   """No-grad log-probs of a batch's completions (for pi_old and the reference)."""
   return jax.lax.stop_gradient(completion_logprobs(
       params, model_cfg, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
-      batch.completion_mask, temperature, impl))
+      batch.completion_mask, temperature, impl, prompt_experts=batch.prompt_experts,
+      experts=batch.experts))
 
 
 def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
@@ -273,7 +297,8 @@ def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
   out = completion_logprobs(
       params, model_cfg, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
       batch.completion_mask, cfg.temperature, cfg.logprob_impl, return_entropy=True,
-      router_stats=bool(model_cfg.num_experts))
+      router_stats=bool(model_cfg.num_experts), prompt_experts=batch.prompt_experts,
+      experts=batch.experts)
   mask = batch.completion_mask if batch.loss_mask is None else batch.loss_mask
   return loss_from_logprobs(out, batch.old_logp, batch.ref_logp, batch.advantages, mask,
                             batch.sampler_logp, cfg, model_cfg)

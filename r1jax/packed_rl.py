@@ -35,11 +35,14 @@ class CriticBatch(NamedTuple):
   old_values: jax.Array
 
 
-def hidden(params: Any, model_cfg: ModelConfig, batch: Any, router_stats: bool = False):
-  """Final hidden states [R, L, D] of packed rows (and the MoE routing summary)."""
+def hidden(params: Any, model_cfg: ModelConfig, batch: Any, router_stats: bool = False,
+           experts: jax.Array | None = None):
+  """Final hidden states [R, L, D] of packed rows (and the MoE routing summary); `experts`
+  [R, L_moe, L, k] replays a sampler's routing (`PackedBatch.experts`)."""
   seg = batch.segment_ids
   out = forward(params, model_cfg, batch.tokens, batch.positions, seg > 0,
-                return_hidden=True, segment_ids=seg, return_router_stats=router_stats)
+                return_hidden=True, segment_ids=seg, return_router_stats=router_stats,
+                experts=experts)
   return (out[0], out[2]) if router_stats else out[0]
 
 
@@ -47,7 +50,7 @@ def logprobs(params: Any, model_cfg: ModelConfig, batch: PackedBatch, temperatur
              impl: str = "auto", return_entropy: bool = False, router_stats: bool = False):
   """log p(target) at every position [R, L] (and entropy, and the routing summary)."""
   from r1jax.kernels import token_logprobs
-  h = hidden(params, model_cfg, batch, router_stats)
+  h = hidden(params, model_cfg, batch, router_stats, batch.experts)
   h, stats = h if router_stats else (h, None)
   r, n, d = h.shape
   out = token_logprobs(h.reshape(r * n, d), unembed_matrix(params, model_cfg).astype(h.dtype),

@@ -46,6 +46,7 @@ class PackedBatch(NamedTuple):
   old_logp: Any = None
   ref_logp: Any = None
   sampler_logp: Any = None
+  experts: Any = None  # [R, L_moe, L, k] router replay: each input token's sampler experts
 
 
 class Layout(NamedTuple):
@@ -137,12 +138,16 @@ def pack_batch(batch: Any, row_len: int, multiple: int = 1,
   tokens, targets = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
   positions, segs = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
   src_row, src_col, dst_row, dst_col = [], [], [], []
+  experts = _replayed(batch, pmask, r, row_len)
   for row, items in enumerate(bins):
     at = 0
     for s, i in enumerate(items, start=1):
       full = np.concatenate([prompts[i // g], ctoks[i, :clen[i]]])
       m, p = len(full) - 1, len(prompts[i // g])
       tokens[row, at:at + m], targets[row, at:at + m] = full[:-1], full[1:]
+      if experts is not None:  # the routing of each input token: prompt, then completion
+        experts[row, :, at:at + p] = batch.prompt_experts[i // g][:, pmask[i // g]]
+        experts[row, :, at + p:at + m] = batch.experts[i, :, :clen[i] - 1]
       positions[row, at:at + m], segs[row, at:at + m] = np.arange(m), s
       src_row.append(np.full(clen[i], i))
       src_col.append(np.arange(clen[i]))
@@ -159,8 +164,16 @@ def pack_batch(batch: Any, row_len: int, multiple: int = 1,
       tokens=tokens, targets=targets, positions=positions, segment_ids=segs,
       loss_mask=place(trained, layout, np.int32), weights=place(w, layout),
       advantages=place(batch.advantages, layout), old_logp=opt(batch.old_logp),
-      ref_logp=opt(batch.ref_logp), sampler_logp=opt(batch.sampler_logp))
+      ref_logp=opt(batch.ref_logp), sampler_logp=opt(batch.sampler_logp), experts=experts)
   return packed, layout
+
+
+def _replayed(batch: Any, pmask: np.ndarray, rows: int, row_len: int) -> np.ndarray | None:
+  """The packed routing buffer [R, L_moe, L, k] of -1 (None without router replay)."""
+  if getattr(batch, "experts", None) is None:
+    return None
+  e = np.asarray(batch.experts)
+  return np.full((rows, e.shape[1], row_len, e.shape[3]), -1, e.dtype)
 
 
 def useful_share(packed: PackedBatch) -> float:

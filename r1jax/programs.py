@@ -24,6 +24,7 @@ from r1jax import sampling, steps
 from r1jax import lora as lora_lib
 from r1jax.model import hf
 from r1jax.model.config import PRESETS, ModelConfig
+from r1jax.model.moe import EXPERT_DTYPE
 from r1jax.model.transformer import param_axes, param_shapes
 
 
@@ -199,7 +200,15 @@ def _lower_static(gen, params, *args, cfg, scfg, **static):
   return gen.lower(params, cfg, *args, scfg, **static)
 
 
-def _completion_batch(mesh, b, p, rows, n, *, per_token_adv=False, ref=False, old=False):
+def _experts_sds(mesh, cfg: ModelConfig | None, rows: int, t: int):
+  """Router replay's expert ids [rows, L_moe, t, k] (None without a `cfg`: replay off)."""
+  if cfg is None:
+    return None
+  return batch_sds(mesh, (rows, len(cfg.moe_layers), t, cfg.num_experts_per_tok), EXPERT_DTYPE)
+
+
+def _completion_batch(mesh, b, p, rows, n, *, per_token_adv=False, ref=False, old=False,
+                      replay: ModelConfig | None = None):
   f32 = jnp.float32
   return grpo.Batch(
       prompt_tokens=batch_sds(mesh, (b, p)), prompt_mask=batch_sds(mesh, (b, p)),
@@ -207,14 +216,17 @@ def _completion_batch(mesh, b, p, rows, n, *, per_token_adv=False, ref=False, ol
       advantages=batch_sds(mesh, (rows, n) if per_token_adv else (rows,), f32),
       old_logp=batch_sds(mesh, (rows, n), f32) if old else None,
       ref_logp=batch_sds(mesh, (rows, n), f32) if ref else None,
-      sampler_logp=batch_sds(mesh, (rows, n), f32))
+      sampler_logp=batch_sds(mesh, (rows, n), f32),
+      prompt_experts=_experts_sds(mesh, replay, b, p), experts=_experts_sds(mesh, replay, rows, n))
 
 
-def _packed_batch(mesh, rows, row_len, multiple, *, ref=False, old=False):
+def _packed_batch(mesh, rows, row_len, multiple, *, ref=False, old=False,
+                  replay: ModelConfig | None = None):
   r = packing.row_bucket(rows, multiple, rows)
   i32, f32 = (batch_sds(mesh, (r, row_len), t) for t in (jnp.int32, jnp.float32))
   return packing.PackedBatch(i32, i32, i32, i32, i32, f32, f32, old_logp=f32 if old else None,
-                             ref_logp=f32 if ref else None, sampler_logp=f32)
+                             ref_logp=f32 if ref else None, sampler_logp=f32,
+                             experts=_experts_sds(mesh, replay, r, row_len))
 
 
 def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
@@ -227,9 +239,13 @@ def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
   rows, n = b * g, c.sampling.max_new_tokens
   p = _round(prompt_len, c.data.get("prompt_bucket", 1))
   params = abstract_params(cfg, mesh)
-  out = sampler_programs(params, cfg, mesh, b, p, run_lib.sampling_config(c))
+  gcfg.check_replay(cfg)
+  replay = cfg if gcfg.router_replay else None  # the batches carry the sampler's experts
+  out = sampler_programs(params, cfg, mesh, b, p, run_lib.sampling_config(
+      c, return_experts=gcfg.router_replay))
   ref, old = gcfg.beta > 0, c.grpo.mu > 1 or bool(pcfg)
-  batch = _completion_batch(mesh, b, p, rows, n, per_token_adv=bool(pcfg), ref=ref, old=old)
+  batch = _completion_batch(mesh, b, p, rows, n, per_token_adv=bool(pcfg), ref=ref, old=old,
+                            replay=replay)
   logp = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=cfg,
                                    temperature=gcfg.temperature, impl=gcfg.logprob_impl))
   if ref or old:
@@ -249,7 +265,7 @@ def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
                                                         **loss.keywords), tx, state,
                            _packed_batch(mesh, rows, row_len or 1 << (p + n - 2).bit_length(),
                                          n_micro * mesh_lib.batch_parallel_size(mesh),
-                                         ref=ref, old=old),
+                                         ref=ref, old=old, replay=replay),
                            n_micro, None, mu=c.grpo.mu, lcfg=lcfg)
   if pcfg:
     spec = ppo.critic_spec(c)  # {}: a copy of the policy; "policy": every k-th block of it

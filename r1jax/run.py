@@ -92,4 +92,4 @@ def grpo_config(c) -> grpo.GRPOConfig:
       advantage_eps=g.advantage_eps, std_ddof=g.std_ddof, kl_estimator=g.kl_estimator,
       max_completion_len=c.sampling.max_new_tokens, temperature=c.sampling.temperature or 1.0,
       logprob_impl=g.logprob_impl, router_aux_coef=g.get("router_aux_coef"),
-      **{k: g[k] for k in grpo.FAMILY_KNOBS if k in g})
+      router_replay=g.get("router_replay", False), **{k: g[k] for k in grpo.FAMILY_KNOBS if k in g})

@@ -48,7 +48,7 @@ from r1jax.model import ModelConfig, positions_from_mask, unembed_matrix  # noqa
 from r1jax.decode import (  # noqa: F401 - the building blocks, re-exported
     _BLOCK, _blocked_categorical, _Cache, _choose, _decode_step, _decode_weights,
     _filtered_sample, _first_argmax, _fuse_default, _K_AXES, _k_transposed, _mm,
-    _nucleus_cutoff, _ordered_key, _pad_length, _prefill, _prompt_cache, _repeat_rows,
+    _no_experts, _nucleus_cutoff, _ordered_key, _pad_length, _prefill, _prompt_cache, _repeat_rows,
     _row_categorical, _row_keys, _sample_keys, _V_AXES, filter_logits, SampleOutput,
     SamplingConfig)
 from r1jax import continuous
@@ -66,7 +66,8 @@ def _generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_ma
   rows = b * g
   wdt = jnp.dtype(scfg.decode_dtype or cfg.dtype)
   fuse = _fuse_default() if scfg.fuse_weights is None else scfg.fuse_weights
-  last, pcache, next_pos = _prompt_cache(params, cfg, prompt_tokens, prompt_mask, scfg)
+  last, pcache, next_pos, pexperts = _prompt_cache(params, cfg, prompt_tokens, prompt_mask,
+                                                    scfg)
 
   # Share the prefill among the G samples of each prompt; room for the first segment's tokens.
   chunks = scfg.cache_chunks or min(4, max(1, n // 64))
@@ -88,26 +89,32 @@ def _generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_ma
   tokens = jnp.full((rows, n), scfg.pad_id, jnp.int32).at[:, 0].set(tok)
   logps = jnp.zeros((rows, n), jnp.float32).at[:, 0].set(lp)
   mask = jnp.zeros((rows, n), bool).at[:, 0].set(True)
+  experts = _no_experts(cfg, rows, n) if scfg.return_experts else None
 
   def body(carry):
-    t, tok, cache, tokens, logps, done, mask = carry
+    t, tok, cache, tokens, logps, done, mask, experts = carry
     live = ~done
-    logits, cache = _decode_step(w, cfg, tok, next_pos + t - 1, live, cache, p + t - 1)
+    logits, cache, *chosen = _decode_step(w, cfg, tok, next_pos + t - 1, live, cache, p + t - 1,
+                                          scfg.return_experts)
+    if chosen:  # the routing of input token t - 1
+      chosen = jnp.where(live[:, None, None], chosen[0], -1)
+      experts = jax.lax.dynamic_update_slice_in_dim(experts, chosen[:, :, None], t - 1, axis=2)
     new_tok, lp = _choose(logits, _row_keys(rng, t, rows), scfg)
     new_tok = jnp.where(live, new_tok, scfg.pad_id)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new_tok[:, None], t, axis=1)
     logps = jax.lax.dynamic_update_slice_in_dim(logps, jnp.where(live, lp, 0.0)[:, None], t, 1)
     mask = jax.lax.dynamic_update_slice_in_dim(mask, live[:, None], t, axis=1)
     done = done | jnp.isin(new_tok, eos) | (t + 1 >= limits)
-    return t + 1, new_tok, cache, tokens, logps, done, mask
+    return t + 1, new_tok, cache, tokens, logps, done, mask, experts
 
-  carry = (jnp.asarray(1, jnp.int32), tok, cache, tokens, logps, done, mask)
+  carry = (jnp.asarray(1, jnp.int32), tok, cache, tokens, logps, done, mask, experts)
   for j, end in enumerate(bounds):
     if j:  # grow the cache to the next segment's length
       carry = carry[:2] + (_pad_length(carry[2], end - bounds[j - 1]),) + carry[3:]
     carry = jax.lax.while_loop(lambda c, end=end: (c[0] < end) & ~jnp.all(c[5]), body, carry)
-  _, _, _, tokens, logps, _, mask = carry
-  return SampleOutput(tokens, mask.astype(jnp.int32), logps, mask.sum(-1).astype(jnp.int32))
+  _, _, _, tokens, logps, _, mask, experts = carry
+  return SampleOutput(tokens, mask.astype(jnp.int32), logps, mask.sum(-1).astype(jnp.int32),
+                      experts, None if pexperts is None else _repeat_rows(pexperts, g))
 
 
 def batch_bucket(b: int, bucket: int = 0, multiple: int = 1) -> int:
@@ -162,7 +169,9 @@ def generate(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_mas
     out = _generate(params, cfg, toks, mask, jnp.asarray(b, jnp.int32), rng, jnp.asarray(limits),
                     scfg)
   if bb != b:
-    out = SampleOutput(*(x[:b * g] for x in out))
+    out = SampleOutput(*(None if x is None else x[:b * g] for x in out))
+  if out.prompt_experts is not None and pp != p:  # drop prefill_chunk's extra left padding
+    out = out._replace(prompt_experts=out.prompt_experts[:, :, pp - p:])
   return out
 
 

@@ -31,6 +31,7 @@ from r1jax.checkpoint import Checkpointer
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model.loader import load_model
+from r1jax.model.moe import fit_experts
 from r1jax.nonfinite import Guard
 from r1jax.run import grpo_config, make_evaluator, sampling_config, write_run_files
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
@@ -79,6 +80,9 @@ def validate(c) -> None:
   if tools_lib.from_config(c) and ppo.from_config(c):  # raises on a bad tools value
     raise ValueError("tools.enabled=True with grpo.advantage_estimator='gae': the critic does "
                      "not take the tool replies' loss mask yet; use an outcome estimator")
+  if c.grpo.get("router_replay") and tools_lib.from_config(c):
+    raise ValueError("grpo.router_replay=True with tools.enabled=True: the tool replies' "
+                     "routing is not recorded by the multi-turn sampler; turn one off")
   if lora_lib.from_config(c.get("lora")).enabled and ppo.from_config(c):  # raises on bad values
     raise ValueError("lora.rank > 0 with grpo.advantage_estimator='gae': the PPO critic starts "
                      "from full weights and does not take LoRA adapters; use one or the other")
@@ -87,14 +91,20 @@ def validate(c) -> None:
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
   """Host numpy training batch; completion columns trimmed to the longest row, padded to a
   power-of-two bucket (few distinct shapes, so few train-step compilations). A multi-turn
-  rollout's `loss_mask` (tool replies untrained) rides along."""
+  rollout's `loss_mask` (tool replies untrained) rides along, and so do the sampler's experts
+  (router replay), the prompt's fitted to the prompt width."""
   keep = compile_cache.completion_bucket(int(out.lengths.max()), out.tokens.shape[1], bucket)
   loss_mask = getattr(out, "loss_mask", None)
+  experts, pexperts = getattr(out, "experts", None), getattr(out, "prompt_experts", None)
+  g = len(out.tokens) // len(prompt_tokens)
   return grpo.Batch(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
                     completion_tokens=out.tokens[:, :keep], completion_mask=out.mask[:, :keep],
                     advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None,
                     sampler_logp=out.logprobs[:, :keep],
-                    loss_mask=None if loss_mask is None else loss_mask[:, :keep])
+                    loss_mask=None if loss_mask is None else loss_mask[:, :keep],
+                    prompt_experts=None if pexperts is None else fit_experts(
+                        pexperts[::g], np.shape(prompt_tokens)[1], left=True),
+                    experts=None if experts is None else experts[:, :, :keep])
 
 
 def main() -> None:
@@ -119,6 +129,7 @@ def train(c, workdir: str) -> list[dict]:
   write_run_files(workdir, c, model_cfg)  # config.json, model_config.json
   gcfg = grpo_config(c)
   gcfg.aux_coef(model_cfg)  # raises on a load-balancing weight for a dense model
+  gcfg.check_replay(model_cfg)  # raises on router replay for a dense model
   lcfg = lora_lib.from_config(c.get("lora"))
   # The reference policy is a frozen copy (the train state is donated every step); with LoRA
   # it is the frozen base inside the train state.
@@ -136,8 +147,10 @@ def train(c, workdir: str) -> list[dict]:
   prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
 
   g = c.sampling.num_samples
-  scfg = sampling_config(c, eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
-  eval_scfg = dataclasses.replace(scfg, num_samples=c.train.eval_samples,
+  # Router replay: the rollouts also return each token's experts (train batches carry them).
+  scfg = sampling_config(c, eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
+                         return_experts=gcfg.router_replay)
+  eval_scfg = dataclasses.replace(scfg, return_experts=False, num_samples=c.train.eval_samples,
                                   temperature=c.train.eval_temperature, top_p=c.train.eval_top_p)
 
   # Jitted steps; all share the mesh and the params' shardings.

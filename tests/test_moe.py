@@ -313,7 +313,10 @@ def test_grpo_loss_adds_the_weighted_aux_loss():
     grpo.GRPOConfig(router_aux_coef=0.5).aux_coef(PRESETS["tiny"])
 
 
-def test_tiny_moe_grpo_run_trains(tmp_path):
+@pytest.mark.parametrize("router_replay", [False, True])
+def test_tiny_moe_grpo_run_trains(tmp_path, router_replay):
+  """2 steps; with router replay (tests/test_router_replay.py) and a bf16 sampler, the
+  sampler/trainer log-prob gap is bf16 rounding only (no token changes experts)."""
   import os
   from configs import r1_zero
   from r1jax import train as train_lib
@@ -321,11 +324,14 @@ def test_tiny_moe_grpo_run_trains(tmp_path):
   c.unlock()
   c.train.num_steps, c.train.eval_every, c.train.eval_at_start = 2, 0, False
   c.train.checkpoint_every, c.train.sample_every = 0, 0
+  if router_replay:
+    c.grpo.router_replay, c.sampling.decode_dtype = True, "bfloat16"
   rows = train_lib.train(c, str(tmp_path))
   assert [r["step"] for r in rows] == [1, 2]
   for r in rows:
     assert np.isfinite(r["loss"]) and r["nonfinite_skipped"] == 0 and r["grad_norm"] > 0
     assert r["router_aux_loss"] >= 1.0 - 1e-6
     assert 0 < r["expert_load_min"] <= 0.25 <= r["expert_load_max"] < 1
+    assert not router_replay or r["mismatch/abs_diff_max"] < 0.01
   with open(os.path.join(tmp_path, "model_config.json")) as f:
     assert json.load(f)["num_experts"] == 4

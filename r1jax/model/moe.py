@@ -1,6 +1,11 @@
 """Mixture of SwiGLU experts: routing (softmax top-k as Qwen3-MoE, or sigmoid with a
 load-balancing bias and group-limited choice as DeepSeek-V3), the dropless grouped matmul,
-router statistics and the load-balancing loss, and the aux-loss-free bias update."""
+router statistics and the load-balancing loss, and the aux-loss-free bias update.
+
+Router replay (RL, `grpo.router_replay`): `route` can be given the expert ids a sampler
+chose (`forced`) and then uses exactly those experts, with their weights recomputed from
+this forward's router scores, so the policy gradient still reaches the router.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from r1jax.model.config import ModelConfig
 
@@ -19,8 +25,12 @@ Params = dict[str, Any]
 SCORING_FUNCS = {"softmax": lambda l: jax.nn.softmax(l, axis=-1), "sigmoid": jax.nn.sigmoid}
 
 
-def route(x: jax.Array, router: jax.Array, cfg: ModelConfig,
-          bias: jax.Array | None = None) -> tuple[jax.Array, ...]:
+# Storage dtype of recorded expert ids (sampler output, train batch); -1 marks "not recorded".
+EXPERT_DTYPE = jnp.int16
+
+
+def route(x: jax.Array, router: jax.Array, cfg: ModelConfig, bias: jax.Array | None = None,
+          forced: jax.Array | None = None) -> tuple[jax.Array, ...]:
   """Top-k routing of tokens x [N, D] -> (probs [N, E], top-k weights [N, k], expert ids
   [N, k]), all float32.
 
@@ -30,6 +40,11 @@ def route(x: jax.Array, router: jax.Array, cfg: ModelConfig,
   biased scores); the weights are the chosen experts' scores, renormalised when
   `norm_topk_prob`, times `routed_scaling_factor`. `probs` is the scores normalised to sum
   to 1 per token (the softmax itself), for the load-balancing statistics.
+
+  `forced` [N, k] (router replay) replaces the choice: a token whose k ids are all >= 0 uses
+  those experts (a row with a -1 is routed as usual). Their weights come from this call's
+  scores by the same formula (for softmax + norm_topk_prob: the softmax restricted to the
+  replayed set, as verl's R3), so the router still gets a gradient; only the set is replayed.
   """
   logits = jnp.einsum("nd,de->ne", x, router.astype(x.dtype), preferred_element_type=jnp.float32)
   scores = SCORING_FUNCS[cfg.scoring_func](logits)
@@ -42,12 +57,26 @@ def route(x: jax.Array, router: jax.Array, cfg: ModelConfig,
     keep = jnp.any(keep[:, :, None] == jnp.arange(cfg.n_group), axis=1)  # [N, n_group]
     choice = jnp.where(keep[:, :, None], grouped, -jnp.inf).reshape(n, e)
   _, experts = jax.lax.top_k(choice, cfg.num_experts_per_tok)
+  if forced is not None:
+    replay = jnp.all(forced >= 0, axis=-1, keepdims=True)
+    experts = jnp.where(replay, forced.astype(experts.dtype), experts)
   weights = jnp.take_along_axis(scores, experts, axis=-1)
   if cfg.norm_topk_prob:
     weights = weights / (jnp.sum(weights, axis=-1, keepdims=True) + 1e-20)
   weights = weights * cfg.routed_scaling_factor
   probs = scores if cfg.scoring_func == "softmax" else scores / jnp.sum(scores, -1, keepdims=True)
   return probs, weights, experts
+
+
+def fit_experts(x, width: int, left: bool = False):
+  """Host expert ids [R, L_moe, T, k] -> [R, L_moe, width, k]: cut or padded with -1 (no
+  routing recorded) at the end, or at the start when `left` (left-padded prompts)."""
+  x = np.asarray(x)
+  t = x.shape[2]
+  if t >= width:
+    return x[:, :, t - width:] if left else x[:, :, :width]
+  pad = (width - t, 0) if left else (0, width - t)
+  return np.pad(x, ((0, 0), (0, 0), pad, (0, 0)), constant_values=-1)
 
 
 MOE_IMPLS = ("ragged", "blocks")
@@ -64,9 +93,10 @@ def _block_layout(sizes: jax.Array, n_pairs: int, block: int):
   return ends - padded, jnp.minimum(owner, e - 1), n_blocks
 
 
-def moe_mlp(x: jax.Array, layer: Params, cfg: ModelConfig, cast,
-            impl: str | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Mixture of SwiGLU experts on tokens x [N, D] -> (y [N, D], probs [N, E], experts [N, k]).
+def moe_mlp(x: jax.Array, layer: Params, cfg: ModelConfig, cast, impl: str | None = None,
+            forced: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Mixture of SwiGLU experts on tokens x [N, D] -> (y [N, D], probs [N, E], experts [N, k]);
+  `forced` [N, k]: replayed expert ids (see `route`).
 
   No token is dropped, whatever the load balance: the N*k (token, expert) pairs are sorted
   by expert, each expert multiplies its contiguous group, and the outputs are unsorted and
@@ -81,7 +111,7 @@ def moe_mlp(x: jax.Array, layer: Params, cfg: ModelConfig, cast,
   if impl not in MOE_IMPLS:
     raise ValueError(f"moe impl={impl!r}; choose from {MOE_IMPLS}")
   n, k, e = x.shape[0], cfg.num_experts_per_tok, cfg.num_experts
-  probs, weights, experts = route(x, layer["router"], cfg, layer.get("router_bias"))
+  probs, weights, experts = route(x, layer["router"], cfg, layer.get("router_bias"), forced)
   flat = experts.reshape(-1)
   order = jnp.argsort(flat, stable=True)
   sizes = jnp.bincount(flat, length=e).astype(jnp.int32)

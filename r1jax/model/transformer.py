@@ -36,7 +36,7 @@ from r1jax.model.layers import (MASKED, Params, apply_rope, attention, dense, pa
                                 rms_norm, rope_inv_freq)
 from r1jax.model.mla import mla_attention, mla_params
 from r1jax.model.moe import (  # noqa: F401 - MOE_IMPLS, merge_router_stats, route: re-exported
-    MOE_IMPLS, merge_router_stats, moe_mlp, route, router_stats, router_summary)
+    EXPERT_DTYPE, MOE_IMPLS, merge_router_stats, moe_mlp, route, router_stats, router_summary)
 
 # Older names, kept for the modules and tests that import them from here.
 _attention, _dense, _param = attention, dense, param
@@ -184,7 +184,10 @@ def swiglu(hn: jax.Array, layer: Params, cast, prefix: str = "") -> jax.Array:
                 prefix + "down", cast)
 
 
-def _block(x, layer, cfg: ModelConfig, positions, inv_freq, bias, cache_kv, index, mask):
+def _block(x, layer, cfg: ModelConfig, positions, inv_freq, bias, cache_kv, index, mask,
+           forced=None):
+  """One block -> (x, cache buffers, router stats with the chosen "experts" [B, T, k] (a MoE
+  layer; else None)); `forced` [B, T, k]: replayed expert ids (`moe.route`)."""
   dt = jnp.dtype(cfg.dtype)
   c = lambda w: w.astype(dt)
   hn = rms_norm(x, layer["attn_norm"], cfg.rms_norm_eps)
@@ -197,11 +200,12 @@ def _block(x, layer, cfg: ModelConfig, positions, inv_freq, bias, cache_kv, inde
   stats = None
   if "router" in layer:
     b, t, d = hn.shape
-    y, probs, experts = moe_mlp(hn.reshape(b * t, d), layer, cfg, c)
+    forced = None if forced is None else forced.reshape(b * t, -1)
+    y, probs, experts = moe_mlp(hn.reshape(b * t, d), layer, cfg, c, forced=forced)
     x = x + y.reshape(b, t, d)
     if "shared_gate" in layer:
       x = x + swiglu(hn, layer, c, "shared_")
-    stats = router_stats(probs, experts, mask, cfg)
+    stats = dict(router_stats(probs, experts, mask, cfg), experts=experts.reshape(b, t, -1))
   else:
     x = x + swiglu(hn, layer, c)
   return constrain(x, ("batch", "length", "embed")), new_kv, stats
@@ -215,7 +219,8 @@ def unembed_matrix(params: Params, cfg: ModelConfig) -> jax.Array:
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
             mask: jax.Array | None = None, cache: KVCache | None = None, *,
             return_hidden: bool = False, segment_ids: jax.Array | None = None,
-            return_router_stats: bool = False) -> tuple:
+            return_router_stats: bool = False, experts: jax.Array | None = None,
+            return_experts: bool = False) -> tuple:
   """Run the transformer.
 
   tokens, positions, mask: [B, T] (mask False marks padding, which no query attends to).
@@ -226,6 +231,11 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   Returns (logits [B, T, V] float32, or final-normed hidden [B, T, D] if
   `return_hidden`), and the updated cache (None without one); with `return_router_stats`
   a third item, `router_summary`'s dict (aux loss and per-expert load over real tokens).
+
+  Router replay: `experts` [B, L_moe, T, k] (L_moe = `cfg.moe_layers`) forces each MoE
+  layer's choice (`moe.route`; a token with a -1 id routes itself); `return_experts` adds a
+  last item, the experts each MoE layer chose, [B, L_moe, T, k] in `EXPERT_DTYPE` (-1 at
+  padding, mask False).
   """
   b, t = tokens.shape
   mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
@@ -260,7 +270,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   for i in range(cfg.num_layers):
     layer = params["layers"][i]
     kv = (cache.k[i], cache.v[i]) if cache is not None else None
-    x, kv, st = block(x, layer, cfg, positions, inv_freq, bias, kv, index, mask)
+    forced = None if experts is None or "router" not in layer else experts[:, len(stats)]
+    x, kv, st = block(x, layer, cfg, positions, inv_freq, bias, kv, index, mask, forced)
     if st is not None:
       stats.append(st)
     if kv is not None:
@@ -271,6 +282,10 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   if cache is not None:
     new_cache = KVCache(tuple(new_k), tuple(new_v), slot_mask, index + t)
   extra = (router_summary(stats, cfg),) if return_router_stats else ()
+  if return_experts:
+    chosen = (jnp.stack([st["experts"] for st in stats], axis=1) if stats else
+              jnp.zeros((b, 0, t, max(cfg.num_experts_per_tok, 1)), jnp.int32))
+    extra += (jnp.where(mask[:, None, :, None], chosen, -1).astype(EXPERT_DTYPE),)
   if return_hidden:
     return (x, new_cache) + extra
   logits = jnp.einsum("btd,dv->btv", x, unembed_matrix(params, cfg).astype(dt),
