@@ -324,4 +324,6 @@ def loss_from_logprobs(out: tuple, old_logp, ref_logp, advantages, mask, sampler
     loss = loss + cfg.aux_coef(model_cfg) * aux
     metrics.update(router_aux_loss=jax.lax.stop_gradient(aux), expert_load_max=load.max(),
                    expert_load_min=load.min())
+    if model_cfg.router_bias_update_speed > 0:  # for moe.balancing_update, in the train step
+      metrics["router_counts"] = jax.lax.stop_gradient(stats[0]["counts"])
   return loss, metrics

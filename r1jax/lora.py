@@ -165,17 +165,22 @@ def trainable(lcfg: LoraConfig) -> Callable[[Any], Any]:
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, n_micro: int = 1,
                     micro_weight: Callable | None = None,
-                    lcfg: LoraConfig = LoraConfig()) -> Callable:
+                    lcfg: LoraConfig = LoraConfig(),
+                    post_update: Callable[[Any, dict], tuple[Any, dict]] | None = None
+                    ) -> Callable:
   """`steps.make_train_step` for `loss_fn(model_params, batch)`; with LoRA on, gradients,
   optimizer state and updates cover the adapters only (the base is an input, never
-  differentiated, so no base-sized gradient buffer exists) and the base passes through."""
+  differentiated, so no base-sized gradient buffer exists) and the base passes through,
+  changed only by `post_update(base, metrics)` (router-bias balancing lives in the base)."""
   if not lcfg.enabled:
-    return steps.make_train_step(loss_fn, tx, n_micro, micro_weight)
+    return steps.make_train_step(loss_fn, tx, n_micro, micro_weight, post_update)
 
   def train_step(state: steps.TrainState, batch: Any):
     base = state.params["base"]
     inner = steps.make_train_step(lambda ad, mb: loss_fn(combine(base, ad, lcfg), mb), tx,
                                   n_micro, micro_weight)
     out, metrics = inner(state._replace(params=state.params["lora"]), batch)
+    if post_update is not None:  # sees `nonfinite_skipped`: a skipped step changes nothing
+      base, metrics = post_update(base, metrics)
     return out._replace(params={"base": base, "lora": out.params}), metrics
   return train_step

@@ -22,7 +22,7 @@ from ml_collections import ConfigDict
 from r1jax import distill, grpo, memory, mesh as mesh_lib, packed_rl, packing, ppo, reward_head
 from r1jax import sampling, steps
 from r1jax import lora as lora_lib
-from r1jax.model import hf
+from r1jax.model import hf, moe
 from r1jax.model.config import PRESETS, ModelConfig
 from r1jax.model.moe import EXPERT_DTYPE
 from r1jax.model.transformer import param_axes, param_shapes
@@ -107,11 +107,11 @@ def _round(n: int, k: int) -> int:
 
 def _train_programs(prefix: str, loss_fn: Callable, tx, state, batch, n_micro: int,
                     micro_weight, mu: float = 1.0, lcfg=lora_lib.LoraConfig(),
-                    consts: tuple = ()) -> list[Program]:
+                    consts: tuple = (), post_update=None) -> list[Program]:
   """The jitted train step as the trainer runs it, and (n_micro > 1) one micro-batch's
   gradient, which the step's scan runs n_micro - 1 more times than its cost analysis says."""
-  step = lora_lib.make_train_step(loss_fn, tx, n_micro, micro_weight, lcfg) if not consts \
-      else steps.make_train_step(loss_fn, tx, n_micro, micro_weight)
+  step = lora_lib.make_train_step(loss_fn, tx, n_micro, micro_weight, lcfg, post_update) \
+      if not consts else steps.make_train_step(loss_fn, tx, n_micro, micro_weight)
   shardings = jax.tree.map(lambda x: x.sharding, state)
   jitted = jax.jit(step, donate_argnums=0, out_shardings=(shardings, None))
   out = [Program(f"{prefix}train_step", jitted, (state, batch, *consts), per_step=mu)]
@@ -251,14 +251,14 @@ def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
   if ref or old:
     out.append(Program("logprobs", logp, (params, batch), per_step=int(ref) + int(old)))
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
-  tx = steps.make_optimizer(ocfg)
+  tx = steps.make_optimizer(ocfg, moe.decay_mask_for(cfg))
   loss = functools.partial(grpo.grpo_loss, cfg=ppo.loss_config(gcfg, pcfg) if pcfg else gcfg,
                            model_cfg=cfg)
   tparams = lora_lib.abstract_params(params, lcfg, mesh_lib.replicated(mesh))
   state = abstract_state(tparams, tx, lora_lib.trainable(lcfg))
   n_micro = rows // c.grpo.micro_batch_size
   out += _train_programs("", loss, tx, state, batch, n_micro, grpo.micro_batch_weight(gcfg),
-                         mu=c.grpo.mu, lcfg=lcfg)
+                         mu=c.grpo.mu, lcfg=lcfg, post_update=moe.balancing_update(cfg))
   row_len = packing.from_config(c)
   if row_len is not None:  # the padding-free step, at its largest row count (one per sample)
     out += _train_programs("packed_", functools.partial(packed_rl.loss, n_micro=n_micro,
@@ -266,7 +266,8 @@ def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
                            _packed_batch(mesh, rows, row_len or 1 << (p + n - 2).bit_length(),
                                          n_micro * mesh_lib.batch_parallel_size(mesh),
                                          ref=ref, old=old, replay=replay),
-                           n_micro, None, mu=c.grpo.mu, lcfg=lcfg)
+                           n_micro, None, mu=c.grpo.mu, lcfg=lcfg,
+                           post_update=moe.balancing_update(cfg))
   if pcfg:
     spec = ppo.critic_spec(c)  # {}: a copy of the policy; "policy": every k-th block of it
     if spec.get("source") == "policy":
@@ -339,7 +340,7 @@ def sft_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
   batch = {k: batch_sds(mesh, (bsz, length)) for k in
            ("tokens", "positions", "segment_ids", "targets", "loss_mask")}
   ocfg = steps.OptimConfig(**c.optim.to_dict())
-  tx = steps.make_optimizer(ocfg)
+  tx = steps.make_optimizer(ocfg, moe.decay_mask_for(cfg))
   state = abstract_state(abstract_params(cfg, mesh), tx)
   loss = functools.partial(sft_lib._loss, model_cfg=cfg, dcfg=dcfg, teacher_cfg=teacher_cfg)
   return _train_programs("sft_", loss, tx, state, batch, bsz // c.train.micro_batch_size,

@@ -27,6 +27,7 @@ from r1jax.checkpoint import Checkpointer
 from r1jax.data import sft as sft_data
 from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
+from r1jax.model import moe
 from r1jax.model.loader import load_model
 from r1jax.nonfinite import Guard
 from r1jax.run import make_evaluator, write_run_files
@@ -166,7 +167,8 @@ def train(c, workdir: str) -> list[dict]:
 
   # Jitted step: the teacher's params are a frozen, non-donated input on the same mesh.
   ocfg = steps.OptimConfig(total_steps=num_steps, **c.optim.to_dict())
-  tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
+  tx = steps.make_optimizer(ocfg, moe.decay_mask_for(model_cfg))  # router biases: no decay
+  schedule = steps.make_schedule(ocfg)
   loss_fn = functools.partial(_loss, model_cfg=model_cfg, dcfg=dcfg, teacher_cfg=teacher_cfg)
   state = memory_lib.init_state(params, tx)  # optimizer state sharded like the params
   del params

@@ -51,9 +51,13 @@ def make_schedule(cfg: OptimConfig) -> optax.Schedule:
   return optax.join_schedules([warm, main], [cfg.warmup_steps])
 
 
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimConfig, decay_mask: Callable[[Any], Any] | None = None
+                   ) -> optax.GradientTransformation:
+  """AdamW on `cfg`'s schedule (after global-norm clipping); `decay_mask(params)` -> a tree
+  of bools, False where weight decay must not apply (e.g. `moe.decay_mask`: router biases,
+  which no gradient trains)."""
   tx = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                   weight_decay=cfg.weight_decay)
+                   weight_decay=cfg.weight_decay, mask=decay_mask)
   if cfg.max_grad_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), tx)
   return tx
@@ -75,7 +79,9 @@ def _split_micro(tree: Any, n_micro: int) -> Any:
 
 def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
                     tx: optax.GradientTransformation, n_micro: int = 1,
-                    micro_weight: Callable[[Any], jax.Array] | None = None) -> Callable:
+                    micro_weight: Callable[[Any], jax.Array] | None = None,
+                    post_update: Callable[[Any, dict], tuple[Any, dict]] | None = None
+                    ) -> Callable:
   """`loss_fn(params, batch, *consts) -> (loss, metrics)`; returns an un-jitted train step
   `train_step(state, batch, *consts)`. `consts` are frozen inputs that are not split into
   micro-batches (e.g. a distillation teacher's params).
@@ -84,6 +90,10 @@ def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
   `micro_weight(micro_batch)` / the batch total (None: equally), so the update equals the
   full-batch one: equal weights for per-sequence means (equal-sized micro-batches), the
   completion-token count for a global token mean (DAPO's token-mean).
+
+  `post_update(params, metrics) -> (params, metrics)` runs after the optimizer's update
+  (e.g. `moe.balancing_update`: DeepSeek-V3's router-bias step from the batch's loads); a
+  non-finite step discards its result with the rest.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -113,6 +123,8 @@ def make_train_step(loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]],
       (loss, metrics, grads), _ = jax.lax.scan(body, init, (micro, weights))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if post_update is not None:
+      params, metrics = post_update(params, metrics)
     grad_norm = optax.tree_utils.tree_norm(grads)
     params, opt_state, skip = keep_if_nonfinite(loss, grad_norm, (params, opt_state),
                                                 (state.params, state.opt_state))

@@ -30,6 +30,7 @@ from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer
 from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
+from r1jax.model import moe
 from r1jax.model.loader import load_model
 from r1jax.model.moe import fit_experts
 from r1jax.nonfinite import Guard
@@ -155,7 +156,8 @@ def train(c, workdir: str) -> list[dict]:
 
   # Jitted steps; all share the mesh and the params' shardings.
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
-  tx, schedule = steps.make_optimizer(ocfg), steps.make_schedule(ocfg)
+  tx = steps.make_optimizer(ocfg, moe.decay_mask_for(model_cfg))
+  schedule = steps.make_schedule(ocfg)
   pcfg = ppo.from_config(c)  # PPO: a critic, GAE advantages (None for the outcome estimators)
   tcfg = tools_lib.from_config(c)  # multi-turn tool use (None: single-turn sampling)
   policy = lora_lib.policy_fn(lcfg)  # train-state params -> model params (LoRA merged)
@@ -206,7 +208,8 @@ def train(c, workdir: str) -> list[dict]:
                     "micro-batch the slow way", c.grpo.micro_batch_size,
                     c.grpo.micro_batch_size // g, dp)
   train_step = steps.jit_train_step(lora_lib.make_train_step(  # packed: exact shares, no weight
-      loss_fn, tx, n_micro, None if packed else grpo.micro_batch_weight(gcfg), lcfg), state)
+      loss_fn, tx, n_micro, None if packed else grpo.micro_batch_weight(gcfg), lcfg,
+      moe.balancing_update(model_cfg)), state)  # DeepSeek-V3's router-bias step, if on
 
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows after start
   progress = Progress(c.train.num_steps, start)

@@ -5,6 +5,7 @@ update, the presets and the config checks."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -243,6 +244,61 @@ def test_bias_update_rule(dsv3):
   g = jax.jit(jax.grad(lambda l: jnp.sum(moe_mlp(x, l, cfg, lambda a: a)[0] ** 2)))(layer)
   assert float(jnp.abs(g["router_bias"]).max()) == 0.0
   assert float(jnp.abs(g["router"]).max()) > 0.0
+
+
+def test_bias_balancing_in_the_train_step(dsv3):
+  """Wired into the GRPO train step (moe.balancing_update, moe.decay_mask_for): after one
+  AdamW step with weight decay every router bias moved by exactly speed * sign(mean load -
+  load) of that step's batch (counts from the old params' forward over prompts once and
+  completions, hand rule), not by decay; with speed 0 the biases stay put while the other
+  weights move."""
+  from r1jax import grpo, steps
+  from r1jax.model import moe
+  _, _, _, _, cfg, params = dsv3
+  if cfg.q_lora_rank is None:
+    pytest.skip("one model is enough")
+  rs = np.random.RandomState(3)
+  b, g, p, n = 2, 2, 5, 6
+  pmask = np.ones((b, p), bool)
+  pmask[0, :2] = False
+  cmask = np.ones((b * g, n), bool)
+  cmask[1, 4:] = False
+  batch = grpo.Batch(rs.randint(0, cfg.vocab_size, (b, p)), pmask,
+                     rs.randint(0, cfg.vocab_size, (b * g, n)), cmask,
+                     rs.normal(size=b * g).astype(np.float32), None, None)
+  gcfg = grpo.GRPOConfig(beta=0.0, router_aux_coef=0.0)
+  ocfg = steps.OptimConfig(learning_rate=1e-2, weight_decay=0.5, total_steps=10)
+
+  def one_step(mcfg):
+    tx = steps.make_optimizer(ocfg, moe.decay_mask_for(mcfg))
+    step = steps.make_train_step(functools.partial(grpo.grpo_loss, cfg=gcfg, model_cfg=mcfg),
+                                 tx, n_micro=2, micro_weight=grpo.micro_batch_weight(gcfg),
+                                 post_update=moe.balancing_update(mcfg))
+    return jax.jit(step)(steps.init_state(params, tx), batch)
+
+  speed = 0.001
+  fast = cfg.replace(router_bias_update_speed=speed)
+  _, _, stats = jax.jit(lambda prm: grpo.completion_logprobs(
+      prm, fast, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
+      batch.completion_mask, 1.0, "xla", return_entropy=True, router_stats=True))(params)
+  state, metrics = one_step(fast)
+  assert "router_counts" not in metrics and float(metrics["router_bias_absmax"]) > 0
+  for row, i in enumerate(cfg.moe_layers):
+    counts = np.asarray(stats["counts"][row])
+    want = np.where(counts < counts.mean(), 1.0, np.where(counts > counts.mean(), -1.0, 0.0))
+    np.testing.assert_allclose(np.asarray(state.params["layers"][i]["router_bias"]),
+                               np.asarray(params["layers"][i]["router_bias"]) + speed * want,
+                               rtol=0, atol=1e-7)
+  still = cfg.replace(router_bias_update_speed=0.0)
+  assert moe.balancing_update(still) is None
+  state, metrics = one_step(still)
+  assert "router_bias_absmax" not in metrics
+  for i in cfg.moe_layers:
+    np.testing.assert_array_equal(np.asarray(state.params["layers"][i]["router_bias"]),
+                                  np.asarray(params["layers"][i]["router_bias"]))
+  assert not np.allclose(np.asarray(state.params["layers"][1]["router"]),
+                         np.asarray(params["layers"][1]["router"]))
+  assert moe.decay_mask_for(PRESETS["tiny_moe"]) is None  # softmax routing: no bias
 
 
 # ----------------------------------------------------------------------------- presets, config

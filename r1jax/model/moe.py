@@ -10,7 +10,7 @@ this forward's router scores, so the policy gradient still reaches the router.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -203,3 +203,44 @@ def update_router_bias(params: Params, summary: dict, cfg: ModelConfig,
     layers[i] = {**layers[i], "router_bias": (bias + step).astype(bias.dtype)}
   new = dict(enumerate(layers)) if isinstance(params["layers"], dict) else layers
   return {**params, "layers": new}
+
+
+def has_router_bias(cfg: ModelConfig) -> bool:
+  """Whether the model's MoE layers carry a `router_bias` (sigmoid routing, DeepSeek-V3)."""
+  return bool(cfg.num_experts) and cfg.scoring_func == "sigmoid"
+
+
+def decay_mask_for(cfg: ModelConfig) -> Callable[[Params], Any] | None:
+  """`steps.make_optimizer`'s `decay_mask` for a model: `decay_mask` if it has router biases."""
+  return decay_mask if has_router_bias(cfg) else None
+
+
+def decay_mask(params: Params) -> Any:
+  """`steps.make_optimizer`'s weight-decay mask: False on router biases. No gradient
+  reaches a bias that only chooses experts, so AdamW's decay would be its only update and
+  would pull a loaded (or balanced) bias towards 0."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: not any(getattr(k, "key", None) == "router_bias" for k in path), params)
+
+
+def balancing_update(cfg: ModelConfig) -> Callable[[Params, dict], tuple[Params, dict]] | None:
+  """The train step's `post_update` for DeepSeek-V3's auxiliary-loss-free balancing (None
+  when `cfg.router_bias_update_speed` is 0 or the model has no router bias): pops the
+  loss's `router_counts` (the step's per-layer expert counts, micro-batches weighted as
+  their losses), moves every bias by `update_router_bias`, and logs `router_bias_absmax`.
+  A step that `nonfinite_skipped` (when already known) leaves the biases as they were."""
+  if not (has_router_bias(cfg) and cfg.router_bias_update_speed > 0):
+    return None
+
+  def post(params: Params, metrics: dict) -> tuple[Params, dict]:
+    metrics = dict(metrics)
+    counts = metrics.pop("router_counts")
+    speed = cfg.router_bias_update_speed
+    if "nonfinite_skipped" in metrics:
+      speed = speed * (1 - metrics["nonfinite_skipped"]).astype(jnp.float32)
+    params = update_router_bias(params, {"counts": counts}, cfg, speed)
+    biases = [params["layers"][i]["router_bias"] for i in cfg.moe_layers
+              if "router_bias" in params["layers"][i]]
+    metrics["router_bias_absmax"] = jnp.max(jnp.stack([jnp.abs(b).max() for b in biases]))
+    return params, metrics
+  return post
