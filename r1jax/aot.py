@@ -257,13 +257,15 @@ def run(c, topology: str, prompt_len: int = 256, stage: str = "", measure: int =
 
 
 def check(c, stage: str = "") -> None:
-  """The config, checked by its entry point's (or each pipeline stage's) `validate`."""
+  """The config, checked by its entry point's (or each pipeline stage's) `validate`; data
+  files need not exist (nothing is read but the models' architectures)."""
   from r1jax import pipeline
   kind = config_kind(c)
-  if kind == "pipeline":
-    pipeline.validate(c, [stage] if stage else None, flag="--stage")
-  else:
-    pipeline.validate_stage(kind, c)
+  with cli.reading_no_data():
+    if kind == "pipeline":
+      pipeline.validate(c, [stage] if stage else None, flag="--stage")
+    else:
+      pipeline.validate_stage(kind, c)
 
 
 def main() -> None:

@@ -18,10 +18,12 @@ Strings starting with "@" are pipeline references (r1jax.pipeline checks those i
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 import sys
-from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 from absl import app, flags, logging
 
@@ -181,6 +183,24 @@ def check_path(path: Any, field: str, *, is_dir: bool = False, what: str = "") -
 
 
 FILE_KINDS = ("jsonl", "parquet", "hf_disk")
+# Off inside `reading_no_data()`: r1jax.aot compiles from shapes and reads no data file.
+_DATA_FILES = contextvars.ContextVar("r1jax_check_data_files", default=True)
+
+
+@contextlib.contextmanager
+def reading_no_data() -> Iterator[None]:
+  """Within it, `check_source` and `check_data_path` check kinds and fields, not files."""
+  token = _DATA_FILES.set(False)
+  try:
+    yield
+  finally:
+    _DATA_FILES.reset(token)
+
+
+def check_data_path(path: Any, field: str, **kw: Any) -> None:
+  """`check_path` for a data file (skipped inside `reading_no_data()`)."""
+  if _DATA_FILES.get():
+    check_path(path, field, **kw)
 
 
 def check_source(spec: Mapping[str, Any] | None, field: str,
@@ -200,7 +220,7 @@ def check_source(spec: Mapping[str, Any] | None, field: str,
     for i, s in enumerate(spec.get("sources") or []):
       check_source(s, f"{field}.sources[{i}]", kinds)
   elif kind in FILE_KINDS:
-    check_path(spec.get("path"), f"{field}.path", is_dir=kind == "hf_disk")
+    check_data_path(spec.get("path"), f"{field}.path", is_dir=kind == "hf_disk")
 
 
 def check_model(spec: Mapping[str, Any] | None, field: str = "model") -> None:

@@ -80,7 +80,7 @@ def validate(c) -> None:
   for i, src in enumerate(c.mixture.sources):
     if src["weight"] <= 0 or not src.get("path"):
       raise ValueError(f"mixture.sources[{i}] needs a path and a weight > 0, got {dict(src)}")
-    cli.check_path(src["path"], f"mixture.sources[{i}].path")
+    cli.check_data_path(src["path"], f"mixture.sources[{i}].path")
   data_lib.prefill_text(c.data.template, c.data.think_prefill)
   cli.check_model(c.model, "model")
   cli.check_source(c.data.source, "data.source")
