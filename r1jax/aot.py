@@ -118,8 +118,10 @@ def best_time(compiled, p: Program, repeats: int) -> float:
 def compile_program(p: Program, chip: hardware.Chip, measure: int = 0) -> dict:
   """Lower and compile `p`; its per-chip memory, cost and roofline time (and, with
   `measure` > 0 on devices that run, its best measured time)."""
+  t0 = time.perf_counter()
   lowered = p.fn.lower(*p.args) if hasattr(p.fn, "lower") else p.fn(*p.args)
   compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
   m = compiled.memory_analysis()
   cost = _cost(compiled)
   total = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
@@ -135,6 +137,7 @@ def compile_program(p: Program, chip: hardware.Chip, measure: int = 0) -> dict:
               floor_s=max(flops / chip.peak_flops, m.argument_size_in_bytes / chip.hbm_bw),
               per_step=p.per_step, sampling=p.sampling, calls=p.calls,
               pallas_kernels=_kernel_calls(lowered.as_text()),
+              compile_s=compile_s,
               measured_s=best_time(compiled, p, measure) if measure else None)
 
 

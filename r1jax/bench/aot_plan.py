@@ -11,7 +11,9 @@ bytes, FLOPs and bytes accessed are extrapolated linearly to the model's depth (
 32B plan to minutes on a 2-core host; `r1jax.aot` on the full depth gives the exact figure).
 Workloads: GRPO with G=16, 4 prompts of 1024 tokens and 4k or 16k new tokens per step
 (micro-batches of one group), and SFT of 8 packed rows of 8k tokens (micro-batches of 2);
-bf16 compute, float32 params and AdamW, full remat, bf16 decode.
+bf16 compute, float32 params and AdamW, full remat, bf16 decode. A slice too small for the
+trained state alone (`state_floor`) is skipped without compiling; the whole-sampler loop is
+not compiled (`SKIP`: its decode step plus the float32 params stand for its memory).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import os
 import sys
 import time
 
+import jax
+
 from r1jax import aot, hardware, programs
+from r1jax.model import param_shapes
 
 MODELS = ("smollm2-135m", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-32b")
 SLICES = {"v5e": ("1x1", "2x2", "2x4", "4x4", "4x8", "8x8"),
@@ -54,6 +59,13 @@ def cell_config(model: str, workload: str, kind: str, layers: int):
   return c
 
 
+# The whole sampler (prefill + every decode step in one loop) is left out of the plan: it
+# costs more compile time than the rest together, its time is its pieces' (prefill, decode
+# step) and its memory is the decode step's (weights in the decode dtype + the full KV
+# cache) plus the float32 params it reads them from, which `measure` adds.
+SKIP = ("sample",)
+
+
 def _compile_all(c, topology: str) -> dict[str, dict]:
   chip, devices = hardware.topology_devices(topology)
   mesh = aot.make_mesh(c.mesh.shape, devices, topology)
@@ -61,8 +73,18 @@ def _compile_all(c, topology: str) -> dict[str, dict]:
   with aot.mesh_lib.use_mesh(mesh):
     for _, progs in programs.programs_of(c, mesh, 1024):
       for p in progs:
-        out[p.name] = aot.compile_program(p, chip)
+        if p.name not in SKIP:
+          out[p.name] = aot.compile_program(p, chip)
   return out
+
+
+def state_floor(model: str, kind: str, chips: int) -> float:
+  """Bytes per chip that any slice needs for the trained state alone, spread evenly over
+  `chips`: float32 params + AdamW's two moments + a float32 gradient (full), or the base
+  params (LoRA, whose adapters are small). A slice below it is not compiled."""
+  cfg = programs.PRESETS[model]
+  n = sum(math.prod(x.shape) for x in jax.tree.leaves(param_shapes(cfg)))
+  return n * (4 if kind == "lora" else 16) / chips
 
 
 def measure(model: str, workload: str, kind: str, topology: str) -> dict:
@@ -78,18 +100,29 @@ def measure(model: str, workload: str, kind: str, topology: str) -> dict:
     progs[name] = dict(r, per_step=lo[name]["per_step"], sampling=lo[name]["sampling"])
   step = sum(r["roofline_s"] * r["per_step"] for r in progs.values())
   samp = sum(r["roofline_s"] * r["per_step"] for r in progs.values() if r["sampling"])
+  if "decode_step" in progs:  # the whole sampler: its decode step + the float32 params
+    chips = hardware.num_chips(hardware.parse_topology(topology)[1])
+    progs["decode_step"]["total_bytes"] += state_floor(model, "lora", chips)
   worst = max(progs, key=lambda k: progs[k]["total_bytes"])
   return dict(model=model, workload=workload, kind=kind, topology=topology,
               chips=hardware.num_chips(hardware.parse_topology(topology)[1]),
               peak_program=worst, peak_bytes=progs[worst]["total_bytes"],
               hbm_bytes=chip.hbm_bytes, fits=progs[worst]["total_bytes"] <= chip.hbm_bytes,
-              step_roofline_s=step, sampling_share=samp / step if step else 0.0)
+              step_roofline_s=step, sampling_share=samp / step if step else 0.0,
+              compile_s_by_program={k: round(lo[k]["compile_s"] + hi[k]["compile_s"], 1)
+                                    for k in lo})
 
 
 def smallest_slice(model: str, workload: str, kind: str, gen: str, log) -> dict | None:
   for dims in SLICES[gen]:
     topo = f"{gen}:{dims}"
     t0 = time.time()
+    chip, shape = hardware.parse_topology(topo)
+    floor = state_floor(model, kind, hardware.num_chips(shape))
+    if floor > chip.hbm_bytes:
+      log(dict(model=model, workload=workload, kind=kind, topology=topo, fits=False,
+               error=f"state alone {floor / hardware.GiB:.1f} GiB per chip", compile_s=0.0))
+      continue
     try:
       r = measure(model, workload, kind, topo)
     except Exception as e:  # noqa: BLE001 - the compiler's own "out of memory" and the like
