@@ -15,9 +15,7 @@ random-access sources, so a pipeline never materialises them.
 
 from __future__ import annotations
 
-import gzip
 import inspect
-import json
 import os
 import re
 import threading
@@ -28,6 +26,7 @@ from typing import Any, Callable
 import grain
 import numpy as np
 
+from r1jax import jsonl
 from r1jax.data.shuffle import as_map_dataset, shuffle
 
 PathLike = str | os.PathLike
@@ -94,18 +93,18 @@ def extract_answer(text: str, answer_format: str = "auto") -> str:
 # Record normalisation
 
 
-def _to_jsonable(x: Any) -> Any:
+def to_jsonable(x: Any) -> Any:
   """Bytes -> str, numpy -> python, recursively (TFDS/HF records)."""
   if isinstance(x, bytes):
     return x.decode("utf-8")
   if isinstance(x, np.ndarray):
-    return _to_jsonable(x.tolist())
+    return to_jsonable(x.tolist())
   if isinstance(x, np.generic):
     return x.item()
   if isinstance(x, Mapping):
-    return {str(k): _to_jsonable(v) for k, v in x.items()}
+    return {str(k): to_jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_to_jsonable(v) for v in x]
+    return [to_jsonable(v) for v in x]
   return x
 
 
@@ -145,7 +144,7 @@ def normalize_record(
   question/problem/prompt/..., answer from answer/solution/... ("answer" wins over
   "solution", so MATH-500's clean answer is used when present).
   """
-  record = _to_jsonable(record)
+  record = to_jsonable(record)
   qk = _pick(record, question_key, QUESTION_KEYS, "question")
   ak = _pick(record, answer_key, ANSWER_KEYS, "answer")
   raw_answer = record[ak]
@@ -241,23 +240,10 @@ def reasoning_gym_source(task: str, size: int, seed: int,
   return grain.MapDataset.source(_ReasoningGymSource(task, size, seed, config))
 
 
-def _as_paths(path: Paths) -> list[Path]:
+def as_paths(path: Paths) -> list[Path]:
   if isinstance(path, (str, os.PathLike)):
     return [Path(path)]
   return [Path(p) for p in path]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-  opener = gzip.open if path.suffix == ".gz" else open
-  out = []
-  with opener(path, "rt", encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from None
-  return out
 
 
 def _records_source(records: list[dict], paths: list[Path], task: str | None,
@@ -281,8 +267,8 @@ def jsonl_source(path: Paths, question_key: str | None = None, answer_key: str |
   solution -> last \\boxed{} content, plus "level" and "type") layouts are recognised;
   `task` defaults to "gsm8k" / "math" / the file name's stem.
   """
-  paths = _as_paths(path)
-  records = [r for p in paths for r in _read_jsonl(p)]
+  paths = as_paths(path)
+  records = [r for p in paths for r in jsonl.read(p)]
   return _records_source(records, paths, task, question_key, answer_key, answer_format)
 
 
@@ -293,7 +279,7 @@ def parquet_source(path: Paths, question_key: str | None = None, answer_key: str
     import pyarrow.parquet as pq
   except ImportError as e:
     raise ImportError("parquet_source needs pyarrow: pip install pyarrow") from e
-  paths = _as_paths(path)
+  paths = as_paths(path)
   records = [r for p in paths for r in pq.read_table(p).to_pylist()]
   return _records_source(records, paths, task, question_key, answer_key, answer_format)
 
@@ -302,7 +288,7 @@ def _lazy_source(base: Any, name: str, task: str | None, question_key: str | Non
                  answer_key: str | None, answer_format: str) -> grain.MapDataset:
   if len(base) == 0:
     raise ValueError(f"{name} is empty")
-  task = task or infer_task(_to_jsonable(base[0]), name)
+  task = task or infer_task(to_jsonable(base[0]), name)
 
   def fn(record, index):
     return normalize_record(record, index, task=task, question_key=question_key,
