@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from r1jax import jsonl
 from r1jax.data.shuffle import as_map_dataset, shuffle
+from r1jax.rewards.extract import reference_answer
 
 PathLike = str | os.PathLike
 Paths = PathLike | Sequence[PathLike]
@@ -35,59 +35,6 @@ Paths = PathLike | Sequence[PathLike]
 QUESTION_KEYS = ("question", "problem", "prompt", "query", "input", "instruction")
 ANSWER_KEYS = ("answer", "solution", "final_answer", "short_answer", "target", "output",
                "label", "response")
-ANSWER_FORMATS = ("auto", "raw", "gsm8k", "boxed")
-
-# ---------------------------------------------------------------------------
-# Answer extraction
-
-
-def extract_gsm8k_answer(text: str) -> str:
-  """The final answer of a GSM8K solution: what follows the last '####' (commas removed
-  from thousands separators); the whole stripped text when there is no marker."""
-  if "####" not in text:
-    return text.strip()
-  ans = text.rsplit("####", 1)[1].strip()
-  return re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", ans)
-
-
-def extract_boxed(text: str) -> str | None:
-  """Content of the last \\boxed{...} (or \\fbox{...}, or '\\boxed 5') in `text`;
-  braces are balanced. None when there is none."""
-  idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-  if idx < 0:
-    return None
-  rest = text[idx:]
-  if rest.startswith("\\boxed "):  # '\boxed 5' form, up to the next '$' or space
-    return re.split(r"[\s$]", rest[len("\\boxed "):].lstrip(), maxsplit=1)[0] or None
-  start = rest.find("{")
-  if start < 0:
-    return None
-  depth = 0
-  for i in range(start, len(rest)):
-    if rest[i] == "{":
-      depth += 1
-    elif rest[i] == "}":
-      depth -= 1
-      if depth == 0:
-        return rest[start + 1:i]
-  return None  # unbalanced
-
-
-def extract_answer(text: str, answer_format: str = "auto") -> str:
-  """Reference answer from an answer/solution field.
-
-  "auto": after '####' if present (GSM8K), else the last \\boxed{} (MATH) if present,
-  else the stripped text. "raw": stripped text. "gsm8k"/"boxed": force one rule.
-  """
-  if answer_format not in ANSWER_FORMATS:
-    raise ValueError(f"unknown answer_format {answer_format!r}; expected one of {ANSWER_FORMATS}")
-  if answer_format == "raw":
-    return text.strip()
-  if answer_format == "gsm8k" or (answer_format == "auto" and "####" in text):
-    return extract_gsm8k_answer(text)
-  boxed = extract_boxed(text)
-  return boxed.strip() if boxed is not None else text.strip()
-
 
 # ---------------------------------------------------------------------------
 # Record normalisation
@@ -148,7 +95,7 @@ def normalize_record(
   qk = _pick(record, question_key, QUESTION_KEYS, "question")
   ak = _pick(record, answer_key, ANSWER_KEYS, "answer")
   raw_answer = record[ak]
-  answer = "" if raw_answer is None else extract_answer(str(raw_answer), answer_format)
+  answer = "" if raw_answer is None else reference_answer(str(raw_answer), answer_format)
   rid = next((record[k] for k in ("id", "unique_id", "task_id") if k in record), None)
   ex = {
     "question": str(record[qk]),
