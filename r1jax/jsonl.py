@@ -1,26 +1,34 @@
-"""Crash-safe JSONL files: whole-row appends, and rewinding to a checkpoint on restart.
+"""JSONL files: whole-row appends, atomic rewrites, torn-line repair, and rewinding.
 
-A run killed at any point may leave its JSONL logs with rows for steps after its last
-checkpoint and a half-written last line. `rewind(path, step)` makes such a file what it
-was when checkpoint `step` was written: it drops a trailing partial line and every row
-whose "step" is after `step` (step 0, a fresh start: every row). It rewrites the file via
-a temporary file and an atomic rename, so a kill during the rewind loses nothing.
-`append(path, rows)` writes rows as one `os.write` on an O_APPEND descriptor, so a row
-is never interleaved or split by another writer.
+Every JSON-lines file the library writes goes through here. A row is
+`json.dumps(record, ensure_ascii=False)` plus a newline, in UTF-8.
+`append(path, lines)` writes rows as one `os.write` on an O_APPEND descriptor, so a row is
+never interleaved or split by another writer. `write(path, records)` replaces a file
+through a temporary file and an atomic rename, so a failure or a kill midway leaves the old
+file as it was. A run killed while appending may leave a half-written last line:
+`repair(path)` cuts it off before more rows are appended, and `read(path, drop_torn=True)`
+skips it. `rewind(path, step)` makes a log what it was when checkpoint `step` was written:
+it drops a torn last line and every row whose "step" is after `step` (step 0, a fresh
+start: every row).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
-from typing import Iterable
+from typing import Any, Iterable
 
 
-def append(path: str, lines: Iterable[str]) -> None:
-  """Append the given JSON lines (without newlines) in one write."""
+def dumps(record: Any) -> str:
+  """One JSONL row (without its newline)."""
+  return json.dumps(record, ensure_ascii=False)
+
+
+def append(path: str | os.PathLike, lines: Iterable[str]) -> None:
+  """Append the given JSON lines (without newlines) in one write; creates the file (empty
+  when there are no lines), as opening it for appending does."""
   data = "".join(line + "\n" for line in lines).encode()
-  if not data:
-    return
   fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
   try:
     view = memoryview(data)
@@ -30,7 +38,64 @@ def append(path: str, lines: Iterable[str]) -> None:
     os.close(fd)
 
 
-def rewind(path: str, step: int) -> int:
+def append_records(path: str | os.PathLike, records: Iterable[Any]) -> None:
+  """Append records as rows, all in one write."""
+  append(path, [dumps(r) for r in records])
+
+
+def _replace(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
+  """Write `chunks` to a temporary file beside `path`, then rename it over `path`; on any
+  error the temporary file is removed and `path` is untouched."""
+  tmp = f"{os.fspath(path)}.tmp"
+  try:
+    with open(tmp, "wb") as f:
+      for chunk in chunks:
+        f.write(chunk)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write(path: str | os.PathLike, records: Iterable[Any]) -> None:
+  """Replace `path` with one row per record, atomically."""
+  _replace(path, ((dumps(r) + "\n").encode() for r in records))
+
+
+def repair(path: str | os.PathLike) -> bool:
+  """Cut a last line that has no newline (a write cut short by a crash); True if cut."""
+  if not os.path.exists(path):
+    return False
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data and not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
+      return True
+  return False
+
+
+def read(path: str | os.PathLike, *, drop_torn: bool = False) -> list[Any]:
+  """The rows of a .jsonl (or .jsonl.gz) file; blank lines are skipped and a bad row is an
+  error naming the file and line. With `drop_torn`, a last line without a newline (torn by
+  a crash) is skipped, as `repair` would cut it."""
+  opener = gzip.open if os.fspath(path).endswith(".gz") else open
+  out = []
+  with opener(path, "rt", encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if drop_torn and not line.endswith("\n"):
+        break
+      if line.strip():
+        try:
+          out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from None
+  return out
+
+
+def rewind(path: str | os.PathLike, step: int) -> int:
   """Keep the rows of steps <= `step` (none if step == 0); returns how many were dropped."""
   if not os.path.exists(path):
     return 0
@@ -49,10 +114,5 @@ def rewind(path: str, step: int) -> int:
     else:
       dropped += 1
   if dropped:
-    tmp = path + ".rewind"
-    with open(tmp, "wb") as f:
-      f.write(b"".join(line + b"\n" for line in kept))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace(path, (line + b"\n" for line in kept))
   return dropped

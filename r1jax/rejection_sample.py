@@ -36,15 +36,14 @@ from __future__ import annotations
 import json
 import os
 import random
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 
-from r1jax import cli
+from r1jax import cli, jsonl
 from r1jax import filters as F
-from r1jax.data.sources import _read_jsonl as read_jsonl
+from r1jax.data.records import read_records
 
 _CONFIG = _CHECKPOINT = _OUT = None
 
@@ -140,31 +139,18 @@ def judge_unverifiable(judge, examples: Sequence[Mapping[str, Any]], records: li
 
 
 def _read_jsonl(path: str) -> list[dict]:
-  return read_jsonl(Path(path)) if os.path.exists(path) else []
-
-
-def _cut_partial_line(path: str) -> None:
-  """Drop a last line without its newline (a write cut short by a crash)."""
-  if not os.path.exists(path):
-    return
-  with open(path, "rb+") as f:
-    data = f.read()
-    if data and not data.endswith(b"\n"):
-      f.truncate(data.rfind(b"\n") + 1)
+  return jsonl.read(path) if os.path.exists(path) else []
 
 
 def resume_state(out: str) -> set[str]:
   """Prompt ids finished by an earlier run; OUT is cut back to exactly their records."""
   log_path = out + ".prompts.jsonl"
   for p in (out, log_path):
-    _cut_partial_line(p)
+    jsonl.repair(p)
   done = {r["id"] for r in _read_jsonl(log_path)}
   records = _read_jsonl(out)
   if any(r["prompt_id"] not in done for r in records):
-    with open(out, "w", encoding="utf-8") as f:
-      for r in records:
-        if r["prompt_id"] in done:
-          f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    jsonl.write(out, [r for r in records if r["prompt_id"] in done])
   return done
 
 
@@ -271,8 +257,7 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
     k, key = s.num_samples, jax.random.key(c.seed)
     pool = RewardPool(scored_weights({c.rewards.correct: 1.0}), timeout_s=c.rewards.timeout_s,
                       num_workers=c.rewards.num_workers)
-    with pool, use_mesh(mesh), open(out, "a", encoding="utf-8") as f_out, \
-        open(out + ".prompts.jsonl", "a", encoding="utf-8") as f_log:
+    with pool, use_mesh(mesh):
       for b in todo:
         chunk = examples[b:b + bp]
         recs = eval_lib.sample_and_score(params, model_cfg, tokenizer, chunk, render, pool, scfg,
@@ -291,11 +276,9 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
           kept, log = process_prompt(ex, recs[j * k:(j + 1) * k], cfg, prefill,
                                      c.rewards.correct,
                                      None if verdicts is None else verdicts[j * k:(j + 1) * k])
-          for r in kept:
-            f_out.write(json.dumps(r, ensure_ascii=False) + "\n")
-          f_out.flush()
-          f_log.write(json.dumps(log, ensure_ascii=False) + "\n")
-          f_log.flush()
+          # The records before the log line: a prompt is done once its line is logged.
+          jsonl.append_records(out, kept)
+          jsonl.append_records(out + ".prompts.jsonl", [log])
         print(f"  {min(b + bp, n)}/{n} prompts", flush=True)
   return finish(c, out)
 
@@ -306,23 +289,18 @@ def finish(c, out: str) -> dict[str, Any]:
   lo, hi = c.pass_rate.lo, c.pass_rate.hi
   st = stats(logs, lo, hi)
   sel = F.select_by_pass_rate([l["pass_rate"] for l in logs], lo, hi)
-  with open(out + ".rl_prompts.jsonl", "w", encoding="utf-8") as f:
-    for l, keep in zip(logs, sel):
-      if keep:
-        f.write(json.dumps({k: l[k] for k in ("id", "question", "answer", "task")},
-                           ensure_ascii=False) + "\n")
+  jsonl.write(out + ".rl_prompts.jsonl",
+              [{k: l[k] for k in ("id", "question", "answer", "task")}
+               for l, keep in zip(logs, sel) if keep])
   pairs, labeled = reward_model_data(logs, _read_jsonl(out))
-  for suffix, rows in ((".pairs.jsonl", pairs), (".labeled.jsonl", labeled)):
-    with open(out + suffix, "w", encoding="utf-8") as f:
-      for r in rows:
-        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  jsonl.write(out + ".pairs.jsonl", pairs)
+  jsonl.write(out + ".labeled.jsonl", labeled)
   st.update(preference_pairs=len(pairs), orm_rows=len(labeled))
   if c.mixture.sources:
-    others = [(_read_jsonl(src["path"]), src["weight"]) for src in c.mixture.sources]
+    others = [(read_records({"kind": "jsonl", "path": src["path"]}), src["weight"])
+              for src in c.mixture.sources]
     mixed = mix_records(_read_jsonl(out), others, c.mixture.reasoning_weight, c.seed)
-    with open(out + ".mixed.jsonl", "w", encoding="utf-8") as f:
-      for r in mixed:
-        f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    jsonl.write(out + ".mixed.jsonl", mixed)
     st["mixed_records"] = len(mixed)
   with open(out + ".stats.json", "w") as f:
     json.dump(st, f, indent=2)

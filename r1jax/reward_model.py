@@ -57,8 +57,8 @@ def validate(c) -> None:
 
 
 def read_rows(spec: Mapping[str, Any]) -> list[dict]:
-  """Raw rows of a JSONL / Parquet / HF-on-disk file (the SFT data reader)."""
-  from r1jax.data.sft import read_records
+  """Raw rows of a JSONL / Parquet / HF-on-disk file (`r1jax.data.records`)."""
+  from r1jax.data.records import read_records
   spec = {k: v for k, v in dict(spec).items() if v not in ("", None)}
   if not spec.get("path") or not os.path.exists(spec["path"]):
     raise FileNotFoundError(f"reward-model data file {spec.get('path')!r} "

@@ -24,6 +24,7 @@ from r1jax import data as data_lib
 from r1jax import cli, compile_cache, distill, faults, steps
 from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer
+from r1jax.data import records
 from r1jax.data import sft as sft_data
 from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
@@ -53,16 +54,12 @@ def uses_teacher(c) -> bool:
   return c.distill.alpha > 0 or c.distill.on_policy > 0
 
 
-# Record kinds `data.sft.read_records` reads (its own beside the file kinds).
-RECORD_KINDS = ("jsonl", "parquet", "hf_disk", "gym_traces", "records", "mixture")
-
-
 def validate(c) -> None:
   """Fail fast, naming the bad field and value (and the model and data files named)."""
   cli.check_model(c.model, "model")
   if uses_teacher(c):
     cli.check_model(c.teacher, "teacher")
-  cli.check_source(c.data.source, "data.source", RECORD_KINDS)
+  cli.check_source(c.data.source, "data.source", records.KINDS)
   if c.eval.num_problems > 0:
     cli.check_source(c.eval.source, "eval.source")
   data_config(c)

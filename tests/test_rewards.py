@@ -17,6 +17,7 @@ from r1jax.rewards import (
   FORMAT_PATTERN, REWARDS, InvalidReference, RewardPool, accuracy, code_reward, cosine,
   extract_answer, extract_code, extract_cot, format_partial, format_strict,
   language_consistency, normalize_answer, overlong, reasoning_gym_score, score_inline)
+from r1jax.rewards.extract import reference_answer
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 with open(os.path.join(DATA, "rewards_math_corpus.json")) as f:
@@ -173,6 +174,24 @@ def test_extract_answer(completion, expected):
 
 def test_extract_answer_raw():
   assert extract_answer("<answer> Paris. </answer>", clean=False) == "Paris."
+
+
+@pytest.mark.parametrize("text, answer_format, expected", [
+  ("so $x = \\boxed{\\frac{1}{2}}$.", "auto", "\\frac{1}{2}"),  # nested braces kept
+  ("$\\boxed{1}$ then \\boxed{ \\sqrt{\\frac{3}{4}} }", "boxed", "\\sqrt{\\frac{3}{4}}"),
+  ("She pays 6 * 7 = <<6*7=42>>42.\n#### 42", "auto", "42"),
+  ("2 * 617 = 1234 dollars\n#### 1,234", "gsm8k", "1234"),
+  ("  Paris \n", "auto", "Paris"),
+  ("#### 9", "raw", "#### 9"),
+  ("no box here ", "boxed", "no box here"),
+])
+def test_extract_reference_answer(text, answer_format, expected):
+  assert reference_answer(text, answer_format) == expected
+
+
+def test_extract_reference_answer_unknown_format():
+  with pytest.raises(ValueError, match="answer_format 'nope'"):
+    reference_answer("x", "nope")
 
 
 @pytest.mark.parametrize("answer, expected", [

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import sft as sft_configs
-from r1jax import distill
+from r1jax import distill, jsonl
+from r1jax.data import records as records_lib
 from r1jax.data import sft as sft_data
 from r1jax.model import forward
 from r1jax.model.config import PRESETS
@@ -445,22 +446,22 @@ def test_records_from_jsonl_parquet_and_hf_disk(tmp_path):
   recs = [{"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]},
           {"prompt": "q2", "completion": "a2"}]
   path = tmp_path / "d.jsonl"
-  sft_data.write_records(path, recs)
-  assert sft_data.read_records({"kind": "jsonl", "path": str(path)}) == recs
+  jsonl.write(path, recs)
+  assert records_lib.read_records({"kind": "jsonl", "path": str(path)}) == recs
   pa = pytest.importorskip("pyarrow")
   import pyarrow.parquet as pq
   pq.write_table(pa.Table.from_pylist([{"prompt": "q", "completion": "a", "id": 3}]),
                  tmp_path / "d.parquet")
-  assert sft_data.read_records({"kind": "parquet", "path": str(tmp_path / "d.parquet")}) == [
+  assert records_lib.read_records({"kind": "parquet", "path": str(tmp_path / "d.parquet")}) == [
       {"prompt": "q", "completion": "a", "id": 3}]
   datasets = pytest.importorskip("datasets")
   datasets.Dataset.from_list([{"problem": "p", "generations": ["x", "y"],
                                "correctness_math_verify": [False, True]}]).save_to_disk(
       str(tmp_path / "hf"))
-  got = sft_data.read_records({"kind": "hf_disk", "path": str(tmp_path / "hf")})
+  got = records_lib.read_records({"kind": "hf_disk", "path": str(tmp_path / "hf")})
   convs = sft_data.record_conversations(got[0], "r", sft_data.SFTDataConfig())
   assert [c[-1]["content"] for c in convs] == ["y"]
-  mixed = sft_data.read_records({"kind": "mixture", "weights": [3, 1], "seed": 0, "length": 8,
+  mixed = records_lib.read_records({"kind": "mixture", "weights": [3, 1], "seed": 0, "length": 8,
                                  "sources": [{"kind": "records", "records": [{"k": 0}]},
                                              {"kind": "records", "records": [{"k": 1}]}]})
   assert sorted(r["k"] for r in mixed) == [0] * 6 + [1] * 2

@@ -35,11 +35,11 @@ import numpy as np
 
 def _examples(seq_len: int, n_records: int):
   from r1jax.data import sft as sft_data
+  from r1jax.data.records import read_records
   from r1jax.model.loader import load_tokenizer
   tok = load_tokenizer({"source": "smollm2_gguf"})
   cfg = sft_data.SFTDataConfig(template="cold_start", seq_len=seq_len)
-  recs = sft_data.read_records(dict(kind="gym_traces", task="chain_sum", size=n_records,
-                                    seed=3))
+  recs = read_records(dict(kind="gym_traces", task="chain_sum", size=n_records, seed=3))
   return tok, sft_data.tokenize_records(recs, tok, cfg).examples
 
 

@@ -30,13 +30,11 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import re
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import grain
 import numpy as np
 
-from r1jax.data import sources as src_lib
+from r1jax.data.records import read_records, summary_text
 from r1jax.data.templates import (
   COLD_START_INSTRUCTION, COLD_START_TOKEN, R1_ZERO_TEMPLATE, _sentence)
 
@@ -71,86 +69,6 @@ class SFTDataConfig:
         raise ValueError(f"sft data.{name}={value!r}; choose from {allowed}")
     if self.seq_len < 2:
       raise ValueError(f"data.seq_len={self.seq_len} must be >= 2")
-
-
-# ----------------------------------------------------------------------------- records
-
-
-def read_records(spec: Mapping[str, Any]) -> list[dict]:
-  """Raw records of a file source spec: {"kind": "jsonl"|"parquet"|"hf_disk", "path": ...,
-  "split": ...}; {"kind": "mixture", "sources": [...], "weights": [...], "seed": int} mixes
-  by weights (the same rule as `r1jax.data.mixture`); {"kind": "records", "records": [...]}
-  passes records through (tests, in-memory data)."""
-  spec = dict(spec)
-  kind = spec.pop("kind", None)
-  if kind == "records":
-    return [dict(r) for r in spec["records"]]
-  if kind == "jsonl":
-    return [r for p in src_lib._as_paths(spec["path"]) for r in src_lib._read_jsonl(p)]
-  if kind == "parquet":
-    import pyarrow.parquet as pq
-    return [src_lib._to_jsonable(r) for p in src_lib._as_paths(spec["path"])
-            for r in pq.read_table(p).to_pylist()]
-  if kind == "hf_disk":
-    import datasets
-    ds = datasets.load_from_disk(str(spec["path"]))
-    if isinstance(ds, datasets.DatasetDict):
-      split = spec.get("split") or (next(iter(ds)) if len(ds) == 1 else None)
-      if split not in ds:
-        raise ValueError(f"{spec['path']} holds splits {sorted(ds)}; set split=")
-      ds = ds[split]
-    return [src_lib._to_jsonable(r) for r in ds]
-  if kind == "gym_traces":
-    return gym_traces(**spec)
-  if kind == "mixture":
-    parts = [read_records(s) for s in spec["sources"]]
-    mixed = src_lib.mixture([grain.MapDataset.source(p) for p in parts], spec["weights"],
-                            seed=spec.get("seed", 0), length=spec.get("length"))
-    return [dict(mixed[i]) for i in range(len(mixed))]
-  raise ValueError(f"unknown SFT source kind {kind!r}; expected jsonl, parquet, hf_disk, "
-                   "gym_traces, mixture or records")
-
-
-def _expression_steps(expr: str) -> list[str] | None:
-  """'a + b - c' -> ['a + b = x', 'x - c = y'] (left to right), None if not that shape."""
-  parts = expr.split()
-  if len(parts) < 3 or len(parts) % 2 == 0 or any(p not in "+-" for p in parts[1::2]):
-    return None
-  try:
-    acc = int(parts[0])
-    steps = []
-    for op, term in zip(parts[1::2], parts[2::2]):
-      new = acc + int(term) if op == "+" else acc - int(term)
-      steps.append(f"{acc} {op} {term} = {new}")
-      acc = new
-  except ValueError:
-    return None
-  return steps
-
-
-def gym_traces(task: str, size: int, seed: int = 0, config: Mapping | None = None
-               ) -> list[dict]:
-  """Cold-start records made from reasoning-gym problems whose metadata holds a +/- chain
-  `expression` (basic_arithmetic, chain_sum): the reasoning evaluates it step by step, the
-  summary states the reference answer in a box. A source that needs no files (the default
-  config, tests); real cold-start data comes from files (`cold_start_records`)."""
-  ds = src_lib.reasoning_gym_source(task, size, seed, config)
-  out = []
-  for i in range(len(ds)):
-    ex = ds[i]
-    steps = _expression_steps(str(ex["entry"].get("metadata", {}).get("expression", "")))
-    if steps is None:
-      raise ValueError(f"gym_traces: {task} example {i} has no +/- expression in its metadata; "
-                       "use a file of traces instead")
-    out.append({"id": ex["id"], "question": ex["question"],
-                "reasoning": " ".join(f"{s}." for s in steps),
-                "summary": summary_text(ex["answer"])})
-  return out
-
-
-def summary_text(answer: str) -> str:
-  """The cold-start summary of a final answer (boxed, so the accuracy reward reads it)."""
-  return f"The answer is $\\boxed{{{answer}}}$."
 
 
 def _question(rec: Mapping, where: str) -> str:
@@ -456,14 +374,6 @@ def load_sft_dataset(source: Mapping[str, Any], tokenizer, cfg: SFTDataConfig,
   return rows, stats
 
 
-def write_records(path: str | Path, records: Sequence[Mapping]) -> None:
-  """Write records as JSON lines (cold-start and rejection-sampled SFT sets)."""
-  import json
-  with open(path, "w", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def cold_start_records(samples: Sequence[Mapping], min_reward: float = 1.0,
                        summary: Callable[[str, str], str] | None = None,
                        questions: Mapping[str, str] | None = None) -> list[dict]:
@@ -508,6 +418,6 @@ def cold_start_records(samples: Sequence[Mapping], min_reward: float = 1.0,
 __all__ = [
   "BadRecord", "LAYOUTS", "PackedRows", "SFTDataConfig", "SFT_TEMPLATES",
   "Tokenized", "cold_start_records", "collate", "detect_layout", "load_sft_dataset",
-  "pack_best_fit_decreasing", "pack_rows", "read_records", "record_conversations",
-  "render_pieces", "to_cold_start", "tokenize_pieces", "tokenize_records", "write_records",
+  "pack_best_fit_decreasing", "pack_rows", "record_conversations", "render_pieces",
+  "to_cold_start", "tokenize_pieces", "tokenize_records",
 ]

@@ -15,11 +15,8 @@ random-access sources, so a pipeline never materialises them.
 
 from __future__ import annotations
 
-import gzip
 import inspect
-import json
 import os
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +25,9 @@ from typing import Any, Callable
 import grain
 import numpy as np
 
+from r1jax import jsonl
 from r1jax.data.shuffle import as_map_dataset, shuffle
+from r1jax.rewards.extract import reference_answer
 
 PathLike = str | os.PathLike
 Paths = PathLike | Sequence[PathLike]
@@ -36,76 +35,23 @@ Paths = PathLike | Sequence[PathLike]
 QUESTION_KEYS = ("question", "problem", "prompt", "query", "input", "instruction")
 ANSWER_KEYS = ("answer", "solution", "final_answer", "short_answer", "target", "output",
                "label", "response")
-ANSWER_FORMATS = ("auto", "raw", "gsm8k", "boxed")
-
-# ---------------------------------------------------------------------------
-# Answer extraction
-
-
-def extract_gsm8k_answer(text: str) -> str:
-  """The final answer of a GSM8K solution: what follows the last '####' (commas removed
-  from thousands separators); the whole stripped text when there is no marker."""
-  if "####" not in text:
-    return text.strip()
-  ans = text.rsplit("####", 1)[1].strip()
-  return re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", ans)
-
-
-def extract_boxed(text: str) -> str | None:
-  """Content of the last \\boxed{...} (or \\fbox{...}, or '\\boxed 5') in `text`;
-  braces are balanced. None when there is none."""
-  idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-  if idx < 0:
-    return None
-  rest = text[idx:]
-  if rest.startswith("\\boxed "):  # '\boxed 5' form, up to the next '$' or space
-    return re.split(r"[\s$]", rest[len("\\boxed "):].lstrip(), maxsplit=1)[0] or None
-  start = rest.find("{")
-  if start < 0:
-    return None
-  depth = 0
-  for i in range(start, len(rest)):
-    if rest[i] == "{":
-      depth += 1
-    elif rest[i] == "}":
-      depth -= 1
-      if depth == 0:
-        return rest[start + 1:i]
-  return None  # unbalanced
-
-
-def extract_answer(text: str, answer_format: str = "auto") -> str:
-  """Reference answer from an answer/solution field.
-
-  "auto": after '####' if present (GSM8K), else the last \\boxed{} (MATH) if present,
-  else the stripped text. "raw": stripped text. "gsm8k"/"boxed": force one rule.
-  """
-  if answer_format not in ANSWER_FORMATS:
-    raise ValueError(f"unknown answer_format {answer_format!r}; expected one of {ANSWER_FORMATS}")
-  if answer_format == "raw":
-    return text.strip()
-  if answer_format == "gsm8k" or (answer_format == "auto" and "####" in text):
-    return extract_gsm8k_answer(text)
-  boxed = extract_boxed(text)
-  return boxed.strip() if boxed is not None else text.strip()
-
 
 # ---------------------------------------------------------------------------
 # Record normalisation
 
 
-def _to_jsonable(x: Any) -> Any:
+def to_jsonable(x: Any) -> Any:
   """Bytes -> str, numpy -> python, recursively (TFDS/HF records)."""
   if isinstance(x, bytes):
     return x.decode("utf-8")
   if isinstance(x, np.ndarray):
-    return _to_jsonable(x.tolist())
+    return to_jsonable(x.tolist())
   if isinstance(x, np.generic):
     return x.item()
   if isinstance(x, Mapping):
-    return {str(k): _to_jsonable(v) for k, v in x.items()}
+    return {str(k): to_jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_to_jsonable(v) for v in x]
+    return [to_jsonable(v) for v in x]
   return x
 
 
@@ -145,11 +91,11 @@ def normalize_record(
   question/problem/prompt/..., answer from answer/solution/... ("answer" wins over
   "solution", so MATH-500's clean answer is used when present).
   """
-  record = _to_jsonable(record)
+  record = to_jsonable(record)
   qk = _pick(record, question_key, QUESTION_KEYS, "question")
   ak = _pick(record, answer_key, ANSWER_KEYS, "answer")
   raw_answer = record[ak]
-  answer = "" if raw_answer is None else extract_answer(str(raw_answer), answer_format)
+  answer = "" if raw_answer is None else reference_answer(str(raw_answer), answer_format)
   rid = next((record[k] for k in ("id", "unique_id", "task_id") if k in record), None)
   ex = {
     "question": str(record[qk]),
@@ -241,23 +187,10 @@ def reasoning_gym_source(task: str, size: int, seed: int,
   return grain.MapDataset.source(_ReasoningGymSource(task, size, seed, config))
 
 
-def _as_paths(path: Paths) -> list[Path]:
+def as_paths(path: Paths) -> list[Path]:
   if isinstance(path, (str, os.PathLike)):
     return [Path(path)]
   return [Path(p) for p in path]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-  opener = gzip.open if path.suffix == ".gz" else open
-  out = []
-  with opener(path, "rt", encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from None
-  return out
 
 
 def _records_source(records: list[dict], paths: list[Path], task: str | None,
@@ -281,8 +214,8 @@ def jsonl_source(path: Paths, question_key: str | None = None, answer_key: str |
   solution -> last \\boxed{} content, plus "level" and "type") layouts are recognised;
   `task` defaults to "gsm8k" / "math" / the file name's stem.
   """
-  paths = _as_paths(path)
-  records = [r for p in paths for r in _read_jsonl(p)]
+  paths = as_paths(path)
+  records = [r for p in paths for r in jsonl.read(p)]
   return _records_source(records, paths, task, question_key, answer_key, answer_format)
 
 
@@ -293,7 +226,7 @@ def parquet_source(path: Paths, question_key: str | None = None, answer_key: str
     import pyarrow.parquet as pq
   except ImportError as e:
     raise ImportError("parquet_source needs pyarrow: pip install pyarrow") from e
-  paths = _as_paths(path)
+  paths = as_paths(path)
   records = [r for p in paths for r in pq.read_table(p).to_pylist()]
   return _records_source(records, paths, task, question_key, answer_key, answer_format)
 
@@ -302,7 +235,7 @@ def _lazy_source(base: Any, name: str, task: str | None, question_key: str | Non
                  answer_key: str | None, answer_format: str) -> grain.MapDataset:
   if len(base) == 0:
     raise ValueError(f"{name} is empty")
-  task = task or infer_task(_to_jsonable(base[0]), name)
+  task = task or infer_task(to_jsonable(base[0]), name)
 
   def fn(record, index):
     return normalize_record(record, index, task=task, question_key=question_key,

@@ -1,4 +1,5 @@
-"""Pulling parts out of a completion: final answer, chain of thought, code block.
+"""Pulling parts out of a completion: final answer, chain of thought, code block; and the
+reference answer out of a dataset's answer field (`reference_answer`, same box parser).
 
 Everything here is plain string scanning, linear in the completion length (completions
 can be megabytes of adversarial text), with no sympy and no regex backtracking.
@@ -180,6 +181,35 @@ def extract_answer(completion: str, *, clean: bool = True) -> str | None:
     return None
   ans = _strip_math_delims(ans) if clean else ans.strip()
   return ans or None
+
+
+REFERENCE_FORMATS = ("auto", "raw", "gsm8k", "boxed")
+
+
+def gsm8k_reference(text: str) -> str:
+  """The final answer of a GSM8K solution: what follows the last '####' (commas removed
+  from thousands separators); the whole stripped text when there is no marker."""
+  if "####" not in text:
+    return text.strip()
+  ans = text.rsplit("####", 1)[1].strip()
+  return re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", ans)
+
+
+def reference_answer(text: str, answer_format: str = "auto") -> str:
+  """The reference answer in a dataset's answer/solution field (not in a completion).
+
+  "auto": after '####' if present (GSM8K), else the last \\boxed{} (MATH) if present,
+  else the stripped text. "raw": stripped text. "gsm8k"/"boxed": force one rule.
+  """
+  if answer_format not in REFERENCE_FORMATS:
+    raise ValueError(f"unknown answer_format {answer_format!r}; expected one of "
+                     f"{REFERENCE_FORMATS}")
+  if answer_format == "raw":
+    return text.strip()
+  if answer_format == "gsm8k" or (answer_format == "auto" and "####" in text):
+    return gsm8k_reference(text)
+  boxed = last_boxed(text)
+  return boxed.strip() if boxed is not None else text.strip()
 
 
 def extract_cot(completion: str) -> str:
