@@ -315,15 +315,16 @@ def test_grpo_loss_adds_the_weighted_aux_loss():
 
 @pytest.mark.parametrize("router_replay", [False, True])
 def test_tiny_moe_grpo_run_trains(tmp_path, router_replay):
-  """2 steps; with router replay (tests/test_router_replay.py) and a bf16 sampler, the
-  sampler/trainer log-prob gap is bf16 rounding only (no token changes experts)."""
+  """2 steps, then resumed from its checkpoint for a 3rd; with router replay
+  (tests/test_router_replay.py) and a bf16 sampler, the sampler/trainer log-prob gap is
+  bf16 rounding only (no token changes experts)."""
   import os
   from configs import r1_zero
   from r1jax import train as train_lib
   c = r1_zero.get_config("tiny_moe")
   c.unlock()
   c.train.num_steps, c.train.eval_every, c.train.eval_at_start = 2, 0, False
-  c.train.checkpoint_every, c.train.sample_every = 0, 0
+  c.train.checkpoint_every, c.train.sample_every = 2, 0
   if router_replay:
     c.grpo.router_replay, c.sampling.decode_dtype = True, "bfloat16"
   rows = train_lib.train(c, str(tmp_path))
@@ -335,3 +336,8 @@ def test_tiny_moe_grpo_run_trains(tmp_path, router_replay):
     assert not router_replay or r["mismatch/abs_diff_max"] < 0.01
   with open(os.path.join(tmp_path, "model_config.json")) as f:
     assert json.load(f)["num_experts"] == 4
+  c.train.num_steps = 3  # resumes at step 2 (params, optimizer, RNG, data) and runs one more
+  rows = train_lib.train(c, str(tmp_path))
+  assert [r["step"] for r in rows] == [3] and np.isfinite(rows[0]["loss"])
+  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+    assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
