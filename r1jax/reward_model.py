@@ -189,7 +189,7 @@ def train(c, workdir: str) -> list[dict]:
   from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
   from r1jax.metrics import MetricsWriter, Progress
   from r1jax.model.loader import load_model
-  from r1jax.run import write_run_files
+  from r1jax.run import itstime, write_run_files
 
   validate(c)
   mesh = make_mesh(tuple(c.mesh.shape))
@@ -238,16 +238,15 @@ def train(c, workdir: str) -> list[dict]:
       batch = shard_batch(mk(batch_items(train_items, step, bs, c.seed)), mesh)
       state, m = train_step(state, batch)
       done = step + 1
-      if c.train.log_every and (done % c.train.log_every == 0 or done == 1):
+      if itstime(c.train.log_every, done, first=True):
         m = to_host(m)
         now = time.time()
         m["step_time_s"], t_last, logged = (now - t_last) / (done - logged), now, done
         rows.append(writer.write(done, m))
         progress.line(done, rows[-1], keys=("loss", "accuracy", "reward_mean", "grad_norm"))
-      if c.train.eval_every and (done % c.train.eval_every == 0 or done == c.train.num_steps):
+      if itstime(c.train.eval_every, done, c.train.num_steps):
         run_eval(done)
-      if c.train.checkpoint_every and (done % c.train.checkpoint_every == 0
-                                       or done == c.train.num_steps):
+      if itstime(c.train.checkpoint_every, done, c.train.num_steps):
         ckpt.save(done, state, rng, {"step": done})
   ckpt.close()
   writer.close()

@@ -75,6 +75,19 @@ def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[st
   return run_eval
 
 
+def itstime(every: int, step: int, last: int | None = None, *, first: bool = False,
+            ending: bool = False) -> bool:
+  """Whether a periodic action (log, eval, checkpoint) fires after 1-based `step`.
+
+  It fires when `every` > 0 and `step` is a multiple of `every`, or `step` is `last` (the
+  run's final step), or `first` and `step` is 1, or `ending` (the run stops here early). An
+  `every` of 0 turns the action off, `last` and `ending` included.
+  """
+  if not every:
+    return False
+  return step % every == 0 or step == last or (first and step == 1) or ending
+
+
 def sampling_config(c, **extra) -> SamplingConfig:
   """The rollout SamplingConfig of config `c` (its `sampling` section) plus `extra` fields."""
   s = c.sampling

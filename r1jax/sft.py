@@ -31,7 +31,7 @@ from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model import moe
 from r1jax.model.loader import load_model
 from r1jax.nonfinite import Guard
-from r1jax.run import make_evaluator, write_run_files
+from r1jax.run import itstime, make_evaluator, write_run_files
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
 
@@ -226,15 +226,14 @@ def train(c, workdir: str) -> list[dict]:
         metrics.update({f"data/{k}": v for k, v in data_stats.items()})
       done = step + 1
       guard.update(done, metrics)  # raises after too many NaN/inf steps in a row
-      if c.train.log_every and (done % c.train.log_every == 0 or done == 1):
+      if itstime(c.train.log_every, done, first=True):
         logged.append(writer.write(done, metrics))
         if is_main:
           progress.line(done, metrics, keys=("loss", "ce", "kd", "grad_norm", "tokens_per_s"))
-      if run_eval is not None and ((c.train.eval_every and done % c.train.eval_every == 0)
-                                   or done == num_steps):
+      # the final eval runs even with train.eval_every=0
+      if run_eval is not None and (itstime(c.train.eval_every, done) or done == num_steps):
         run_eval(state.params, eval_rng, done)
-      if c.train.checkpoint_every and (done % c.train.checkpoint_every == 0
-                                       or done == num_steps):
+      if itstime(c.train.checkpoint_every, done, num_steps):
         ckpt.save(done, state, rng, data_lib.save_iterator_state(data_it))
 
   if pool is not None:

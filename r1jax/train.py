@@ -34,7 +34,7 @@ from r1jax.model import moe
 from r1jax.model.loader import load_model
 from r1jax.model.moe import fit_experts
 from r1jax.nonfinite import Guard
-from r1jax.run import grpo_config, make_evaluator, sampling_config, write_run_files
+from r1jax.run import grpo_config, itstime, make_evaluator, sampling_config, write_run_files
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
 
@@ -326,11 +326,11 @@ def train(c, workdir: str) -> list[dict]:
         metrics[f"reward_failures/{name}"] = n
       done_steps = step + 1
       timeout = 0 < c.train.get("max_wall_s", 0) <= time.time() - t_loop
-      if c.train.log_every and (done_steps % c.train.log_every == 0 or done_steps == 1):
+      if itstime(c.train.log_every, done_steps, first=True):
         rows.append(writer.write(done_steps, metrics))
         if is_main:
           progress.line(done_steps, metrics)
-      if c.train.sample_every and done_steps % c.train.sample_every == 0:
+      if itstime(c.train.sample_every, done_steps):
         k = c.train.num_logged_samples
         writer.write_samples(done_steps, [
             {"prompt": prompts[i // g], "completion": prefill + texts[i],
@@ -341,11 +341,9 @@ def train(c, workdir: str) -> list[dict]:
              **{n: v[i] for n, v in res.extras.items()}}
             for i in range(min(k, len(texts)))])
       guard.update(done_steps, metrics)  # raises after too many NaN/inf steps in a row
-      if c.train.eval_every and eval_examples and (done_steps % c.train.eval_every == 0
-                                                   or timeout):
+      if eval_examples and itstime(c.train.eval_every, done_steps, ending=timeout):
         run_eval(policy(state.params), eval_rng, done_steps)
-      if c.train.checkpoint_every and (done_steps % c.train.checkpoint_every == 0
-                                       or done_steps == c.train.num_steps or timeout):
+      if itstime(c.train.checkpoint_every, done_steps, c.train.num_steps, ending=timeout):
         ckpt.save(done_steps, (state, critic_state) if pcfg else state, rng,
                   data_lib.save_iterator_state(data_it))
       if timeout:

@@ -1,0 +1,40 @@
+"""r1jax.run: the periodic test every trainer uses, and the config readers."""
+
+import pytest
+
+from r1jax.run import itstime
+
+
+@pytest.mark.parametrize("every,step,last,first,ending,want", [
+    (0, 1, None, True, False, False),   # every=0: off, step 1 included
+    (0, 10, 10, False, False, False),   # every=0: off, the last step included
+    (0, 3, None, False, True, False),   # every=0: off, an early stop included
+    (5, 5, None, False, False, True),   # a multiple
+    (5, 10, None, False, False, True),
+    (5, 7, None, False, False, False),
+    (5, 1, None, False, False, False),  # step 1 only with first
+    (5, 1, None, True, False, True),
+    (5, 2, None, True, False, False),
+    (5, 7, 7, False, False, True),      # the last step
+    (5, 6, 7, False, False, False),
+    (5, 3, None, False, True, True),    # an early stop
+    (1, 1, None, False, False, True),
+])
+def test_itstime_cases(every, step, last, first, ending, want):
+  assert itstime(every, step, last, first=first, ending=ending) is want
+
+
+def test_itstime_matches_the_trainers_old_conditions():
+  """The conditions the trainers typed before, over a grid."""
+  n = 12
+  for every in range(0, 6):
+    for step in range(1, n + 1):
+      for timeout in (False, True):
+        assert itstime(every, step, first=True) == bool(every and (step % every == 0
+                                                                   or step == 1))
+        assert itstime(every, step) == bool(every and step % every == 0)
+        assert itstime(every, step, n) == bool(every and (step % every == 0 or step == n))
+        assert itstime(every, step, n, ending=timeout) == bool(
+            every and (step % every == 0 or step == n or timeout))
+        assert itstime(every, step, ending=timeout) == bool(
+            every and (step % every == 0 or timeout))
