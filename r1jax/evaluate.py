@@ -42,7 +42,7 @@ from r1jax.checkpoint import resolve_checkpoint, restore_params  # noqa: F401 (C
 from r1jax.eval_metrics import (  # noqa: F401 - the metrics, re-exported
     pass_at_k, majority_vote, best_of_n, weighted_majority_vote, test_time_metrics, reflection_rate, per_problem, summarize)
 from r1jax.mesh import to_host
-from r1jax.sampling import SamplingConfig, generate, pad_prompts
+from r1jax.sampling import SamplingConfig, config_from, generate, pad_prompts
 
 # Used when the config has no `eval` section (and as the fallback for missing keys).
 EVAL_DEFAULTS = dict(
@@ -240,7 +240,7 @@ def run(c, checkpoint: str | None = None, output_dir: str | None = None,
   from r1jax import data as data_lib
   from r1jax.mesh import make_mesh, use_mesh
   from r1jax.model.loader import load_model
-  from r1jax.rewards import RewardPool, scored_weights
+  from r1jax.rewards import pool_from_config
 
   s = validate(c, checkpoint, **overrides)
   mesh = make_mesh(tuple(c.mesh.shape))
@@ -256,18 +256,14 @@ def run(c, checkpoint: str | None = None, output_dir: str | None = None,
   examples = load_examples(c, s["source"], s["num_problems"])
   render = data_lib.make_renderer(c.data, tokenizer)
   prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
-  scfg = SamplingConfig(max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
-                        top_p=s["top_p"], top_k=s["top_k"], num_samples=s["num_samples"],
-                        eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
-                        decode_dtype=c.sampling.get("decode_dtype", ""),
-                        mode=c.sampling.get("mode", "static"),
-                        num_slots=c.sampling.get("num_slots", 0))
+  speed = {k: c.sampling[k] for k in ("decode_dtype", "mode", "num_slots") if k in c.sampling}
+  scfg = config_from(s, eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
+                     **speed)  # the eval settings, with the run's decoding speed knobs
 
   samples_path = os.path.join(output_dir, "samples.jsonl")
   t0 = time.time()
   done = [0]
-  pool = RewardPool(scored_weights(c.rewards.weights), timeout_s=c.rewards.timeout_s,
-                    num_workers=c.rewards.num_workers)
+  pool = pool_from_config(c.rewards)
   with open(samples_path, "w") as f, pool:
     def write(batch):
       for r in batch:

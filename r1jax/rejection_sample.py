@@ -218,8 +218,8 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
   from r1jax import evaluate as eval_lib
   from r1jax.mesh import make_mesh, use_mesh
   from r1jax.model.loader import load_model
-  from r1jax.rewards import RewardPool, scored_weights
-  from r1jax.sampling import SamplingConfig
+  from r1jax.rewards import pool_from_config, scored_weights
+  from r1jax.run import sampling_config
 
   validate(c)
   cfg = filter_config(c)
@@ -238,11 +238,7 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
       print(f"sampling from step {step} of {checkpoint}", flush=True)
     render = data_lib.make_renderer(c.data, tokenizer)
     prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
-    s = c.sampling
-    scfg = SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                          top_p=s.top_p, top_k=s.top_k, num_samples=s.num_samples,
-                          eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
-                          decode_dtype=s.get("decode_dtype", ""))
+    scfg = sampling_config(c, eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
     judge = None
     if c.reward_model.checkpoint:
       from r1jax import rm_reward
@@ -254,9 +250,8 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
       gen_judge = judge_lib.load(c.judge, mesh, prefill, policy_cfg=model_cfg,
                                  policy_tokenizer=tokenizer, policy_params=params,
                                  seed=c.seed, knobs=judge_lib.FILTER_KNOBS)
-    k, key = s.num_samples, jax.random.key(c.seed)
-    pool = RewardPool(scored_weights({c.rewards.correct: 1.0}), timeout_s=c.rewards.timeout_s,
-                      num_workers=c.rewards.num_workers)
+    k, key = scfg.num_samples, jax.random.key(c.seed)
+    pool = pool_from_config(c.rewards, scored_weights({c.rewards.correct: 1.0}))
     with pool, use_mesh(mesh):
       for b in todo:
         chunk = examples[b:b + bp]

@@ -1,5 +1,8 @@
-"""What every trainer shares: the run directory's files, the held-out evaluation hook, and the
-config -> SamplingConfig / GRPOConfig readers (the trainer and `r1jax.aot` build the same ones).
+"""What every trainer shares: the run directory's files, the held-out evaluation hook, the
+periodic test (`itstime`) and the config -> SamplingConfig / GRPOConfig readers (the trainer
+and `r1jax.aot` build the same ones). Any other section (eval, judge) goes through the same
+`sampling.config_from`, and every reward pool through `rewards.pool_from_config` (both below
+`evaluate`, which imports them and is imported here).
 
 A run directory (`--workdir`) holds config.json (the experiment config), model_config.json
 (the trained model's architecture, read back by export / evaluation / later pipeline
@@ -21,6 +24,7 @@ from r1jax import evaluate as eval_lib
 from r1jax import grpo, jsonl
 from r1jax.mesh import use_mesh
 from r1jax.metrics import MetricsWriter, bar
+from r1jax import sampling as sampling_lib
 from r1jax.sampling import SamplingConfig
 
 
@@ -90,11 +94,7 @@ def itstime(every: int, step: int, last: int | None = None, *, first: bool = Fal
 
 def sampling_config(c, **extra) -> SamplingConfig:
   """The rollout SamplingConfig of config `c` (its `sampling` section) plus `extra` fields."""
-  s = c.sampling
-  return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                        top_p=s.top_p, top_k=s.top_k, num_samples=s.num_samples,
-                        decode_dtype=s.get("decode_dtype", ""), mode=s.get("mode", "static"),
-                        num_slots=s.get("num_slots", 0), **extra)
+  return sampling_lib.config_from(c.sampling, **extra)
 
 
 def grpo_config(c) -> grpo.GRPOConfig:

@@ -53,6 +53,17 @@ from r1jax.decode import (  # noqa: F401 - the building blocks, re-exported
     SamplingConfig)
 from r1jax import continuous
 
+# The SamplingConfig fields a config section may set (the others are per-run extras).
+SECTION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "num_samples",
+                "decode_dtype", "mode", "num_slots")
+
+
+def config_from(section: Any, **extra) -> SamplingConfig:
+  """The SamplingConfig of a config section (a dict or ConfigDict): the SECTION_KEYS it has
+  (the others keep their defaults; its other keys are ignored), then `extra` fields."""
+  kw = {k: section[k] for k in SECTION_KEYS if k in section}
+  return SamplingConfig(**{**kw, **extra})
+
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg"))

@@ -32,6 +32,7 @@ from r1jax.model import moe
 from r1jax.model.loader import load_model
 from r1jax.nonfinite import Guard
 from r1jax.run import itstime, make_evaluator, write_run_files
+from r1jax import sampling as sampling_lib
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
 
@@ -180,15 +181,15 @@ def train(c, workdir: str) -> list[dict]:
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows > start
   run_eval = pool = None
   if c.eval.num_problems > 0:
-    from r1jax.rewards import RewardPool, scored_weights
+    from r1jax.rewards import pool_from_config, scored_weights
     ev = c.eval
     eval_src = data_lib.make_source(dict(ev.source))
     examples = [eval_src[i] for i in range(min(ev.num_problems, len(eval_src)))]
     weights = dict(scored_weights(dict(ev.rewards)), **dict(ev.rewards))  # zeros measured too
-    pool = RewardPool(weights, timeout_s=ev.timeout_s, num_workers=ev.num_workers)
-    scfg = SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,
-                          top_p=ev.top_p, num_samples=ev.samples,
-                          eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
+    pool = pool_from_config(ev, weights)
+    scfg = sampling_lib.config_from(ev, num_samples=ev.samples,
+                                    eos_ids=tuple(sorted(tokenizer.eos_ids)),
+                                    pad_id=tokenizer.pad_id)
     run_eval = make_evaluator(
         model_cfg, tokenizer, examples, data_lib.make_renderer(ev, tokenizer),
         data_lib.prefill_text(ev.template, ev.think_prefill), pool, scfg, writer, mesh,

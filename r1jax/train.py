@@ -190,11 +190,10 @@ def train(c, workdir: str) -> list[dict]:
   # Rewards run on the host, in worker processes with a per-completion deadline (started after
   # the models, so that a bad model spec stops the run before any worker exists).
   from r1jax import rm_reward
-  from r1jax.rewards import RewardPool, scored_weights
+  from r1jax.rewards import pool_from_config, scored_weights
   # reward model, generative judge, per-source routing
   rewarder = rm_reward.from_config(c, mesh, prefill, model_cfg, tokenizer)
-  pool = RewardPool(scored_weights(rewarder.pool_weights if rewarder else c.rewards.weights),
-                    timeout_s=c.rewards.timeout_s, num_workers=c.rewards.num_workers)
+  pool = pool_from_config(c.rewards, scored_weights(rewarder.pool_weights) if rewarder else None)
 
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)

@@ -38,3 +38,29 @@ def test_itstime_matches_the_trainers_old_conditions():
             every and (step % every == 0 or step == n or timeout))
         assert itstime(every, step, ending=timeout) == bool(
             every and (step % every == 0 or timeout))
+
+
+def test_sampling_config_from_a_section():
+  from ml_collections import ConfigDict
+  from r1jax.run import sampling_config
+  from r1jax.sampling import SamplingConfig, config_from
+  c = ConfigDict(dict(sampling=dict(num_samples=4, max_new_tokens=16, temperature=0.6,
+                                    top_p=0.95, top_k=0, decode_dtype="")))
+  assert sampling_config(c, pad_id=3) == SamplingConfig(
+      max_new_tokens=16, temperature=0.6, top_p=0.95, top_k=0, num_samples=4, pad_id=3)
+  # a section's other keys are ignored; absent fields keep their defaults; extras win
+  ev = dict(samples=2, temperature=0.0, max_new_tokens=8, rewards={}, timeout_s=1.0)
+  assert config_from(ev, num_samples=ev["samples"]) == SamplingConfig(
+      max_new_tokens=8, temperature=0.0, num_samples=2)
+
+
+def test_pool_from_config_weights():
+  from r1jax.rewards import pool_from_config
+  pool = pool_from_config(dict(weights=dict(accuracy=1.0, format=0.0, cosine=0.0),
+                               timeout_s=5.0, num_workers=1))
+  with pool:
+    assert pool.weights == {"accuracy": 1.0, "format": 0.0}
+    assert (pool.timeout_s, pool.num_workers) == (5.0, 1)
+  pool = pool_from_config(dict(timeout_s=5.0, num_workers=1), {"accuracy": 0.5})
+  with pool:
+    assert pool.weights == {"accuracy": 0.5}

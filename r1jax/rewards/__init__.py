@@ -14,8 +14,8 @@ from r1jax.rewards.format import FORMAT_PATTERN, format_partial, format_strict
 from r1jax.rewards.gym import reasoning_gym_score
 from r1jax.rewards.language import language_consistency
 from r1jax.rewards.length import cosine, overlong
-from r1jax.rewards.pool import (RewardPool, RewardResult, call_reward, score_inline,
-                                scored_weights)
+from r1jax.rewards.pool import (RewardPool, RewardResult, call_reward, pool_from_config,
+                                score_inline, scored_weights)
 from r1jax.rewards.registry import REWARDS
 
 __all__ = [
@@ -23,5 +23,5 @@ __all__ = [
   "Example", "RewardFn", "with_prefill", "extract_answer", "extract_code", "extract_cot",
   "normalize_answer", "accuracy", "answers_match", "gold_answer", "format_strict",
   "format_partial", "FORMAT_PATTERN", "reasoning_gym_score", "language_consistency",
-  "code_reward", "overlong", "cosine", "scored_weights",
+  "code_reward", "overlong", "cosine", "scored_weights", "pool_from_config",
 ]

@@ -234,7 +234,7 @@ def load(spec: Mapping[str, Any], mesh, prefill: str = "", *, policy_cfg=None,
          decode_dtype: str = "", knobs: Mapping[str, Any] = GRPO_KNOBS) -> Judge:
   """The Judge of a config section. model "policy" shares the policy's config and tokenizer
   (and `policy_params` when fixed, as in rejection sampling; else params come per call)."""
-  from r1jax.sampling import SamplingConfig
+  from r1jax.sampling import config_from
   s = section(spec, where, knobs)
   if not s["model"]:
     raise ValueError(f"{where}.model is empty: give a model spec or 'policy'")
@@ -246,8 +246,7 @@ def load(spec: Mapping[str, Any], mesh, prefill: str = "", *, policy_cfg=None,
   else:
     from r1jax.model.loader import load_model
     cfg, params, tokenizer = load_model(s["model"], mesh, seed=seed)
-  scfg = SamplingConfig(max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
-                        eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
-                        decode_dtype=decode_dtype)
+  scfg = config_from(s, eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
+                     decode_dtype=decode_dtype)
   return Judge(cfg, params, tokenizer, check_template(s["template"]), scfg, s["scope"], prefill,
                s["prompt_bucket"], bool(s["chat_template"]))

@@ -199,6 +199,14 @@ def scored_weights(weights: Mapping[str, float]) -> dict[str, float]:
   return out
 
 
+def pool_from_config(section: Any, weights: Mapping[str, float] | None = None) -> RewardPool:
+  """A RewardPool with the section's timeout_s and num_workers over `weights` (default: the
+  scored ones of the section's `weights`)."""
+  if weights is None:
+    weights = scored_weights(section["weights"])
+  return RewardPool(weights, timeout_s=section["timeout_s"], num_workers=section["num_workers"])
+
+
 class RewardPool:
   """Weighted rewards over a pool of worker processes with per-item deadlines.
 
@@ -246,7 +254,7 @@ class RewardPool:
 
   # -- lifecycle ------------------------------------------------------------------------
 
-  def __enter__(self) -> "RewardPool":
+  def __enter__(self) -> RewardPool:
     return self
 
   def __exit__(self, *exc) -> None:
