@@ -6,20 +6,32 @@ NON-PAD token (so left- and right-padded batches score alike). Losses:
   bt_loss  Bradley-Terry, -log sigmoid(r_chosen - r_rejected - margin), plus the optional
            reward-centering term coef * (r_chosen + r_rejected)^2 (keeps scores near 0);
   orm_loss binary cross-entropy of sigmoid(r) against a 0/1 correctness label (an
-           outcome verifier). Used by r1jax/reward_model.py and the GRPO reward (rm_reward).
+           outcome verifier).
+Used by r1jax/reward_model.py and the GRPO reward (rm_reward); both tokenize with `encode`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from r1jax.model import ModelConfig, forward, positions_from_mask
 
 HEAD = "value_head"
+
+
+def encode(texts: Sequence[str], tokenizer, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded [N, max_len] tokens and mask; each text keeps its last max_len tokens."""
+  toks = np.full((len(texts), max_len), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(texts), max_len), np.int32)
+  for i, t in enumerate(texts):
+    ids = tokenizer.encode(t)[-max_len:]
+    toks[i, :len(ids)], mask[i, :len(ids)] = ids, 1
+  return toks, mask
 
 
 def init_head(cfg: ModelConfig) -> dict[str, jax.Array]:

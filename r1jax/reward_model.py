@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import cli, memory as memory_lib, reward_head, steps
+from r1jax.reward_head import encode
 
 OBJECTIVES = ("bt", "orm")
 _CONFIG = _WORKDIR = None  # the CLI's flags (defined when run as a program)
@@ -114,16 +115,6 @@ def prepare_labeled(rows: Sequence[Mapping[str, Any]]) -> tuple[list[tuple], dic
       continue
     out.append((str(r.get("prompt") or "") + str(r["completion"]), float(float(r[key]) > 0.5)))
   return out, stats
-
-
-def encode(texts: Sequence[str], tokenizer, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded [N, max_len] tokens and mask; each text keeps its last max_len tokens."""
-  toks = np.full((len(texts), max_len), tokenizer.pad_id, np.int32)
-  mask = np.zeros((len(texts), max_len), np.int32)
-  for i, t in enumerate(texts):
-    ids = tokenizer.encode(t)[-max_len:]
-    toks[i, :len(ids)], mask[i, :len(ids)] = ids, 1
-  return toks, mask
 
 
 def make_batch(items: Sequence[tuple], objective: str, tokenizer, max_len: int,

@@ -64,7 +64,6 @@ def load_scorer(workdir: str, mesh, scope: str = "full", max_len: int = 0,
   from r1jax.checkpoint import restore_params
   from r1jax.mesh import shard_batch, to_host, use_mesh
   from r1jax.model.loader import load_model
-  from r1jax.reward_model import encode
 
   if scope not in SCOPES:
     raise ValueError(f"reward_model.scope={scope!r}; choose one of {SCOPES}")
@@ -84,7 +83,7 @@ def load_scorer(workdir: str, mesh, scope: str = "full", max_len: int = 0,
     out = []
     for i in range(0, len(texts), batch_size):
       chunk = texts[i:i + batch_size]
-      toks, mask = encode(chunk + [""] * (batch_size - len(chunk)), tokenizer, max_len)
+      toks, mask = reward_head.encode(chunk + [""] * (batch_size - len(chunk)), tokenizer, max_len)
       with use_mesh(mesh):
         r = to_host(fn(params, cfg, *shard_batch((toks, mask), mesh)))
       out.append(np.asarray(r[:len(chunk)], np.float32))
