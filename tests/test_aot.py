@@ -240,3 +240,21 @@ def test_measure_times_each_program_on_devices_that_run(monkeypatch, capsys):
   args = aot.materialize(sample)
   bb, n = args[1].shape[0], c.sampling.max_new_tokens
   assert int(args[3]) == bb and np.all(np.asarray(args[5]) == n) and np.all(np.asarray(args[2]) == 1)
+
+
+def test_plan_skips_slices_too_small_for_the_state(monkeypatch):
+  """bench.aot_plan's floor: float32 params + two AdamW moments + a gradient (16 bytes per
+  parameter; LoRA: the 4-byte base) over the chips, SmolLM2-135M's 134,515,008 parameters by
+  hand; slices below it are logged as not fitting and never compiled."""
+  from r1jax.bench import aot_plan
+  assert aot_plan.state_floor("smollm2-135m", "full", 4) == 134_515_008 * 16 / 4
+  assert aot_plan.state_floor("smollm2-135m", "lora", 2) == 134_515_008 * 4 / 2
+  compiled, logged = [], []
+  monkeypatch.setattr(aot_plan, "measure", lambda m, w, k, topo: compiled.append(topo) or
+                      dict(fits=True, topology=topo))
+  r = aot_plan.smallest_slice("qwen2.5-32b", "grpo4k", "full", "v5e", logged.append)
+  # ~32.8B parameters x 16 bytes = 524 GB: more than 30 of v5e's 16 GiB chips.
+  assert compiled == ["v5e:4x8"] and r["topology"] == "v5e:4x8"
+  assert [x["topology"] for x in logged if not x["fits"]] == [
+      "v5e:1x1", "v5e:2x2", "v5e:2x4", "v5e:4x4"]
+  assert all("state alone" in x["error"] for x in logged if not x["fits"])
