@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from grpo_batches import random_batch
 from hf_oracle import check_greedy_decode, hf_logits
 from r1jax.model import PRESETS, ModelConfig, forward, init_cache, param_shapes
 from r1jax.model import hf as hf_lib
@@ -257,15 +258,8 @@ def test_bias_balancing_in_the_train_step(dsv3):
   _, _, _, _, cfg, params = dsv3
   if cfg.q_lora_rank is None:
     pytest.skip("one model is enough")
-  rs = np.random.RandomState(3)
-  b, g, p, n = 2, 2, 5, 6
-  pmask = np.ones((b, p), bool)
-  pmask[0, :2] = False
-  cmask = np.ones((b * g, n), bool)
-  cmask[1, 4:] = False
-  batch = grpo.Batch(rs.randint(0, cfg.vocab_size, (b, p)), pmask,
-                     rs.randint(0, cfg.vocab_size, (b * g, n)), cmask,
-                     rs.normal(size=b * g).astype(np.float32), None, None)
+  batch = random_batch(cfg.vocab_size, 2, 2, 5, 6, seed=3, pad_prompt=(0, 2),
+                       cut_completion=(1, 4))
   gcfg = grpo.GRPOConfig(beta=0.0, router_aux_coef=0.0)
   ocfg = steps.OptimConfig(learning_rate=1e-2, weight_decay=0.5, total_steps=10)
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from grpo_batches import random_batch
 from hf_oracle import check_greedy_decode, hf_logits, make_hf_model
 from r1jax.model import PRESETS, ModelConfig, forward, init_params, positions_from_mask
 from r1jax.model import hf as hf_lib
@@ -292,15 +293,8 @@ def test_grpo_loss_adds_the_weighted_aux_loss():
   from r1jax import grpo
   cfg = PRESETS["tiny_moe"]
   params = init_params(cfg, 1)
-  rs = np.random.RandomState(4)
-  b, g, p, n = 2, 2, 6, 5
-  pmask = np.ones((b, p), bool)
-  pmask[1, :2] = False
-  cmask = np.ones((b * g, n), bool)
-  cmask[0, 3:] = False
-  batch = grpo.Batch(rs.randint(0, cfg.vocab_size, (b, p)), pmask,
-                     rs.randint(0, cfg.vocab_size, (b * g, n)), cmask,
-                     rs.normal(size=b * g).astype(np.float32), None, None)
+  batch = random_batch(cfg.vocab_size, 2, 2, 6, 5, seed=4, pad_prompt=(1, 2),
+                       cut_completion=(0, 3))
   loss = jax.jit(grpo.grpo_loss, static_argnums=(2, 3))
   l0, m0 = loss(params, batch, grpo.GRPOConfig(beta=0.0, router_aux_coef=0.0), cfg)
   l1, m1 = loss(params, batch, grpo.GRPOConfig(beta=0.0, router_aux_coef=0.5), cfg)
