@@ -163,6 +163,11 @@ _FUNCS = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log, "sin": math.sin,
 _CONSTS = {"pi": math.pi, "e": math.e}
 
 
+# CPython's ast.parse is not thread-safe (3.11/3.12: "AST constructor recursion depth
+# mismatch" when threads parse at once, python/cpython#106905); run_calls' threads share it.
+_PARSE_LOCK = threading.Lock()
+
+
 def calculate(expr: str) -> float | int:
   """Arithmetic on numbers, with + - * / // % ** and a few math functions; anything else
   (names, attributes, strings, huge powers) raises ValueError."""
@@ -189,7 +194,9 @@ def calculate(expr: str) -> float | int:
     raise ValueError(f"not arithmetic: {ast.dump(node)[:60]}")
   if len(expr) > 1000:
     raise ValueError("expression too long")
-  return ev(ast.parse(expr.strip(), mode="eval"))
+  with _PARSE_LOCK:
+    tree = ast.parse(expr.strip(), mode="eval")
+  return ev(tree)
 
 
 def _calculator(arguments: dict, cfg: ToolConfig) -> str:
