@@ -58,7 +58,7 @@ def trl_worker(req: dict) -> dict:
   b, g, n, beta = req["b"], req["g"], req["n"], req["beta"]
   tok = transformers.AutoTokenizer.from_pretrained(req["hf_dir"])
   lens = {len(tok(p)["input_ids"]) for p in req["prompts"]}
-  fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+  fields = {f.name for f in dataclasses.fields(trl.RLConfig)}
   kw = dict(output_dir=req["out_dir"], per_device_train_batch_size=b * g, num_generations=g,
             gradient_accumulation_steps=1, steps_per_generation=1, max_completion_length=n,
             generation_kwargs={"min_new_tokens": n}, beta=beta, learning_rate=1e-6,
@@ -66,7 +66,7 @@ def trl_worker(req: dict) -> dict:
             logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
             seed=0, dataloader_num_workers=0, log_completions=False, disable_dropout=True)
   kw.update(req.get("trl_args") or {})
-  args = trl.GRPOConfig(**{k: v for k, v in kw.items() if k in fields})
+  args = trl.RLConfig(**{k: v for k, v in kw.items() if k in fields})
   rng = np.random.default_rng(0)
   reward = lambda completions, **_: rng.standard_normal(len(completions)).tolist()
   ds = datasets.Dataset.from_dict({"prompt": list(req["prompts"])})
@@ -225,23 +225,23 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
 
   import jax
   import jax.numpy as jnp
-  from r1jax import grpo, memory, steps
+  from r1jax import rl, memory, steps
   from r1jax.sampling import SamplingConfig, generate
   b, p = prompt_ids.shape
   scfg = SamplingConfig(max_new_tokens=n, temperature=1.0, top_p=1.0, top_k=0, num_samples=g,
                         eos_ids=(), pad_id=0)
-  gcfg = grpo.GRPOConfig(beta=beta, max_completion_len=n)
+  gcfg = rl.RLConfig(beta=beta, max_completion_len=n)
   tcfg = cfg.replace(dtype=train_dtype) if train_dtype else cfg
   tx = steps.make_optimizer(steps.OptimConfig(learning_rate=1e-6, max_grad_norm=1.0))
   # Committed to the device like the train step's outputs, or the second step recompiles.
   params = jax.device_put(params, jax.devices()[0])
   state = memory.init_state(jax.tree.map(jnp.copy, params), tx)
   ref_params = params if beta > 0 else None
-  loss = lambda prm, batch: grpo.grpo_loss(prm, batch, gcfg, tcfg)
+  loss = lambda prm, batch: rl.grpo_loss(prm, batch, gcfg, tcfg)
   n_micro = micro_batches(b * g, g, micro_batch_size)
   train_step = steps.jit_train_step(
-      steps.make_train_step(loss, tx, n_micro, grpo.micro_batch_weight(gcfg)), state)
-  logp_fn = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=cfg))
+      steps.make_train_step(loss, tx, n_micro, rl.micro_batch_weight(gcfg)), state)
+  logp_fn = jax.jit(functools.partial(rl.batch_logprobs, model_cfg=cfg))
   ptoks = jnp.asarray(prompt_ids, jnp.int32)
   pmask = jnp.ones_like(ptoks, bool)
   rng = np.random.default_rng(0)
@@ -251,7 +251,7 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
     out = generate(state.params, cfg, ptoks, pmask, jax.random.key(i), scfg)
     jax.block_until_ready(out.tokens)
     t1 = time.perf_counter()
-    batch = grpo.Batch(ptoks, pmask, out.tokens, out.mask,
+    batch = rl.Batch(ptoks, pmask, out.tokens, out.mask,
                        jnp.asarray(rng.standard_normal(b * g), jnp.float32), None, None)
     if beta > 0:
       batch = batch._replace(ref_logp=jax.block_until_ready(logp_fn(ref_params, batch)))
@@ -304,12 +304,12 @@ def main(argv=None) -> dict:
   ap.add_argument("--repeats", type=int, default=1)
   ap.add_argument("--train_dtype", default="", help="r1jax train-step compute dtype")
   ap.add_argument("--micro_batch_size", type=int, default=8,
-                  help="r1jax completions per micro-batch, as grpo.micro_batch_size (the "
+                  help="r1jax completions per micro-batch, as train.micro_batch_size (the "
                   "default config's 8 = one group); 0: the whole batch at once")
   ap.add_argument("--model", default="smollm2", help="smollm2 | a preset name (r1jax only)")
   ap.add_argument("--trl_python", default=DEFAULT_TRL_PYTHON, help="'' skips TRL")
   ap.add_argument("--torch_threads", type=int, default=0)
-  ap.add_argument("--trl_args", default="", help='extra GRPOConfig fields as JSON, e.g. '
+  ap.add_argument("--trl_args", default="", help='extra RLConfig fields as JSON, e.g. '
                   '\'{"gradient_checkpointing": false}\' (TRL 1.x defaults it to true)')
   ap.add_argument("--rate_size", type=int, default=2048, help="matmul side for the rate")
   ap.add_argument("--json_out", default="")
