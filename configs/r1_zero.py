@@ -107,14 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    routing={})
 
   # max_wall_s > 0 stops the loop after that many seconds (then a final eval and checkpoint).
-  # One step: prompts_per_step prompts x num_samples rollouts, then mu updates of
-  # micro_batch_size rows each. dynamic_sampling (DAPO): drop groups with all-equal rewards
-  # and draw more prompts, at most max_sampling_rounds rollouts per step. packing: the
-  # padding-free RL step (r1jax/packing.py, r1jax/packed_rl.py): samples laid end to end in
-  # rows of pack_row_len tokens (0: a power of two >= prompt + max_new_tokens); same loss.
-  c.train = dict(prompts_per_step=4, micro_batch_size=8, mu=1, dynamic_sampling=False,
-                 max_sampling_rounds=4, packing=False, pack_row_len=0, logprob_impl="auto",
-                 num_steps=200, max_wall_s=0, log_every=1, sample_every=5, num_logged_samples=4,
+  c.train = dict(num_steps=200, max_wall_s=0, log_every=1, sample_every=5, num_logged_samples=4,
                  eval_every=10, eval_samples=4, eval_temperature=0.6, eval_top_p=0.95,
                  checkpoint_every=10, keep_checkpoints=3, max_nonfinite_steps=10,
                  eval_at_start=True,
@@ -122,6 +115,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  # $R1JAX_CACHE_DIR), "workdir" (WORKDIR/jax_cache), a path, or "" (off).
                  compilation_cache="auto", reflection_words=(
                      "wait", "let me re-check", "re-evaluate", "double-check", "hmm"))
+  # The loop's knobs. One step: prompts_per_step prompts x num_samples rollouts, then mu
+  # updates of micro_batch_size rows each. dynamic_sampling (DAPO): drop groups with
+  # all-equal rewards and draw more prompts, at most max_sampling_rounds rollouts per step.
+  # packing: the padding-free RL step (r1jax/packing.py, r1jax/packed_rl.py): samples laid
+  # end to end in rows of pack_row_len tokens (0: a power of two >= prompt +
+  # max_new_tokens); same loss and gradients.
+  c.train.update(dict(prompts_per_step=4, micro_batch_size=8, mu=1, dynamic_sampling=False,
+                      max_sampling_rounds=4, packing=False, pack_row_len=0,
+                      logprob_impl="auto"))
 
   if arg in ("tiny", "tiny_moe"):
     c.model.source = "preset"
