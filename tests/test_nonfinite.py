@@ -104,7 +104,7 @@ def test_trainer_skips_nan_steps_and_stops(tmp_path, monkeypatch):
     loss, m = real_loss(params, batch, cfg, model_cfg)
     return loss * jnp.nan, m
 
-  monkeypatch.setattr(grpo, "grpo_loss", nan_loss)  # the trainer's padded step calls it
+  monkeypatch.setattr(rl, "grpo_loss", nan_loss)  # the trainer's padded step calls it
   c = r1_zero.get_config("tiny")
   c.unlock()
   c.train.update(num_steps=5, eval_every=0, checkpoint_every=1, max_nonfinite_steps=2)
