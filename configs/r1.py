@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s1.train.update(num_epochs=1, checkpoint_every=10)
 
   # 2. Reasoning RL with the language-consistency reward, in the cold-start format.
-  def grpo(model, source):
+  def rl_stage(model, source):
     g = r1_zero.get_config(v)
     g.model = model
     g.data.source = source  # replaced whole (update would merge into the old spec)
@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       g.train.update(num_steps=40)
     return g
 
-  s2 = grpo(run("cold_start_sft"), prompts)
+  s2 = rl_stage(run("cold_start_sft"), prompts)
 
   # 3. Rejection sampling from the RL model.
   s3 = rejection_sample.get_config(v)
@@ -105,15 +105,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 6. All-scenario RL: rule rewards for reasoning, the reward model for general prompts.
   general = dict(kind="jsonl", path="@rejection_sampling/sft.jsonl.prompts.jsonl",
                  task="general")
-  s6 = grpo(run("sft"), dict(kind="mixture", sources=[prompts, general], weights=[1.0, 1.0],
-                             seed=0))
+  s6 = rl_stage(run("sft"), dict(kind="mixture", sources=[prompts, general],
+                                 weights=[1.0, 1.0], seed=0))
   s6.rewards.reward_model = dict(checkpoint="@reward_model", weight=0.0, scope="summary",
                                  max_len=s4.data.max_len, batch_size=32)
   s6.rewards.routing = {"general": {"reward_model": 1.0}}
   # The batch's std, not each group's: the reward model's scores within a group differ by
   # ~1e-3, and dividing by that std turned them into +-1 advantages of pure noise (the
   # measured run with per-group "std" fell from pass@1 0.58 to 0.29).
-  s6.grpo.advantage_norm = "batch_std"
+  s6.rl.advantage_norm = "batch_std"
   if "judge" in opts:
     c.order.remove("reward_model")
     s6.rewards.reward_model.checkpoint = ""

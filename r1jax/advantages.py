@@ -1,11 +1,12 @@
-"""Advantage estimators as pure functions (`grpo.advantage_estimator`).
+"""Advantage estimators as pure functions (`rl.algorithm`).
 
-Outcome estimators give one advantage per completion, rows prompt-major in groups of G:
-  grpo                   (r_i - mean_group) / (std_group + eps)          (GRPO, MISSION 1.1)
-  rloo                   r_i - mean_{j != i} r_j  = G / (G - 1) * (r_i - mean_group)
-  reinforce_pp_baseline  r_i - mean_group, then whitened over the whole batch (REINFORCE++)
-The token-level estimator `gae` (PPO) is `gae()`: per-token advantages from per-token rewards
-and a critic's values, a reverse `lax.scan` over the completion.
+Outcome estimators (`ESTIMATORS`, one table: its keys are the outcome algorithms) give one
+advantage per completion, rows prompt-major in groups of G:
+  grpo          (r_i - mean_group) / (std_group + eps)          (GRPO, MISSION 1.1)
+  rloo          r_i - mean_{j != i} r_j  = G / (G - 1) * (r_i - mean_group)
+  reinforce_pp  r_i - mean_group, then whitened over the whole batch (REINFORCE++ baseline)
+PPO's token-level estimator is `gae()`: per-token advantages from per-token rewards and a
+critic's values, a reverse `lax.scan` over the completion (r1jax/ppo.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline", "gae")
 ADVANTAGE_NORMS = ("std", "batch_std", "none")
 
 
@@ -75,17 +75,21 @@ def group_advantages(rewards: jax.Array | np.ndarray, group_size: int, norm: str
   return centred.reshape(-1)
 
 
-def outcome_advantages(rewards, group_size: int, estimator: str = "grpo", norm: str = "std",
-                       eps: float = 1e-6, ddof: int = 1) -> jax.Array:
-  """Per-completion advantages [B*G] for the outcome estimators (all but `gae`)."""
-  if estimator == "grpo":
-    return group_advantages(rewards, group_size, norm, eps, ddof)
-  if estimator == "rloo":
-    return rloo_advantages(rewards, group_size)
-  if estimator == "reinforce_pp_baseline":
-    return reinforce_pp_advantages(rewards, group_size)
-  raise ValueError(f"advantage_estimator={estimator!r} is not an outcome estimator; "
-                   f"choose from {ESTIMATORS[:3]} (gae needs a critic: r1jax.ppo)")
+# name -> fn(rewards [B*G], group_size, **knobs) -> advantages [B*G]. ESTIMATOR_KNOBS: the
+# `rl` knobs each one reads, as its keyword arguments (another estimator's knob set in the
+# config is an error: r1jax.rl.ignored_knobs).
+ESTIMATORS = {"grpo": group_advantages, "rloo": rloo_advantages,
+              "reinforce_pp": reinforce_pp_advantages}
+ESTIMATOR_KNOBS = {"grpo": {"advantage_norm": "norm", "advantage_eps": "eps", "std_ddof": "ddof"},
+                   "rloo": {}, "reinforce_pp": {}}
+
+
+def outcome_advantages(rewards, group_size: int, estimator: str = "grpo", **knobs) -> jax.Array:
+  """Per-completion advantages [B*G] of outcome estimator `estimator` (its knobs by keyword)."""
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"estimator={estimator!r} is not an outcome estimator; choose from "
+                     f"{tuple(ESTIMATORS)} (ppo's GAE needs a critic: r1jax.ppo)")
+  return ESTIMATORS[estimator](rewards, group_size, **knobs)
 
 
 def next_valid(mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:

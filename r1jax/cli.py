@@ -33,7 +33,7 @@ VERBOSE_ENV = "R1JAX_VERBOSE"
 
 
 class ConfigError(ValueError):
-  """A bad value of a named field (a config key `grpo.beta`, or a flag `--checkpoint`)."""
+  """A bad value of a named field (a config key `rl.beta`, or a flag `--checkpoint`)."""
 
   def __init__(self, field: str, value: Any, why: str):
     self.field, self.value, self.why = field, value, why
@@ -76,6 +76,47 @@ def fail(e: BaseException) -> NoReturn:
 
 # ------------------------------------------------------------------ flags
 
+# Config keys that moved: old -> new (`grpo` became `rl`, the algorithm's knobs, and `train`,
+# the loop's). An override of an old key stops with one line naming the new place.
+_RL_KNOBS = ("epsilon", "epsilon_high", "beta", "loss_aggregation", "advantage_norm",
+             "advantage_eps", "std_ddof", "kl_estimator", "policy_loss", "dual_clip_c", "tis",
+             "tis_cap", "router_aux_coef", "router_replay")
+_LOOP_KNOBS = ("prompts_per_step", "micro_batch_size", "mu", "dynamic_sampling",
+               "max_sampling_rounds", "packing", "pack_row_len", "logprob_impl")
+MOVED_KEYS = {**{f"grpo.{k}": f"rl.{k}" for k in _RL_KNOBS},
+              **{f"grpo.{k}": f"train.{k}" for k in _LOOP_KNOBS},
+              "grpo.advantage_estimator": "rl.algorithm (gae is ppo, reinforce_pp_baseline is "
+                                          "reinforce_pp)",
+              "ppo.kl_in": "rl.kl_in", "grpo": "rl (algorithm knobs) and train (loop knobs)"}
+
+
+class MovedKeyError(ConfigError):
+  """An override of a config key that moved (`MOVED_KEYS`): `<old>: moved to <new>`."""
+
+  def __init__(self, field: str, new: str):
+    super().__init__(field, None, f"moved to {new}")
+    self.args = (f"{field}: moved to {new}",)
+
+
+def moved_key(path: str) -> MovedKeyError | None:
+  """The error for an override of `path` if it (or its tail, as in a pipeline's
+  stages.<name>.config.grpo.beta) is a moved key."""
+  parts = path.split(".")
+  for i in range(len(parts)):
+    for old in (".".join(parts[i:i + 2]), parts[i]):
+      if old in MOVED_KEYS:
+        head = ".".join(parts[:i] + [""])
+        return MovedKeyError(head + old, head + MOVED_KEYS[old])
+  return None
+
+
+def check_moved(c: Mapping[str, Any]) -> None:
+  """Raise MovedKeyError when config `c` (a ConfigDict or dict) still holds a moved key."""
+  for old, new in MOVED_KEYS.items():
+    group, _, key = old.partition(".")
+    if group in c and (not key or key in (c[group] or {})):
+      raise MovedKeyError(old, new)
+
 
 def _overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
   """The (path, value) of each `--<config flag>.<path>=<value>` in argv."""
@@ -98,6 +139,8 @@ def flag_error(e: Exception, argv: Sequence[str]) -> ConfigError:
     if not found:
       return ConfigError("config", " ".join(argv[1:]), "unknown config key: " + one_line(e))
     path, parents, key, value = found[0]
+    if moved_key(path):
+      return moved_key(path)
     why = "unknown config key" + ("" if path.endswith(key) else f" {'.'.join(parents + [key])}")
     if hint:
       why += f"; did you mean {'.'.join(parents + [hint.group(1)])}?"

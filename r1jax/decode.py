@@ -53,7 +53,7 @@ class SamplingConfig:
   # compute dtype). "bfloat16" under a float32 model halves the bytes read per token and
   # uses the CPU's/accelerator's bf16 dot units; dots still accumulate and return float32
   # and the residual stream stays in the model's dtype. Sampler log-probs then come from
-  # the bf16 model (the trainer recomputes pi_old when it needs it: grpo.mu > 1).
+  # the bf16 model (the trainer recomputes pi_old when it needs it: train.mu > 1).
   decode_dtype: str = ""
   # mode: "static" decodes all B*G rows until the longest ends; "continuous" decodes
   # `num_slots` rows at a time and hands a finished row's slot to the next pending sample
@@ -62,7 +62,7 @@ class SamplingConfig:
   # num_slots: decode slots of mode="continuous" (0: half the rows, at least 1; at most the rows).
   num_slots: int = 0
   # return_experts: also return the experts each MoE layer routed every prompt and completion
-  # token to (`SampleOutput.prompt_experts` / `experts`; router replay, `grpo.router_replay`).
+  # token to (`SampleOutput.prompt_experts` / `experts`; router replay, `rl.router_replay`).
   return_experts: bool = False
 
   def __post_init__(self):

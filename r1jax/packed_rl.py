@@ -1,6 +1,6 @@
-"""The RL step on packed rows (`grpo.packing=True`; rows from `r1jax.packing.pack_batch`).
+"""The RL step on packed rows (`train.packing=True`; rows from `r1jax.packing.pack_batch`).
 
-The same objective as the padded step (`grpo.grpo_loss`), computed without padding: one
+The same objective as the padded step (`rl.grpo_loss`), computed without padding: one
 forward over packed rows [R, L] whose segments attend only to themselves, log-probs of each
 position's target, and the loss as -sum(objective * weights) with the aggregation folded
 into the per-token weights, so every micro-batch's share is exact and the micro-batches
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from r1jax import grpo
+from r1jax import rl
 from r1jax.mesh import kernel_axes
 from r1jax.model import ModelConfig, forward, unembed_matrix
 from r1jax.packing import PackedBatch
@@ -68,16 +68,16 @@ def batch_logprobs(params: Any, batch: PackedBatch, model_cfg: ModelConfig,
   return jax.lax.stop_gradient(jnp.where(batch.loss_mask > 0, lp, 0.0))
 
 
-def loss(params: Any, batch: PackedBatch, cfg: grpo.GRPOConfig, model_cfg: ModelConfig,
+def loss(params: Any, batch: PackedBatch, cfg: rl.RLConfig, model_cfg: ModelConfig,
          n_micro: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """`grpo.grpo_loss` on packed rows. `batch.weights` sum to the whole batch's loss, so a
+  """`rl.grpo_loss` on packed rows. `batch.weights` sum to the whole batch's loss, so a
   micro-batch's share is scaled by `n_micro` (`steps.make_train_step` averages them)."""
   logp, *rest = logprobs(params, model_cfg, batch, cfg.temperature, cfg.logprob_impl,
                          return_entropy=True, router_stats=bool(model_cfg.num_experts))
   # Off-mask positions hold the log-prob of a prompt or padding token: keep them out of
   # exp() in the ratios (0 * inf would be NaN).
   logp = jnp.where(batch.loss_mask > 0, logp, 0.0)
-  return grpo.loss_from_logprobs((logp, *rest), batch.old_logp, batch.ref_logp,
+  return rl.loss_from_logprobs((logp, *rest), batch.old_logp, batch.ref_logp,
                                  batch.advantages, batch.loss_mask, batch.sampler_logp, cfg,
                                  model_cfg, batch.segment_ids, batch.weights * n_micro)
 

@@ -1,6 +1,6 @@
 """Packing an RL batch into padding-free rows (host numpy, pure functions).
 
-The padded RL step (`grpo.Batch`) pads every completion to the batch's power-of-two bucket,
+The padded RL step (`rl.Batch`) pads every completion to the batch's power-of-two bucket,
 so with long-tailed completion lengths most of its tokens are padding. `pack_batch` instead
 lays each sample's whole sequence (its prompt's real tokens, then its completion) end to end
 into rows of a fixed length `row_len`, best-fit-decreasing (`data.sft`'s packer), as the SFT
@@ -15,7 +15,7 @@ step does:
                multi-turn rollout's tool replies, `Batch.loss_mask` 0, are context only)
   weights      the loss aggregation as per-token weights: the loss is -sum(obj * weights)
                (seq-mean-token-mean 1/(|o_i| B), token-mean 1/sum|o|, Dr. GRPO 1/(L_max B),
-               with B the number of samples, empty ones included, as `grpo.aggregate`)
+               with B the number of samples, empty ones included, as `rl.aggregate`)
   advantages, old_logp, ref_logp, sampler_logp: the completion-aligned arrays carried along
                (per-sequence advantages broadcast over their tokens)
 
@@ -88,8 +88,8 @@ def row_bucket(needed: int, multiple: int, max_rows: int) -> int:
 
 def aggregation_weights(lengths: np.ndarray, how: str, max_len: int) -> np.ndarray:
   """Per-sample weight of each of its completion tokens [B] for aggregation `how`, such that
-  sum over tokens of weight * x equals `grpo.aggregate(x, mask, how, max_len)`."""
-  from r1jax.grpo import AGGREGATIONS
+  sum over tokens of weight * x equals `rl.aggregate(x, mask, how, max_len)`."""
+  from r1jax.rl import AGGREGATIONS
   lengths = np.asarray(lengths, np.float64)
   b = len(lengths)
   if how == "seq-mean-token-mean":
@@ -106,11 +106,11 @@ def aggregation_weights(lengths: np.ndarray, how: str, max_len: int) -> np.ndarr
 def pack_batch(batch: Any, row_len: int, multiple: int = 1,
                aggregation: str = "seq-mean-token-mean", max_len: int = 0
                ) -> tuple[PackedBatch, Layout]:
-  """A padded host `grpo.Batch` (numpy) -> (PackedBatch, Layout).
+  """A padded host `rl.Batch` (numpy) -> (PackedBatch, Layout).
 
   Completions must be left-aligned (mask a prefix of each row, as the sampler gives). Samples
   with no completion token take no room. `max_len` is L_max of seq-mean-token-sum-norm and
-  the longest possible completion (0: the completion width, as `grpo.aggregate`). `row_len`
+  the longest possible completion (0: the completion width, as `rl.aggregate`). `row_len`
   0: the smallest power of two holding the longest possible sequence (padded prompt width +
   max_len - 1), so the row length does not follow each batch's longest completion.
   """
@@ -130,7 +130,7 @@ def pack_batch(batch: Any, row_len: int, multiple: int = 1,
   live = [i for i in range(rows) if clen[i]]
   if live and seq_len[live].max() > row_len:
     i = live[int(np.argmax(seq_len[live]))]
-    raise ValueError(f"grpo.pack_row_len={row_len} is shorter than sample {i}'s prompt + "
+    raise ValueError(f"train.pack_row_len={row_len} is shorter than sample {i}'s prompt + "
                      f"completion ({seq_len[i]} tokens); raise it")
   bins = [[live[j] for j in b] for b in pack_best_fit_decreasing(seq_len[live], row_len)]
   r = row_bucket(len(bins), multiple, rows)
@@ -183,19 +183,19 @@ def useful_share(packed: PackedBatch) -> float:
 
 
 def from_config(c) -> int | None:
-  """The packed rows' length when `grpo.packing` is on (0: the power of two holding a padded
+  """The packed rows' length when `train.packing` is on (0: the power of two holding a padded
   prompt and sampling.max_new_tokens, chosen by `pack_batch`), else None.
 
-  Raises, naming the value, on a `grpo.pack_row_len` the padded step would ignore or one
+  Raises, naming the value, on a `train.pack_row_len` the padded step would ignore or one
   shorter than `sampling.max_new_tokens` (a longest completion after a 1-token prompt)."""
-  on, row_len = bool(c.grpo.get("packing", False)), int(c.grpo.get("pack_row_len", 0))
+  on, row_len = bool(c.train.get("packing", False)), int(c.train.get("pack_row_len", 0))
   if not on:
     if row_len:
-      raise ValueError(f"grpo.pack_row_len={row_len} is set but grpo.packing=False (the "
-                       "padded step ignores it): set grpo.packing=True or leave it 0")
+      raise ValueError(f"train.pack_row_len={row_len} is set but train.packing=False (the "
+                       "padded step ignores it): set train.packing=True or leave it 0")
     return None
   if row_len < 0 or 0 < row_len < c.sampling.max_new_tokens:
-    raise ValueError(f"grpo.pack_row_len={row_len} must be 0 (a power of two holding prompt "
+    raise ValueError(f"train.pack_row_len={row_len} must be 0 (a power of two holding prompt "
                      f"+ completion) or >= sampling.max_new_tokens={c.sampling.max_new_tokens} "
                      "plus the prompt")
   return row_len

@@ -1,4 +1,5 @@
-"""Policy-gradient surrogates (`grpo.policy_loss`) and rollout-correction weights, per token.
+"""Policy-gradient surrogates (`rl.policy_loss`: the table `POLICY_LOSSES`) and rollout-
+correction weights, per token.
 
 Each surrogate returns the per-token objective J[b, t] (to maximise, before aggregation) from
 log-probs [B, N] under the trained policy (`logp`) and pi_old (`old_logp`), and advantages
@@ -15,7 +16,7 @@ log-probs [B, N] under the trained policy (`logp`) and pi_old (`old_logp`), and 
   cispo       sg(clip(r, 1 - eps, 1 + eps_high)) * A * log p: the clipped importance weight
               is a constant, so every token keeps a gradient (MiniMax-M1, 2025)
 
-Truncated importance sampling (`grpo.tis`): the sampler (e.g. a bf16 decode) is not exactly
+Truncated importance sampling (`rl.tis`): the sampler (e.g. a bf16 decode) is not exactly
 pi_old, so the surrogate is multiplied by w = min(pi_old / pi_sampler, C) (stop-gradient),
 per token ("token") or per sequence ("sequence": the product of the token ratios).
 """
@@ -25,7 +26,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-POLICY_LOSSES = ("ppo_clip", "dual_clip", "gspo", "gspo_token", "cispo")
 TIS_MODES = ("none", "token", "sequence")
 
 sg = jax.lax.stop_gradient
@@ -51,43 +51,62 @@ def _seq_log_ratio_mean(logp, old_logp, maskf, segment_ids=None):
       seq_sum(maskf, segment_ids), 1.0)
 
 
+def _ppo_clip(ratio, logp, old_logp, adv, maskf, lo, hi, dual_clip_c, segment_ids):
+  obj = jnp.minimum(ratio * adv, jnp.clip(ratio, lo, hi) * adv)
+  clipped = ((ratio > hi) & (adv > 0)) | ((ratio < lo) & (adv < 0))
+  return obj, clipped, {}
+
+
+def _dual_clip(ratio, logp, old_logp, adv, maskf, lo, hi, dual_clip_c, segment_ids):
+  obj, clipped, _ = _ppo_clip(ratio, logp, old_logp, adv, maskf, lo, hi, dual_clip_c,
+                              segment_ids)
+  floor = dual_clip_c * adv
+  dual = (adv < 0) & (obj < floor)
+  obj = jnp.where(adv < 0, jnp.maximum(obj, floor), obj)
+  return obj, clipped | dual, {"dual_clip_frac": _masked_mean(dual, maskf)}
+
+
+def _gspo(ratio, logp, old_logp, adv, maskf, lo, hi, dual_clip_c, segment_ids, token=False):
+  log_s = _seq_log_ratio_mean(logp, old_logp, maskf, segment_ids)  # [B, 1] or [R, L]
+  if token:
+    s = jnp.exp(sg(log_s) + logp - sg(logp))
+  else:
+    s = jnp.broadcast_to(jnp.exp(log_s), logp.shape)
+  obj = jnp.minimum(s * adv, jnp.clip(s, lo, hi) * adv)
+  clipped = ((s > hi) & (adv > 0)) | ((s < lo) & (adv < 0))
+  return obj, clipped, {"seq_ratio_mean": _masked_mean(
+      jnp.broadcast_to(jnp.exp(log_s), logp.shape), maskf)}
+
+
+def _gspo_token(*args):
+  return _gspo(*args, token=True)
+
+
+def _cispo(ratio, logp, old_logp, adv, maskf, lo, hi, dual_clip_c, segment_ids):
+  w = sg(jnp.clip(ratio, lo, hi))
+  # Value w * A (the clipped surrogate's value), gradient w * A * d log p.
+  return w * adv * (1.0 + logp - sg(logp)), (ratio > hi) | (ratio < lo), {}
+
+
+# rl.policy_loss -> fn(ratio, logp, old_logp, adv, maskf, lo, hi, dual_clip_c, segment_ids)
+#   -> (per-token objective, clipped tokens, extra metrics)
+POLICY_LOSSES = {"ppo_clip": _ppo_clip, "dual_clip": _dual_clip, "gspo": _gspo,
+                 "gspo_token": _gspo_token, "cispo": _cispo}
+
+
 def surrogate(kind: str, logp: jax.Array, old_logp: jax.Array, adv: jax.Array,
               mask: jax.Array, eps_low: float, eps_high: float, dual_clip_c: float = 3.0,
               segment_ids: jax.Array | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Per-token objective [B, N] of policy loss `kind` and its metrics (clip_frac, ...).
   With `segment_ids`, rows are packed and a sequence is a segment (gspo's ratio)."""
+  if kind not in POLICY_LOSSES:
+    raise ValueError(f"policy_loss={kind!r}; choose from {tuple(POLICY_LOSSES)}")
   maskf = mask.astype(jnp.float32)
   adv = jnp.broadcast_to(adv, logp.shape).astype(jnp.float32)
-  lo, hi = 1.0 - eps_low, 1.0 + eps_high
   ratio = jnp.exp(logp - old_logp)
-  metrics = {}
-  if kind in ("ppo_clip", "dual_clip"):
-    obj = jnp.minimum(ratio * adv, jnp.clip(ratio, lo, hi) * adv)
-    clipped = ((ratio > hi) & (adv > 0)) | ((ratio < lo) & (adv < 0))
-    if kind == "dual_clip":
-      floor = dual_clip_c * adv
-      dual = (adv < 0) & (obj < floor)
-      obj = jnp.where(adv < 0, jnp.maximum(obj, floor), obj)
-      metrics["dual_clip_frac"] = _masked_mean(dual, maskf)
-      clipped = clipped | dual
-  elif kind in ("gspo", "gspo_token"):
-    log_s = _seq_log_ratio_mean(logp, old_logp, maskf, segment_ids)  # [B, 1] or [R, L]
-    if kind == "gspo":
-      s = jnp.broadcast_to(jnp.exp(log_s), logp.shape)
-    else:
-      s = jnp.exp(sg(log_s) + logp - sg(logp))
-    obj = jnp.minimum(s * adv, jnp.clip(s, lo, hi) * adv)
-    clipped = ((s > hi) & (adv > 0)) | ((s < lo) & (adv < 0))
-    metrics["seq_ratio_mean"] = _masked_mean(jnp.broadcast_to(jnp.exp(log_s), logp.shape),
-                                             maskf)
-  elif kind == "cispo":
-    w = sg(jnp.clip(ratio, lo, hi))
-    # Value w * A (the clipped surrogate's value), gradient w * A * d log p.
-    obj = w * adv * (1.0 + logp - sg(logp))
-    clipped = (ratio > hi) | (ratio < lo)
-  else:
-    raise ValueError(f"policy_loss={kind!r}; choose from {POLICY_LOSSES}")
+  obj, clipped, metrics = POLICY_LOSSES[kind](ratio, logp, old_logp, adv, maskf, 1.0 - eps_low,
+                                              1.0 + eps_high, dual_clip_c, segment_ids)
   metrics["clip_frac"] = _masked_mean(clipped, maskf)
   metrics["ratio_mean"] = _masked_mean(ratio, maskf)
   return obj, metrics

@@ -1,4 +1,5 @@
-"""PPO with a critic (`grpo.advantage_estimator="gae"`): value head, value loss, GAE advantages.
+"""PPO with a critic (`rl.algorithm="ppo"`, knobs in the `ppo` section): value head, value
+loss, GAE advantages.
 
 The critic is a transformer with a scalar value head ([D] -> 1 on the final hidden state
 that predicts each completion token, i.e. V(state before token t)); it has its own
@@ -9,8 +10,8 @@ token ids; `dict(source="policy", prune_every=k)` every k-th block of the policy
 weights (`load_critic_model`). Every critic function takes the critic's own model config.
 One PPO step (`update_critic`, called by the trainer before the policy update):
   1. per-token rewards: the outcome score at each completion's last valid token, minus
-     beta * k1 = beta * (log pi_old - log pi_ref) per token when `kl_in="reward"`
-     (`kl_in="loss"` keeps the k3 penalty in the policy loss, as GRPO does);
+     beta * k1 = beta * (log pi_old - log pi_ref) per token when `rl.kl_in="reward"` (PPO's
+     default; `rl.kl_in="loss"` keeps the k3 penalty in the policy loss, as GRPO does);
   2. values V_old of the critic, GAE(gamma, lam) by a reverse scan (advantages.gae),
      returns = A + V_old, advantages whitened over the batch's valid tokens;
   3. critic step on  w * 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)
@@ -29,11 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import advantages as adv_lib
-from r1jax import grpo, memory, steps
+from r1jax import memory, rl, steps
 from r1jax.mesh import replicated
 from r1jax.model import loader
 
-KL_IN = ("reward", "loss")
 CRITIC_SOURCES = ("policy",) + loader.SOURCES
 
 
@@ -44,13 +44,13 @@ class PPOConfig:
   value_clip: float = 0.2  # 0: no value clipping
   value_loss_weight: float = 0.5
   whiten_advantages: bool = True
-  kl_in: str = "reward"  # reward: beta * k1 per token in the reward; loss: grpo's k3 term
+  kl_in: str = "reward"  # rl.kl_in: reward: beta * k1 per token in the reward; loss: the k3 term
   critic_warmup_steps: int = 0
   critic_learning_rate: float = 1e-5
 
   def __post_init__(self):
-    if self.kl_in not in KL_IN:
-      raise ValueError(f"ppo.kl_in={self.kl_in!r}; choose from {KL_IN}")
+    if self.kl_in not in rl.KL_IN:
+      raise ValueError(f"rl.kl_in={self.kl_in!r}; choose from {rl.KL_IN}")
     for name in ("gamma", "lam"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"ppo.{name}={getattr(self, name)} must be in [0, 1]")
@@ -62,11 +62,24 @@ class PPOConfig:
                        f"ppo.critic_learning_rate={self.critic_learning_rate} > 0")
 
 
-def from_config(c) -> PPOConfig | None:
-  """The `ppo` section of an experiment config when the estimator is gae, else None."""
-  if c.grpo.get("advantage_estimator", "grpo") != "gae":
+def from_config(c, rcfg: rl.RLConfig) -> PPOConfig | None:
+  """The `ppo` section (unset knobs: PPOConfig's defaults) when rl.algorithm is ppo, else None."""
+  if not rcfg.critic:
     return None
-  return PPOConfig(**{k: v for k, v in c.ppo.to_dict().items() if k != "critic_model"})
+  knobs = {k: v for k, v in c.ppo.to_dict().items() if k != "critic_model" and v is not None}
+  return PPOConfig(kl_in=rcfg.kl_in, **knobs)
+
+
+def check_config(c) -> None:
+  """What PPO's critic does not take yet (tool replies, LoRA), and `ppo.critic_model`."""
+  from r1jax import lora, tools
+  critic_spec(c)
+  if tools.from_config(c):
+    raise ValueError("tools.enabled=True with rl.algorithm='ppo': the critic does not take "
+                     "the tool replies' loss mask yet; use an outcome algorithm")
+  if lora.from_config(c.get("lora")).enabled:
+    raise ValueError("lora.rank > 0 with rl.algorithm='ppo': the PPO critic starts from full "
+                     "weights and does not take LoRA adapters; use one or the other")
 
 
 def critic_spec(c) -> dict:
@@ -110,9 +123,17 @@ def load_critic_model(spec: dict, policy_params: Any, policy_cfg, mesh, seed: in
   return cfg, params
 
 
-def loss_config(gcfg: grpo.GRPOConfig, pcfg: PPOConfig) -> grpo.GRPOConfig:
-  """The policy loss's config: with the KL in the reward, no KL term in the loss."""
-  return dataclasses.replace(gcfg, beta=0.0) if pcfg.kl_in == "reward" else gcfg
+def setup(c, pcfg: PPOConfig, policy_params: Any, policy_cfg, ocfg: steps.OptimConfig,
+          n_micro: int, mesh, announce: bool = True) -> tuple[steps.TrainState, "Critic"]:
+  """The critic of experiment config `c` (`ppo.critic_model`): its train state and jitted
+  functions (`make_critic`); `announce` prints its size."""
+  spec = critic_spec(c)
+  cfg, params = load_critic_model(spec, policy_params, policy_cfg, mesh, seed=c.seed)
+  state, critic = make_critic(params, cfg, pcfg, ocfg, n_micro, mesh)
+  if announce:
+    print(f"PPO critic: {cfg.num_layers} layers, hidden {cfg.hidden_size} "
+          f"({spec or 'a copy of the policy'})", flush=True)
+  return state, critic
 
 
 class CriticBatch(NamedTuple):
@@ -136,7 +157,7 @@ def init_critic_params(model_params: Any, model_cfg, mesh=None) -> dict:
 def values(critic: dict, model_cfg, prompt_tokens, prompt_mask, completion_tokens,
            completion_mask) -> jax.Array:
   """V(state before completion token t): [B*G, N] float32."""
-  h = grpo.completion_hidden(critic["model"], model_cfg, prompt_tokens, prompt_mask,
+  h = rl.completion_hidden(critic["model"], model_cfg, prompt_tokens, prompt_mask,
                              completion_tokens, completion_mask)
   return h.astype(jnp.float32) @ critic["head"]["w"] + critic["head"]["b"]
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from r1jax import distill, grpo, memory, mesh as mesh_lib, packed_rl, packing, ppo, reward_head
+from r1jax import distill, rl, memory, mesh as mesh_lib, packed_rl, packing, ppo, reward_head
 from r1jax import sampling, steps
 from r1jax import lora as lora_lib
 from r1jax.model import hf, moe
@@ -210,7 +210,7 @@ def _experts_sds(mesh, cfg: ModelConfig | None, rows: int, t: int):
 def _completion_batch(mesh, b, p, rows, n, *, per_token_adv=False, ref=False, old=False,
                       replay: ModelConfig | None = None):
   f32 = jnp.float32
-  return grpo.Batch(
+  return rl.Batch(
       prompt_tokens=batch_sds(mesh, (b, p)), prompt_mask=batch_sds(mesh, (b, p)),
       completion_tokens=batch_sds(mesh, (rows, n)), completion_mask=batch_sds(mesh, (rows, n)),
       advantages=batch_sds(mesh, (rows, n) if per_token_adv else (rows,), f32),
@@ -229,36 +229,35 @@ def _packed_batch(mesh, rows, row_len, multiple, *, ref=False, old=False,
                              experts=_experts_sds(mesh, replay, r, row_len))
 
 
-def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
+def rl_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
   from r1jax import run as run_lib
   cfg = model_config(c.model, stages)
-  gcfg = run_lib.grpo_config(c)
+  rcfg = rl.from_config(c)
   lcfg = lora_lib.from_config(c.get("lora"))
-  pcfg = ppo.from_config(c)
-  g, b = c.sampling.num_samples, c.grpo.prompts_per_step
+  pcfg = ppo.from_config(c, rcfg)
+  g, b = c.sampling.num_samples, c.train.prompts_per_step
   rows, n = b * g, c.sampling.max_new_tokens
   p = _round(prompt_len, c.data.get("prompt_bucket", 1))
   params = abstract_params(cfg, mesh)
-  gcfg.check_replay(cfg)
-  replay = cfg if gcfg.router_replay else None  # the batches carry the sampler's experts
+  rcfg.check_replay(cfg)
+  replay = cfg if rcfg.router_replay else None  # the batches carry the sampler's experts
   out = sampler_programs(params, cfg, mesh, b, p, run_lib.sampling_config(
-      c, return_experts=gcfg.router_replay))
-  ref, old = gcfg.beta > 0, c.grpo.mu > 1 or bool(pcfg)
+      c, return_experts=rcfg.router_replay))
+  ref, old = rcfg.beta > 0, c.train.mu > 1 or bool(pcfg)
   batch = _completion_batch(mesh, b, p, rows, n, per_token_adv=bool(pcfg), ref=ref, old=old,
                             replay=replay)
-  logp = jax.jit(functools.partial(grpo.batch_logprobs, model_cfg=cfg,
-                                   temperature=gcfg.temperature, impl=gcfg.logprob_impl))
+  logp = jax.jit(functools.partial(rl.batch_logprobs, model_cfg=cfg,
+                                   temperature=rcfg.temperature, impl=rcfg.logprob_impl))
   if ref or old:
     out.append(Program("logprobs", logp, (params, batch), per_step=int(ref) + int(old)))
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
   tx = steps.make_optimizer(ocfg, moe.decay_mask_for(cfg))
-  loss = functools.partial(grpo.grpo_loss, cfg=ppo.loss_config(gcfg, pcfg) if pcfg else gcfg,
-                           model_cfg=cfg)
+  loss = functools.partial(rl.grpo_loss, cfg=rcfg.loss_config(), model_cfg=cfg)
   tparams = lora_lib.abstract_params(params, lcfg, mesh_lib.replicated(mesh))
   state = abstract_state(tparams, tx, lora_lib.trainable(lcfg))
-  n_micro = rows // c.grpo.micro_batch_size
-  out += _train_programs("", loss, tx, state, batch, n_micro, grpo.micro_batch_weight(gcfg),
-                         mu=c.grpo.mu, lcfg=lcfg, post_update=moe.balancing_update(cfg))
+  n_micro = rows // c.train.micro_batch_size
+  out += _train_programs("", loss, tx, state, batch, n_micro, rl.micro_batch_weight(rcfg),
+                         mu=c.train.mu, lcfg=lcfg, post_update=moe.balancing_update(cfg))
   row_len = packing.from_config(c)
   if row_len is not None:  # the padding-free step, at its largest row count (one per sample)
     out += _train_programs("packed_", functools.partial(packed_rl.loss, n_micro=n_micro,
@@ -266,7 +265,7 @@ def grpo_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
                            _packed_batch(mesh, rows, row_len or 1 << (p + n - 2).bit_length(),
                                          n_micro * mesh_lib.batch_parallel_size(mesh),
                                          ref=ref, old=old, replay=replay),
-                           n_micro, None, mu=c.grpo.mu, lcfg=lcfg,
+                           n_micro, None, mu=c.train.mu, lcfg=lcfg,
                            post_update=moe.balancing_update(cfg))
   if pcfg:
     spec = ppo.critic_spec(c)  # {}: a copy of the policy; "policy": every k-th block of it
@@ -373,7 +372,7 @@ def rejection_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
   return sampler_programs(abstract_params(cfg, mesh), cfg, mesh, c.batch_prompts, p, scfg)
 
 
-KINDS = {"grpo": grpo_programs, "sft": sft_programs, "reward_model": reward_model_programs,
+KINDS = {"grpo": rl_programs, "sft": sft_programs, "reward_model": reward_model_programs,
          "rejection_sample": rejection_programs}
 
 
@@ -381,11 +380,11 @@ def config_kind(c) -> str:
   """Which entry point a config is for."""
   if "stages" in c:
     return "pipeline"
-  for key, kind in (("grpo", "grpo"), ("distill", "sft"), ("objective", "reward_model"),
+  for key, kind in (("rl", "grpo"), ("distill", "sft"), ("objective", "reward_model"),
                     ("filters", "rejection_sample")):
     if key in c:
       return kind
-  raise ValueError("the config is none of GRPO, SFT, reward model, rejection sampling or "
+  raise ValueError("the config is none of RL, SFT, reward model, rejection sampling or "
                    "the R1 pipeline")
 
 

@@ -1,7 +1,7 @@
 """Reward-model trainer: `python -m r1jax.reward_model --config=configs/reward_model.py --workdir=DIR`.
 
-Two objectives on one model (our transformer + the scalar head of r1jax.reward_head,
-scoring the last non-pad token; same mesh and shardings as the policy):
+Two objectives (`OBJECTIVES`, one table) on one model (our transformer + the scalar head of
+r1jax.reward_head, scoring the last non-pad token; same mesh and shardings as the policy):
   objective="bt"   Bradley-Terry on preference pairs: -log sigmoid(r_c - r_r - margin),
                    plus loss.center_coef * (r_c + r_r)^2 (reward centering);
   objective="orm"  an outcome verifier: BCE of sigmoid(r) on (prompt, completion, correct).
@@ -26,7 +26,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,6 @@ import numpy as np
 from r1jax import cli, memory as memory_lib, reward_head, steps
 from r1jax.reward_head import encode
 
-OBJECTIVES = ("bt", "orm")
 _CONFIG = _WORKDIR = None  # the CLI's flags (defined when run as a program)
 
 
@@ -46,12 +45,15 @@ def validate(c) -> None:
   if c.data.get("eval") and c.data.eval.get("path"):
     cli.check_source(c.data.eval, "data.eval", cli.FILE_KINDS)
   if c.objective not in OBJECTIVES:
-    raise ValueError(f"objective={c.objective!r}; choose one of {OBJECTIVES}")
+    raise ValueError(f"objective={c.objective!r}; choose one of {tuple(OBJECTIVES)}")
   for key in ("batch_size", "max_len"):
     if c.data[key] < 1:
       raise ValueError(f"data.{key}={c.data[key]} must be >= 1")
   if c.loss.center_coef < 0:
     raise ValueError(f"loss.center_coef={c.loss.center_coef} must be >= 0")
+  if c.loss.center_coef and c.objective != "bt":
+    raise ValueError(f"loss.center_coef={c.loss.center_coef}: ignored unless objective='bt' "
+                     "(reward centering of pairs); leave it 0")
   for key in ("num_steps", "log_every", "eval_every", "checkpoint_every"):
     if c.train[key] < 0:
       raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
@@ -117,33 +119,55 @@ def prepare_labeled(rows: Sequence[Mapping[str, Any]]) -> tuple[list[tuple], dic
   return out, stats
 
 
+def _bt_batch(items: Sequence[tuple], tokenizer, max_len: int) -> dict[str, np.ndarray]:
+  toks, mask = encode([x[0] for x in items] + [x[1] for x in items], tokenizer, max_len)
+  return dict(tokens=toks, mask=mask, margin=np.asarray([x[2] for x in items], np.float32))
+
+
+def _orm_batch(items: Sequence[tuple], tokenizer, max_len: int) -> dict[str, np.ndarray]:
+  toks, mask = encode([x[0] for x in items], tokenizer, max_len)
+  return dict(tokens=toks, mask=mask, label=np.asarray([x[1] for x in items], np.float32))
+
+
+def _bt_loss(r, batch, center_coef: float):
+  b = r.shape[0] // 2
+  rc, rr = r[:b], r[b:]
+  loss = reward_head.bt_loss(rc, rr, batch["margin"], center_coef, batch["weight"])
+  return loss, (rc > rr), (rc + rr) / 2
+
+
+def _orm_loss(r, batch, center_coef: float):
+  loss = reward_head.orm_loss(r, batch["label"], batch["weight"])
+  return loss, ((r > 0) == (batch["label"] > 0.5)), r
+
+
+class Objective(NamedTuple):
+  """One reward-model objective: its data, its batches and its loss (pure functions)."""
+  prepare: Callable  # (rows, tokenizer) -> (items, skipped counts)
+  batch: Callable  # (items, tokenizer, max_len) -> host arrays
+  loss: Callable  # (scores, batch, center_coef) -> (loss, hit per item, reward per item)
+
+
+# The `objective` values: Bradley-Terry pairs (chosen rows, then rejected rows) and ORM labels.
+OBJECTIVES = {"bt": Objective(prepare_pairs, _bt_batch, _bt_loss),
+              "orm": Objective(lambda rows, tokenizer: prepare_labeled(rows), _orm_batch,
+                               _orm_loss)}
+
+
 def make_batch(items: Sequence[tuple], objective: str, tokenizer, max_len: int,
                size: int) -> dict[str, np.ndarray]:
   """A fixed-size host batch (padding items weigh 0). BT: chosen rows, then rejected rows."""
   n = len(items)
   items = list(items) + [items[0]] * (size - n)
   weight = (np.arange(size) < n).astype(np.float32)
-  if objective == "bt":
-    toks, mask = encode([x[0] for x in items] + [x[1] for x in items], tokenizer, max_len)
-    return dict(tokens=toks, mask=mask, margin=np.asarray([x[2] for x in items], np.float32),
-                weight=weight)
-  toks, mask = encode([x[0] for x in items], tokenizer, max_len)
-  return dict(tokens=toks, mask=mask, label=np.asarray([x[1] for x in items], np.float32),
-              weight=weight)
+  return dict(OBJECTIVES[objective].batch(items, tokenizer, max_len), weight=weight)
 
 
 def loss_fn(params, batch, model_cfg, objective: str, center_coef: float):
   """(loss, metrics) of one batch; accuracy = pairwise (r_c > r_r) or label agreement."""
   r = reward_head.scores(params, model_cfg, batch["tokens"], batch["mask"])
   w = batch["weight"]
-  if objective == "bt":
-    b = r.shape[0] // 2
-    rc, rr = r[:b], r[b:]
-    loss = reward_head.bt_loss(rc, rr, batch["margin"], center_coef, w)
-    hit, mean_r = (rc > rr), (rc + rr) / 2
-  else:
-    loss = reward_head.orm_loss(r, batch["label"], w)
-    hit, mean_r = ((r > 0) == (batch["label"] > 0.5)), r
+  loss, hit, mean_r = OBJECTIVES[objective].loss(r, batch, center_coef)
   wsum = jnp.maximum(w.sum(), 1.0)
   return loss, {"accuracy": jnp.sum(hit * w) / wsum, "reward_mean": jnp.sum(mean_r * w) / wsum}
 
@@ -159,8 +183,7 @@ def batch_items(items: Sequence[tuple], step: int, size: int, seed: int) -> list
 
 def load_data(c, tokenizer) -> tuple[list, list, dict]:
   """(train items, held-out items, data stats)."""
-  prep = ((lambda rows: prepare_pairs(rows, tokenizer)) if c.objective == "bt"
-          else prepare_labeled)
+  prep = functools.partial(OBJECTIVES[c.objective].prepare, tokenizer=tokenizer)
   train, st = prep(read_rows(dict(c.data.train)))
   if c.data.get("eval") and c.data.eval.get("path"):
     held, st_eval = prep(read_rows(dict(c.data.eval)))

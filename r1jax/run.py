@@ -1,5 +1,5 @@
 """What every trainer shares: the run directory's files, the held-out evaluation hook, the
-periodic test (`itstime`) and the config -> SamplingConfig / GRPOConfig readers (the trainer
+periodic test (`itstime`) and the config -> SamplingConfig / RLConfig readers (the trainer
 and `r1jax.aot` build the same ones). Any other section (eval, judge) goes through the same
 `sampling.config_from`, and every reward pool through `rewards.pool_from_config` (both below
 `evaluate`, which imports them and is imported here).
@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 
 from r1jax import evaluate as eval_lib
-from r1jax import grpo, jsonl
+from r1jax import jsonl
 from r1jax.mesh import use_mesh
 from r1jax.metrics import MetricsWriter, bar
 from r1jax import sampling as sampling_lib
@@ -96,13 +96,3 @@ def sampling_config(c, **extra) -> SamplingConfig:
   """The rollout SamplingConfig of config `c` (its `sampling` section) plus `extra` fields."""
   return sampling_lib.config_from(c.sampling, **extra)
 
-
-def grpo_config(c) -> grpo.GRPOConfig:
-  g = c.grpo
-  return grpo.GRPOConfig(
-      epsilon=g.epsilon, epsilon_high=g.epsilon_high, beta=g.beta,
-      loss_aggregation=g.loss_aggregation, advantage_norm=g.advantage_norm,
-      advantage_eps=g.advantage_eps, std_ddof=g.std_ddof, kl_estimator=g.kl_estimator,
-      max_completion_len=c.sampling.max_new_tokens, temperature=c.sampling.temperature or 1.0,
-      logprob_impl=g.logprob_impl, router_aux_coef=g.get("router_aux_coef"),
-      router_replay=g.get("router_replay", False), **{k: g[k] for k in grpo.FAMILY_KNOBS if k in g})

@@ -1,10 +1,12 @@
-"""R1-Zero GRPO trainer: `python -m r1jax.train --config=configs/r1_zero.py --workdir=DIR`.
+"""The RL trainer (`rl.algorithm`: grpo, rloo, reinforce_pp, ppo):
+`python -m r1jax.train --config=configs/r1_zero.py --workdir=DIR`.
 
-Reads top to bottom: config -> mesh -> model -> data -> jitted functions (and PPO's
+Reads top to bottom: config -> mesh -> model -> data -> jitted functions -> (PPO only: the
 critic) -> rewards -> restore -> loop. Each step: sample G completions per prompt on the
-mesh, score them on the host, compute group advantages, take `mu` GRPO steps, write
-metrics / samples / checkpoints. A restart with the same workdir resumes from the latest
-checkpoint (params, optimizer, step, RNG and data iterator).
+mesh, score them on the host, compute advantages (from the group's rewards, or PPO's
+critic), take `mu` policy steps, write metrics / samples / checkpoints. A restart with the
+same workdir resumes from the latest checkpoint (params, optimizer, step, RNG and data
+iterator).
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from absl import flags, logging
 
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
-from r1jax import advantages as adv_lib
-from r1jax import compile_cache, dynamic_sampling, faults, grpo, multiturn, packed_rl, packing
-from r1jax import cli, ppo, steps
+from r1jax import cli, compile_cache, dynamic_sampling, faults, multiturn, packed_rl, packing
+from r1jax import ppo, rl, steps
 from r1jax import tools as tools_lib
 from r1jax import lora as lora_lib
 from r1jax import memory as memory_lib
@@ -34,7 +35,7 @@ from r1jax.model import moe
 from r1jax.model.loader import load_model
 from r1jax.model.moe import fit_experts
 from r1jax.nonfinite import Guard
-from r1jax.run import grpo_config, itstime, make_evaluator, sampling_config, write_run_files
+from r1jax.run import itstime, make_evaluator, sampling_config, write_run_files
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
 
 
@@ -57,39 +58,34 @@ def validate(c) -> None:
   for name in c.rewards.weights:
     if name not in REWARDS:
       raise ValueError(f"rewards.weights has unknown reward {name!r}; known: {sorted(REWARDS)}")
-  rows, g = c.grpo.prompts_per_step * c.sampling.num_samples, c.sampling.num_samples
-  mb = c.grpo.micro_batch_size
+  rows, g = c.train.prompts_per_step * c.sampling.num_samples, c.sampling.num_samples
+  mb = c.train.micro_batch_size
   if mb <= 0 or rows % mb or mb % g:
-    raise ValueError(f"grpo.micro_batch_size={mb} must divide prompts_per_step * num_samples "
+    raise ValueError(f"train.micro_batch_size={mb} must divide prompts_per_step * num_samples "
                      f"= {rows} and be a multiple of num_samples = {g} (whole groups)")
-  if c.sampling.num_samples < 2:
-    raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: GRPO needs groups of >= 2")
+  if g < 2:
+    raise ValueError(f"sampling.num_samples={g}: group-relative RL needs groups of >= 2")
   sampling_config(c)  # raises on a bad value
-  grpo_config(c)  # raises on a bad value or an incompatible combination
+  rcfg = rl.from_config(c)  # raises on a bad, ignored or moved rl / ppo knob
   packing.from_config(c)  # raises on a packing knob the chosen step ignores
-  if ppo.from_config(c):
-    ppo.critic_spec(c)  # raises naming ppo.critic_model
-  if c.grpo.get("dynamic_sampling") and c.grpo.max_sampling_rounds < 1:
-    raise ValueError(f"grpo.max_sampling_rounds={c.grpo.max_sampling_rounds} must be >= 1")
-  if c.grpo.mu < 1:
-    raise ValueError(f"grpo.mu={c.grpo.mu} must be >= 1")
-  for key in ("num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every",
+  tools_lib.from_config(c)  # raises on a bad tools value
+  lora_lib.from_config(c.get("lora"))  # raises on a bad lora value
+  if rcfg.critic:
+    ppo.from_config(c, rcfg)
+    ppo.check_config(c)  # raises naming ppo.critic_model, or what the critic does not take
+  if c.train.get("dynamic_sampling") and c.train.max_sampling_rounds < 1:
+    raise ValueError(f"train.max_sampling_rounds={c.train.max_sampling_rounds} must be >= 1")
+  for key in ("mu", "num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every",
               "max_nonfinite_steps"):
-    if c.train[key] < 0:
-      raise ValueError(f"train.{key}={c.train[key]} must be >= 0")
+    if c.train[key] < (1 if key == "mu" else 0):
+      raise ValueError(f"train.{key}={c.train[key]} must be >= {1 if key == 'mu' else 0}")
   data_lib.prefill_text(c.data.template, c.data.think_prefill)  # validates the template name
-  if tools_lib.from_config(c) and ppo.from_config(c):  # raises on a bad tools value
-    raise ValueError("tools.enabled=True with grpo.advantage_estimator='gae': the critic does "
-                     "not take the tool replies' loss mask yet; use an outcome estimator")
-  if c.grpo.get("router_replay") and tools_lib.from_config(c):
-    raise ValueError("grpo.router_replay=True with tools.enabled=True: the tool replies' "
+  if rcfg.router_replay and tools_lib.from_config(c):
+    raise ValueError("rl.router_replay=True with tools.enabled=True: the tool replies' "
                      "routing is not recorded by the multi-turn sampler; turn one off")
-  if lora_lib.from_config(c.get("lora")).enabled and ppo.from_config(c):  # raises on bad values
-    raise ValueError("lora.rank > 0 with grpo.advantage_estimator='gae': the PPO critic starts "
-                     "from full weights and does not take LoRA adapters; use one or the other")
 
 
-def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> grpo.Batch:
+def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> rl.Batch:
   """Host numpy training batch; completion columns trimmed to the longest row, padded to a
   power-of-two bucket (few distinct shapes, so few train-step compilations). A multi-turn
   rollout's `loss_mask` (tool replies untrained) rides along, and so do the sampler's experts
@@ -98,7 +94,7 @@ def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -
   loss_mask = getattr(out, "loss_mask", None)
   experts, pexperts = getattr(out, "experts", None), getattr(out, "prompt_experts", None)
   g = len(out.tokens) // len(prompt_tokens)
-  return grpo.Batch(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
+  return rl.Batch(prompt_tokens=prompt_tokens, prompt_mask=prompt_mask,
                     completion_tokens=out.tokens[:, :keep], completion_mask=out.mask[:, :keep],
                     advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None,
                     sampler_logp=out.logprobs[:, :keep],
@@ -115,7 +111,7 @@ def main() -> None:
 
 
 def train(c, workdir: str) -> list[dict]:
-  """Run (or resume) a GRPO run described by config `c`; returns the logged metric rows."""
+  """Run (or resume) an RL run described by config `c`; returns the logged metric rows."""
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   cache_dir = compile_cache.setup(c.train.get("compilation_cache", "auto"), workdir)
@@ -128,20 +124,21 @@ def train(c, workdir: str) -> list[dict]:
   mesh = make_mesh(tuple(c.mesh.shape))
   model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
   write_run_files(workdir, c, model_cfg)  # config.json, model_config.json
-  gcfg = grpo_config(c)
-  gcfg.aux_coef(model_cfg)  # raises on a load-balancing weight for a dense model
-  gcfg.check_replay(model_cfg)  # raises on router replay for a dense model
+  rcfg = rl.from_config(c)
+  pcfg = ppo.from_config(c, rcfg)  # PPO: a critic and GAE advantages; None otherwise
+  rcfg.aux_coef(model_cfg)  # raises on a load-balancing weight for a dense model
+  rcfg.check_replay(model_cfg)  # raises on router replay for a dense model
   lcfg = lora_lib.from_config(c.get("lora"))
   # The reference policy is a frozen copy (the train state is donated every step); with LoRA
   # it is the frozen base inside the train state.
-  ref_params = jax.tree.map(jnp.copy, params) if gcfg.beta > 0 and not lcfg.enabled else None
+  ref_params = jax.tree.map(jnp.copy, params) if rcfg.beta > 0 and not lcfg.enabled else None
 
   # Data: held-out split, checkpointable iterator over the rest.
   source = data_lib.make_source(dict(c.data.source))
   train_src, eval_src = data_lib.train_eval_split(source, c.data.num_eval, seed=c.seed)
   # Every process reads the same global batch (shard_count=1): sampling and training are
   # global computations on the mesh, and host work (rewards) is repeated per process.
-  data_it = data_lib.batch_iterator(train_src, c.grpo.prompts_per_step, seed=c.seed,
+  data_it = data_lib.batch_iterator(train_src, c.train.prompts_per_step, seed=c.seed,
                                     shard_index=0, shard_count=1)
   eval_examples = [eval_src[i] for i in range(len(eval_src))]
   render = data_lib.make_renderer(c.data, tokenizer)
@@ -150,7 +147,7 @@ def train(c, workdir: str) -> list[dict]:
   g = c.sampling.num_samples
   # Router replay: the rollouts also return each token's experts (train batches carry them).
   scfg = sampling_config(c, eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
-                         return_experts=gcfg.router_replay)
+                         return_experts=rcfg.router_replay)
   eval_scfg = dataclasses.replace(scfg, return_experts=False, num_samples=c.train.eval_samples,
                                   temperature=c.train.eval_temperature, top_p=c.train.eval_top_p)
 
@@ -158,34 +155,28 @@ def train(c, workdir: str) -> list[dict]:
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
   tx = steps.make_optimizer(ocfg, moe.decay_mask_for(model_cfg))
   schedule = steps.make_schedule(ocfg)
-  pcfg = ppo.from_config(c)  # PPO: a critic, GAE advantages (None for the outcome estimators)
   tcfg = tools_lib.from_config(c)  # multi-turn tool use (None: single-turn sampling)
   policy = lora_lib.policy_fn(lcfg)  # train-state params -> model params (LoRA merged)
-  n_micro = (c.grpo.prompts_per_step * g) // c.grpo.micro_batch_size
+  n_micro = (c.train.prompts_per_step * g) // c.train.micro_batch_size
   row_len = packing.from_config(c)  # None: the padded step; else padding-free packed rows
   packed = row_len is not None
-  loss_fn = functools.partial(packed_rl.loss, n_micro=n_micro) if packed else grpo.grpo_loss
-  loss_fn = functools.partial(loss_fn, model_cfg=model_cfg,
-                              cfg=ppo.loss_config(gcfg, pcfg) if pcfg else gcfg)
-  logp_fn = jax.jit(functools.partial(packed_rl.batch_logprobs if packed else grpo.batch_logprobs,
-                                      model_cfg=model_cfg, temperature=gcfg.temperature,
-                                      impl=gcfg.logprob_impl))
+  loss_fn = functools.partial(packed_rl.loss, n_micro=n_micro) if packed else rl.grpo_loss
+  loss_fn = functools.partial(loss_fn, model_cfg=model_cfg, cfg=rcfg.loss_config())
+  logp_fn = jax.jit(functools.partial(packed_rl.batch_logprobs if packed else rl.batch_logprobs,
+                                      model_cfg=model_cfg, temperature=rcfg.temperature,
+                                      impl=rcfg.logprob_impl))
 
   params = lora_lib.wrap_params(params, lcfg, jax.random.key(c.seed + 1),
                                 jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   # Optimizer state (of the adapters only with LoRA) sharded like its params.
   state = memory_lib.init_state(params, tx, lora_lib.trainable(lcfg))
   del params
-  critic_state = None  # PPO's critic train state, checkpointed beside the policy's
-  if pcfg:  # the critic's own transformer: a copy of the policy, or ppo.critic_model
-    cspec = ppo.critic_spec(c)
-    critic_cfg, critic_params = ppo.load_critic_model(cspec, state.params, model_cfg, mesh,
-                                                      seed=c.seed)
-    critic_state, critic = ppo.make_critic(critic_params, critic_cfg, pcfg, ocfg, n_micro, mesh)
-    del critic_params
-    if is_main:
-      print(f"PPO critic: {critic_cfg.num_layers} layers, hidden {critic_cfg.hidden_size} "
-            f"({cspec or 'a copy of the policy'})", flush=True)
+  # ---- PPO only: the critic (its own transformer and train state, checkpointed beside the
+  # policy's), which turns rewards into GAE advantages in the loop.
+  critic_state = critic = None
+  if pcfg:
+    critic_state, critic = ppo.setup(c, pcfg, state.params, model_cfg, ocfg, n_micro, mesh,
+                                     announce=is_main)
 
   # Rewards run on the host, in worker processes with a per-completion deadline (started after
   # the models, so that a bad model spec stops the run before any worker exists).
@@ -201,13 +192,13 @@ def train(c, workdir: str) -> list[dict]:
   tree, rng, start = ckpt.resume((state, critic_state) if pcfg else state, rng, data_it)
   state, critic_state = tree if pcfg else (tree, None)
   dp = batch_parallel_size(mesh)
-  if (c.grpo.micro_batch_size // g) % dp:
-    logging.warning("grpo.micro_batch_size=%d holds %d prompts, not a multiple of the %d "
+  if (c.train.micro_batch_size // g) % dp:
+    logging.warning("train.micro_batch_size=%d holds %d prompts, not a multiple of the %d "
                     "data-parallel devices (the mesh axes of `batch`): XLA will reshard every "
-                    "micro-batch the slow way", c.grpo.micro_batch_size,
-                    c.grpo.micro_batch_size // g, dp)
+                    "micro-batch the slow way", c.train.micro_batch_size,
+                    c.train.micro_batch_size // g, dp)
   train_step = steps.jit_train_step(lora_lib.make_train_step(  # packed: exact shares, no weight
-      loss_fn, tx, n_micro, None if packed else grpo.micro_batch_weight(gcfg), lcfg,
+      loss_fn, tx, n_micro, None if packed else rl.micro_batch_weight(rcfg), lcfg,
       moe.balancing_update(model_cfg)), state)  # DeepSeek-V3's router-bias step, if on
 
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows after start
@@ -263,37 +254,36 @@ def train(c, workdir: str) -> list[dict]:
         times["reward"] += time.time() - t0
         return dynamic_sampling.Rollout(examples, prompts, ids, out, texts, res)
 
-      if c.grpo.get("dynamic_sampling"):
-        ro, dyn_metrics = dynamic_sampling.fill_batch(draw, c.grpo.prompts_per_step, g,
-                                                      c.grpo.max_sampling_rounds)
+      if c.train.get("dynamic_sampling"):
+        ro, dyn_metrics = dynamic_sampling.fill_batch(draw, c.train.prompts_per_step, g,
+                                                      c.train.max_sampling_rounds)
       else:
         ro, dyn_metrics = draw(0), {}
       examples, prompts, out, texts, res = ro.examples, ro.prompts, ro.out, ro.texts, ro.res
       ptoks, pmask = pad_prompts(ro.prompt_ids, tokenizer.pad_id, c.data.prompt_bucket)
       t_sample, t_reward = times["sample"], times["reward"]
 
-      # 3. Advantages and the GRPO update(s).
+      # 3. Advantages (the algorithm's; PPO's come from the critic below) and the update(s).
       t0 = time.time()
-      adv = np.zeros(len(texts)) if pcfg else adv_lib.outcome_advantages(
-          res.total, g, gcfg.advantage_estimator, gcfg.advantage_norm, gcfg.advantage_eps,
-          gcfg.std_ddof)
+      adv = rcfg.advantages(res.total, g)
       batch, layout, pack_m = build_batch(ptoks, pmask, out, adv), None, {}
       if packed:
-        batch, layout = packing.pack_batch(batch, row_len, n_micro * dp, gcfg.loss_aggregation,
-                                           gcfg.max_completion_len)
+        batch, layout = packing.pack_batch(batch, row_len, n_micro * dp, rcfg.loss_aggregation,
+                                           rcfg.max_completion_len)
         pack_m = {"packed/fill": packing.useful_share(batch), "packed/rows": len(batch.tokens)}
       batch = shard_batch(batch, mesh)
-      if gcfg.beta > 0:
+      if rcfg.beta > 0:
         ref = lora_lib.base(state.params, lcfg) if ref_params is None else ref_params
         batch = batch._replace(ref_logp=logp_fn(ref, batch))
-      if c.grpo.mu > 1 or pcfg:
+      if c.train.mu > 1 or pcfg:
         batch = batch._replace(old_logp=logp_fn(policy(state.params), batch))
-      critic_m, m = {}, {}
-      if pcfg:
+      critic_m, m, mu = {}, {}, c.train.mu
+      if pcfg:  # PPO: GAE advantages from the critic, one critic step (only it in warm-up)
         batch, critic_state, critic_m, adv = ppo.update_critic(critic, critic_state, batch,
-                                                               res.total, gcfg.beta, layout)
+                                                               res.total, rcfg.beta, layout)
+        mu = 0 if step < pcfg.critic_warmup_steps else mu
       skipped = 0
-      for _ in range(0 if pcfg and step < pcfg.critic_warmup_steps else c.grpo.mu):
+      for _ in range(mu):
         state, m = train_step(state, batch)
         faults.hit("train", step + 1)
         skipped += m["nonfinite_skipped"]

@@ -316,7 +316,7 @@ def check_grad_step(ctx: Context) -> dict:
 
 
 def _grpo_batch(ctx: Context):
-  from r1jax import grpo
+  from r1jax import rl
   b, t = ctx.tokens.shape
   g, n = 2, 4  # 2 completions of 4 tokens for each of the b prompts
   rng = np.random.RandomState(1)
@@ -324,7 +324,7 @@ def _grpo_batch(ctx: Context):
   cmask = np.ones((b * g, n), np.int32)
   cmask[3, 2:] = 0
   adv = np.linspace(-1.0, 2.0, b * g).astype(np.float32)  # non-zero mean: a non-zero loss
-  return grpo.Batch(prompt_tokens=ctx.tokens, prompt_mask=ctx.mask, completion_tokens=comp,
+  return rl.Batch(prompt_tokens=ctx.tokens, prompt_mask=ctx.mask, completion_tokens=comp,
                     completion_mask=cmask, advantages=adv, old_logp=None, ref_logp=None)
 
 
@@ -336,16 +336,16 @@ def check_grpo_step(ctx: Context) -> dict:
   gradients into lr-sized differences, which would hide real errors in the tolerance.
   """
   import optax
-  from r1jax import grpo, steps
-  gcfg = grpo.GRPOConfig(beta=0.0, logprob_impl="xla", loss_aggregation="token-mean")
+  from r1jax import rl, steps
+  gcfg = rl.RLConfig(beta=0.0, logprob_impl="xla", loss_aggregation="token-mean")
   tx = optax.sgd(0.5)
-  loss_fn = lambda p, batch: grpo.grpo_loss(p, batch, gcfg, ctx.cfg)
+  loss_fn = lambda p, batch: rl.grpo_loss(p, batch, gcfg, ctx.cfg)
   batch = _grpo_batch(ctx)
   # 2 micro-batches where each still splits over the data-parallel devices (with fewer
   # prompts than devices XLA reshards by full rematerialisation; the trainer warns).
   dp = mesh_lib.batch_parallel_size(ctx.mesh)
   n_micro = 2 if (batch.prompt_tokens.shape[0] // 2) % dp == 0 else 1
-  train_step = steps.make_train_step(loss_fn, tx, n_micro, grpo.micro_batch_weight(gcfg))
+  train_step = steps.make_train_step(loss_fn, tx, n_micro, rl.micro_batch_weight(gcfg))
 
   def run(params, put):
     state = jax.jit(steps.init_state, static_argnums=1)(params, tx)

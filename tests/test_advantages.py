@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from r1jax import advantages as adv_lib
-from r1jax import grpo
+from r1jax import rl
 
 
 def test_rloo_hand_computed():
@@ -35,11 +35,11 @@ def test_estimator_dispatch_and_unknown():
                              [1.5, -0.5, -0.5, -0.5], atol=1e-6)  # std (ddof 1) = 0.5
   with pytest.raises(ValueError, match="'gae'"):
     adv_lib.outcome_advantages(r, 4, "gae")
-  with pytest.raises(ValueError, match="advantage_estimator='ppo'"):
-    grpo.GRPOConfig(advantage_estimator="ppo")
+  with pytest.raises(ValueError, match="algorithm='gae'"):
+    rl.RLConfig(algorithm="gae")
 
 
-@pytest.mark.parametrize("estimator", ["rloo", "reinforce_pp_baseline"])
+@pytest.mark.parametrize("estimator", ["rloo", "reinforce_pp"])
 def test_gradient_with_outcome_advantages(estimator):
   # At ratio 1, d(loss)/d logp_it = -A_i / |o_i| / B (seq-mean-token-mean), A from numpy.
   r = np.array([1.0, 0.0, 0.0, 2.0])
@@ -52,8 +52,8 @@ def test_gradient_with_outcome_advantages(estimator):
   np.testing.assert_allclose(adv, want_adv, rtol=1e-5)
   mask = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]], np.float32)
   logp = jnp.log(jnp.full((4, 3), 0.5))
-  cfg = grpo.GRPOConfig(beta=0.0, advantage_estimator=estimator)
-  g = jax.grad(lambda lp: grpo.grpo_objective(lp, jax.lax.stop_gradient(lp), None, adv,
+  cfg = rl.RLConfig(beta=0.0, algorithm=estimator)
+  g = jax.grad(lambda lp: rl.grpo_objective(lp, jax.lax.stop_gradient(lp), None, adv,
                                               jnp.asarray(mask), cfg)[0])(logp)
   want = -want_adv[:, None] / mask.sum(1, keepdims=True) / 4 * mask
   np.testing.assert_allclose(np.asarray(g), want, rtol=1e-5, atol=1e-7)

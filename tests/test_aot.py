@@ -68,7 +68,7 @@ def _compile(c, topology: str, prompt_len: int = 16) -> dict:
 def single_chip(tmp_path_factory):
   """GRPO + PPO critic + reward-model forward, tiny, on one v5e chip."""
   c = r1_zero.get_config("tiny")
-  c.grpo.advantage_estimator = "gae"
+  c.rl.algorithm = "ppo"
   c.rewards.reward_model.checkpoint = _rm_run_dir(tmp_path_factory.mktemp("aot"))
   c.rewards.reward_model.weight = 1.0
   return c, _compile(c, "v5e:1x1")

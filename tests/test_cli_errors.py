@@ -34,16 +34,37 @@ def get_config():
 # exist afterwards; CFG is the fixture's folder of config files.
 CASES = [
     ("train_unknown_key", "r1jax.train",
-     ["--config=configs/r1_zero.py:tiny", "--workdir=OUT", "--config.grpo.epsilonx=1"],
-     "grpo.epsilonx='1': unknown config key; did you mean grpo.epsilon?"),
+     ["--config=configs/r1_zero.py:tiny", "--workdir=OUT", "--config.rl.epsilonx=1"],
+     "rl.epsilonx='1': unknown config key; did you mean rl.epsilon?"),
     ("train_policy_loss", "r1jax.train",
-     ["--config=configs/r1_zero.py:tiny", "--workdir=OUT", "--config.grpo.policy_loss=nonsense"],
-     "grpo.policy_loss='nonsense': unknown; choose one of"),
+     ["--config=configs/r1_zero.py:tiny", "--workdir=OUT", "--config.rl.policy_loss=nonsense"],
+     "rl.policy_loss='nonsense': unknown; choose one of"),
+    ("train_unknown_algorithm", "r1jax.train",
+     ["--config=configs/r1_zero.py:tiny", "--workdir=OUT", "--config.rl.algorithm=gae"],
+     "error: rl.algorithm='gae': unknown; choose one of ('grpo', 'rloo', 'reinforce_pp', 'ppo')"),
+    ("train_ignored_knob", "r1jax.train",
+     ["--config=configs/r1_zero.py:tiny", "--workdir=OUT", "--config.rl.algorithm=rloo",
+      "--config.rl.advantage_norm=std"],
+     "error: rl.advantage_norm='std': ignored unless rl.algorithm='grpo'; leave it unset"),
+    ("train_old_key", "r1jax.train",
+     ["--config=configs/r1_zero.py:tiny", "--workdir=OUT", "--config.grpo.epsilon=0.3"],
+     "error: grpo.epsilon: moved to rl.epsilon"),
+    ("aot_old_key", "r1jax.aot",
+     ["--config=configs/r1_zero.py:tiny", "--json=OUT/aot.json", "--config.grpo.mu=2"],
+     "error: grpo.mu: moved to train.mu"),
+    ("pipeline_old_key", "r1jax.pipeline",
+     ["--config=configs/r1.py:tiny", "--workdir=OUT",
+      "--config.stages.reasoning_rl.config.ppo.kl_in=loss"],
+     "error: stages.reasoning_rl.config.ppo.kl_in: moved to stages.reasoning_rl.config.rl.kl_in"),
     ("sft_missing_data", "r1jax.sft", ["--config=CFG/sft_missing.py", "--workdir=OUT"],
      f"data.source.path='{MISSING}': does not exist"),
     ("rm_missing_data", "r1jax.reward_model",
      ["--config=configs/reward_model.py:tiny", "--workdir=OUT",
       f"--config.data.train.path={MISSING}"], f"data.train.path='{MISSING}': does not exist"),
+    ("rm_ignored_knob", "r1jax.reward_model",
+     ["--config=configs/reward_model.py:tiny", "--workdir=OUT", "--config.objective=orm",
+      "--config.data.train.path=pyproject.toml", "--config.loss.center_coef=0.1"],
+     "error: loss.center_coef=0.1: ignored unless objective='bt'"),
     ("rs_missing_checkpoint", "r1jax.rejection_sample",
      ["--config=configs/rejection_sample.py:tiny", "--out=OUT/sft.jsonl",
       "--checkpoint=/nonexistent/run"], "--checkpoint='/nonexistent/run': no checkpoint there"),
@@ -156,8 +177,19 @@ def _check(entry):
 
 
 TABLE = [
-    ("train", "r1_zero", "grpo.epsilon", 2.0, "error: grpo.epsilon=2.0: must be in [0, 1)"),
-    ("train", "r1_zero", "grpo.advantage_norm", "z", "error: grpo.advantage_norm='z': unknown"),
+    ("train", "r1_zero", "rl.epsilon", 2.0, "error: rl.epsilon=2.0: must be in [0, 1)"),
+    ("train", "r1_zero", "rl.advantage_norm", "z", "error: rl.advantage_norm='z': unknown"),
+    ("train", "r1_zero", "rl.algorithm", "reinforce_pp_baseline",
+     "error: rl.algorithm='reinforce_pp_baseline': unknown; choose one of"),
+    ("train", "r1_zero", "rl.dual_clip_c", 2.0,
+     "error: rl.dual_clip_c=2.0: ignored unless rl.policy_loss='dual_clip'; leave it unset"),
+    ("train", "r1_zero", "rl.tis_cap", 2.0,
+     "error: rl.tis_cap=2.0: ignored unless rl.tis='token' or 'sequence'; leave it unset"),
+    ("train", "r1_zero", "rl.kl_in", "reward",
+     "error: rl.kl_in='reward': ignored unless rl.algorithm='ppo'; leave it unset"),
+    ("train", "r1_zero", "ppo.gamma", 0.9,
+     "error: ppo.gamma=0.9: ignored unless rl.algorithm='ppo' (the critic's knobs)"),
+    ("train", "r1_zero", "grpo", {"beta": 0.1}, "error: grpo.beta: moved to rl.beta"),
     ("train", "r1_zero", "data.source", dict(kind="jsonl", path=MISSING),
      f"error: data.source.path='{MISSING}': does not exist"),
     ("train", "r1_zero", "model", dict(source="gguf", path=MISSING),
@@ -172,11 +204,15 @@ TABLE = [
     ("rejection_sample", "rejection_sample", "batch_prompts", 0,
      "error: batch_prompts=0: must be >= 1"),
     ("evaluate", "r1_zero", "--num_samples", 0, "error: eval.num_samples=0: must be >= 1"),
-    ("pipeline", "r1", "stages.reasoning_rl.config.grpo.policy_loss", "nonsense",
-     "error: stages.reasoning_rl.config.grpo.policy_loss='nonsense': unknown"),
+    ("pipeline", "r1", "stages.reasoning_rl.config.rl.policy_loss", "nonsense",
+     "error: stages.reasoning_rl.config.rl.policy_loss='nonsense': unknown"),
     ("pipeline", "r1", "stages.reward_model.config.data.batch_size", 0,
      "error: stage 'reward_model': data.batch_size=0 must be >= 1"),
-    ("aot", "r1_zero", "grpo.beta", -1.0, "error: grpo.beta=-1.0: must be >= 0"),
+    ("aot", "r1_zero", "rl.beta", -1.0, "error: rl.beta=-1.0: must be >= 0"),
+    ("aot", "r1_zero", "ppo.lam", 0.9, "error: ppo.lam=0.9: ignored unless rl.algorithm='ppo'"),
+    ("pipeline", "r1", "stages.all_scenario_rl.config.rl.algorithm", "rloo",
+     "error: stages.all_scenario_rl.config.rl.advantage_norm='batch_std': ignored unless "
+     "rl.algorithm='grpo'"),
 ]
 
 
@@ -199,9 +235,9 @@ def test_flag_errors_name_the_flag_or_key():
   from absl import flags
   argv = ["prog", "--config=configs/r1_zero.py:tiny"]
   for e, line in [
-      (flags.IllegalFlagValueError("flag --config.grpo.epsilon=abc: could not convert string "
+      (flags.IllegalFlagValueError("flag --config.rl.epsilon=abc: could not convert string "
                                    "to float: 'abc'"),
-       "error: grpo.epsilon='abc': could not convert string to float: 'abc'"),
+       "error: rl.epsilon='abc': could not convert string to float: 'abc'"),
       (flags.IllegalFlagValueError("flag --config=configs/x.py:bogus: Error whilst parsing "
                                    "config file:\n\nTraceback (most recent call last):\n  File"
                                    "\nValueError: unknown config argument 'bogus'\n"),
@@ -213,7 +249,16 @@ def test_flag_errors_name_the_flag_or_key():
 
 
 def test_unknown_key_names_the_override():
-  # ml_collections' error for --config.grpox.beta=1: the unknown key and its suggestion.
-  e = AttributeError(str(KeyError("'grpox'\nDid you mean \"grpo\" instead of \"grpox\"?")))
-  line = cli.error_line(cli.flag_error(e, ["prog", "--config.grpox.beta=1"]))
-  assert line == "error: grpox.beta='1': unknown config key grpox; did you mean grpo?"
+  # ml_collections' error for --config.rlx.beta=1: the unknown key and its suggestion.
+  e = AttributeError(str(KeyError("'rlx'\nDid you mean \"rl\" instead of \"rlx\"?")))
+  line = cli.error_line(cli.flag_error(e, ["prog", "--config.rlx.beta=1"]))
+  assert line == "error: rlx.beta='1': unknown config key rlx; did you mean rl?"
+
+
+def test_old_keys_name_their_new_place():
+  for path, line in [("grpo.epsilon", "error: grpo.epsilon: moved to rl.epsilon"),
+                     ("grpo.prompts_per_step", "error: grpo.prompts_per_step: moved to "
+                      "train.prompts_per_step"),
+                     ("ppo.kl_in", "error: ppo.kl_in: moved to rl.kl_in")]:
+    e = AttributeError(str(KeyError(f"'{path.split('.')[0]}'")))
+    assert cli.error_line(cli.flag_error(e, ["prog", f"--config.{path}=1"])) == line

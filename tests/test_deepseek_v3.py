@@ -253,26 +253,26 @@ def test_bias_balancing_in_the_train_step(dsv3):
   load) of that step's batch (counts from the old params' forward over prompts once and
   completions, hand rule), not by decay; with speed 0 the biases stay put while the other
   weights move."""
-  from r1jax import grpo, steps
+  from r1jax import rl, steps
   from r1jax.model import moe
   _, _, _, _, cfg, params = dsv3
   if cfg.q_lora_rank is None:
     pytest.skip("one model is enough")
   batch = random_batch(cfg.vocab_size, 2, 2, 5, 6, seed=3, pad_prompt=(0, 2),
                        cut_completion=(1, 4))
-  gcfg = grpo.GRPOConfig(beta=0.0, router_aux_coef=0.0)
+  gcfg = rl.RLConfig(beta=0.0, router_aux_coef=0.0)
   ocfg = steps.OptimConfig(learning_rate=1e-2, weight_decay=0.5, total_steps=10)
 
   def one_step(mcfg):
     tx = steps.make_optimizer(ocfg, moe.decay_mask_for(mcfg))
-    step = steps.make_train_step(functools.partial(grpo.grpo_loss, cfg=gcfg, model_cfg=mcfg),
-                                 tx, n_micro=2, micro_weight=grpo.micro_batch_weight(gcfg),
+    step = steps.make_train_step(functools.partial(rl.grpo_loss, cfg=gcfg, model_cfg=mcfg),
+                                 tx, n_micro=2, micro_weight=rl.micro_batch_weight(gcfg),
                                  post_update=moe.balancing_update(mcfg))
     return jax.jit(step)(steps.init_state(params, tx), batch)
 
   speed = 0.001
   fast = cfg.replace(router_bias_update_speed=speed)
-  _, _, stats = jax.jit(lambda prm: grpo.completion_logprobs(
+  _, _, stats = jax.jit(lambda prm: rl.completion_logprobs(
       prm, fast, batch.prompt_tokens, batch.prompt_mask, batch.completion_tokens,
       batch.completion_mask, 1.0, "xla", return_entropy=True, router_stats=True))(params)
   state, metrics = one_step(fast)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import grpo
+from r1jax import rl
 from r1jax.model import PRESETS, forward, init_params, positions_from_mask
 
 CFG = PRESETS["tiny"]
@@ -23,7 +23,7 @@ def _batch(b=2, g=3, p=7, n=5, seed=0):
   cmask[4, 1:] = 0
   comp[cmask == 0] = 0
   adv = rng.normal(size=b * g).astype(np.float32)
-  return grpo.Batch(prompt, pmask, comp, cmask, adv, None, None)
+  return rl.Batch(prompt, pmask, comp, cmask, adv, None, None)
 
 
 def _naive_logprobs(params, batch, temperature):
@@ -45,7 +45,7 @@ def test_shared_prompt_logprobs_and_grads_match_full_sequences(temperature):
   w = jnp.asarray(np.random.RandomState(1).normal(size=m.shape), jnp.float32)
 
   def ours(p):
-    lp = grpo.completion_logprobs(p, CFG, batch.prompt_tokens, batch.prompt_mask,
+    lp = rl.completion_logprobs(p, CFG, batch.prompt_tokens, batch.prompt_mask,
                                   batch.completion_tokens, batch.completion_mask, temperature,
                                   impl="xla")
     return (lp * m * w).sum(), lp
@@ -65,12 +65,12 @@ def test_shared_prompt_logprobs_and_grads_match_full_sequences(temperature):
 def test_grpo_loss_same_for_every_logprob_impl():
   params = init_params(CFG, 1)
   batch = _batch(seed=2)
-  old = np.asarray(grpo.batch_logprobs(params, batch, CFG, impl="naive"))
+  old = np.asarray(rl.batch_logprobs(params, batch, CFG, impl="naive"))
   batch = batch._replace(old_logp=old - 0.05, ref_logp=old + 0.1)
   results = {}
   for impl in ("naive", "xla", "pallas"):
-    cfg = grpo.GRPOConfig(beta=0.04, logprob_impl=impl)
-    (loss, _), grads = jax.value_and_grad(grpo.grpo_loss, has_aux=True)(params, batch, cfg, CFG)
+    cfg = rl.RLConfig(beta=0.04, logprob_impl=impl)
+    (loss, _), grads = jax.value_and_grad(rl.grpo_loss, has_aux=True)(params, batch, cfg, CFG)
     results[impl] = (float(loss), grads)
   for impl in ("xla", "pallas"):
     assert results[impl][0] == pytest.approx(results["naive"][0], abs=1e-6)
@@ -78,7 +78,7 @@ def test_grpo_loss_same_for_every_logprob_impl():
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("how", grpo.AGGREGATIONS)
+@pytest.mark.parametrize("how", rl.AGGREGATIONS)
 def test_micro_batched_step_equals_full_batch_objective(how):
   """Two micro-batches with different completion-token counts (13 vs 11) give the gradient
   of the whole batch's objective, computed by hand from full-sequence log-probs."""
@@ -88,7 +88,7 @@ def test_micro_batched_step_equals_full_batch_objective(how):
   batch = _batch()
   m = jnp.asarray(batch.completion_mask, jnp.float32)
   adv = jnp.asarray(batch.advantages)[:, None]
-  cfg = grpo.GRPOConfig(loss_aggregation=how, logprob_impl="xla", beta=0.0)
+  cfg = rl.RLConfig(loss_aggregation=how, logprob_impl="xla", beta=0.0)
 
   def reference(p):  # ratio = 1 at the sampling policy, so d loss = -A * d log p, aggregated
     lp = _naive_logprobs(p, batch, 1.0)
@@ -102,8 +102,8 @@ def test_micro_batched_step_equals_full_batch_objective(how):
   want = jax.grad(reference)(params)
   tx = optax.sgd(1.0)
   state = steps.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-  loss_fn = lambda p, b: grpo.grpo_loss(p, b, cfg, CFG)
-  step = jax.jit(steps.make_train_step(loss_fn, tx, 2, grpo.micro_batch_weight(cfg)))
+  loss_fn = lambda p, b: rl.grpo_loss(p, b, cfg, CFG)
+  step = jax.jit(steps.make_train_step(loss_fn, tx, 2, rl.micro_batch_weight(cfg)))
   new, _ = step(state, jax.tree.map(jnp.asarray, batch))
   got = jax.tree.map(lambda a, b: a - b, params, new.params)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):

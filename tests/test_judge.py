@@ -175,7 +175,7 @@ def test_judge_reward_in_tiny_grpo_run(monkeypatch, tmp_path):
   calls = []
   _stubbed(monkeypatch, calls)
   c = r1_zero.get_config("tiny")
-  c.grpo.beta = 0.0
+  c.rl.beta = 0.0
   c.rewards.judge.update(model={"source": "policy"}, weight=0.5, template=TEMPLATE,
                          scope="full", max_new_tokens=4, prompt_bucket=32)
   c.train.update(num_steps=2, eval_every=0, checkpoint_every=0, sample_every=1,

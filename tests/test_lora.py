@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from r1jax import grpo, lora, memory, steps
+from r1jax import rl, lora, memory, steps
 from r1jax.model import PRESETS, init_params
 from r1jax.model import forward as _forward
 
@@ -24,7 +24,7 @@ def _batch(seed=0):
   b, g, p, n = 2, 2, 5, 4
   mask = np.ones((b * g, n), bool)
   mask[1, 3:] = False
-  return grpo.Batch(jnp.asarray(r.randint(0, 256, (b, p))), jnp.ones((b, p), bool),
+  return rl.Batch(jnp.asarray(r.randint(0, 256, (b, p))), jnp.ones((b, p), bool),
                     jnp.asarray(r.randint(0, 256, (b * g, n))), jnp.asarray(mask),
                     jnp.asarray(r.randn(b * g), jnp.float32), None, None)
 

@@ -290,21 +290,21 @@ def test_bad_moe_configs_are_named(kw, match):
 
 
 def test_grpo_loss_adds_the_weighted_aux_loss():
-  from r1jax import grpo
+  from r1jax import rl
   cfg = PRESETS["tiny_moe"]
   params = init_params(cfg, 1)
   batch = random_batch(cfg.vocab_size, 2, 2, 6, 5, seed=4, pad_prompt=(1, 2),
                        cut_completion=(0, 3))
-  loss = jax.jit(grpo.grpo_loss, static_argnums=(2, 3))
-  l0, m0 = loss(params, batch, grpo.GRPOConfig(beta=0.0, router_aux_coef=0.0), cfg)
-  l1, m1 = loss(params, batch, grpo.GRPOConfig(beta=0.0, router_aux_coef=0.5), cfg)
+  loss = jax.jit(rl.grpo_loss, static_argnums=(2, 3))
+  l0, m0 = loss(params, batch, rl.RLConfig(beta=0.0, router_aux_coef=0.0), cfg)
+  l1, m1 = loss(params, batch, rl.RLConfig(beta=0.0, router_aux_coef=0.5), cfg)
   np.testing.assert_allclose(float(l1) - float(l0), 0.5 * float(m0["router_aux_loss"]),
                              rtol=1e-5)
   assert float(m0["router_aux_loss"]) >= 1.0 - 1e-6
   assert float(m0["expert_load_min"]) <= 1 / cfg.num_experts <= float(m0["expert_load_max"])
-  assert grpo.GRPOConfig().aux_coef(cfg) == cfg.router_aux_loss_coef == 0.001
+  assert rl.RLConfig().aux_coef(cfg) == cfg.router_aux_loss_coef == 0.001
   with pytest.raises(ValueError, match="router_aux_coef=0.5 needs a mixture-of-experts"):
-    grpo.GRPOConfig(router_aux_coef=0.5).aux_coef(PRESETS["tiny"])
+    rl.RLConfig(router_aux_coef=0.5).aux_coef(PRESETS["tiny"])
 
 
 @pytest.mark.parametrize("router_replay", [False, True])
@@ -320,7 +320,7 @@ def test_tiny_moe_grpo_run_trains(tmp_path, router_replay):
   c.train.num_steps, c.train.eval_every, c.train.eval_at_start = 2, 0, False
   c.train.checkpoint_every, c.train.sample_every = 2, 0
   if router_replay:
-    c.grpo.router_replay, c.sampling.decode_dtype = True, "bfloat16"
+    c.rl.router_replay, c.sampling.decode_dtype = True, "bfloat16"
   rows = train_lib.train(c, str(tmp_path))
   assert [r["step"] for r in rows] == [1, 2]
   for r in rows:

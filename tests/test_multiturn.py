@@ -174,7 +174,7 @@ def test_a_hanging_tool_gives_an_error_reply_and_the_sample_goes_on(params, monk
 def test_trainer_forward_sees_replies_and_the_loss_skips_them(params, stub_tools):
   """The train step's log-probs of the policy's tokens (replies as context) equal the
   sampler's; tool-reply tokens do not enter the loss, whatever their old log-probs."""
-  from r1jax import grpo
+  from r1jax import rl
   from r1jax.train import build_batch
   prompts = [TOK.encode("Q: 1+1"), TOK.encode("Q: 3*3")]
   scfg = SamplingConfig(max_new_tokens=32, temperature=1.0, num_samples=2, eos_ids=(2,))
@@ -185,12 +185,12 @@ def test_trainer_forward_sees_replies_and_the_loss_skips_them(params, stub_tools
   ptoks, pmask = pad_prompts(prompts, 0, 8)
   batch = build_batch(ptoks, pmask, ro, np.asarray([1.0, 0.2, 0.5, -0.3]))
   assert (batch.loss_mask != batch.completion_mask).any()  # replies are present, untrained
-  logp = np.asarray(grpo.completion_logprobs(params, CFG, batch.prompt_tokens, batch.prompt_mask,
+  logp = np.asarray(rl.completion_logprobs(params, CFG, batch.prompt_tokens, batch.prompt_mask,
                                              batch.completion_tokens, batch.completion_mask))
   own = batch.loss_mask == 1
   np.testing.assert_allclose(logp[own], batch.sampler_logp[own], atol=2e-4)
-  gcfg = grpo.GRPOConfig(beta=0.0)
-  loss = lambda old: grpo.grpo_loss(params, batch._replace(old_logp=old), gcfg, CFG)[0]
+  gcfg = rl.RLConfig(beta=0.0)
+  loss = lambda old: rl.grpo_loss(params, batch._replace(old_logp=old), gcfg, CFG)[0]
   rng = np.random.default_rng(0)
   noise = np.where(own, 0.0, rng.normal(size=own.shape)).astype(np.float32)
   old = np.where(own, logp - 0.1 * rng.random(own.shape), 0.0).astype(np.float32)
@@ -220,6 +220,6 @@ def test_tools_config_errors_name_the_value():
     with pytest.raises(ValueError, match=word):
       train_lib.validate(c)
   c = r1_zero.get_config("tiny")
-  c.tools.enabled, c.grpo.advantage_estimator = True, "gae"
-  with pytest.raises(ValueError, match="tools.enabled=True with grpo.advantage_estimator='gae'"):
+  c.tools.enabled, c.rl.algorithm = True, "ppo"
+  with pytest.raises(ValueError, match="tools.enabled=True with rl.algorithm='ppo'"):
     train_lib.validate(c)

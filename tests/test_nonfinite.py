@@ -92,23 +92,23 @@ def test_trainer_skips_nan_steps_and_stops(tmp_path, monkeypatch):
   import os
 
   from configs import r1_zero
-  from r1jax import grpo
+  from r1jax import rl
   from r1jax import train as train_lib
   import orbax.checkpoint as ocp
 
   from r1jax.checkpoint import Checkpointer
 
-  real_loss = grpo.grpo_loss
+  real_loss = rl.grpo_loss
 
   def nan_loss(params, batch, cfg, model_cfg):
     loss, m = real_loss(params, batch, cfg, model_cfg)
     return loss * jnp.nan, m
 
-  monkeypatch.setattr(grpo, "grpo_loss", nan_loss)  # the trainer's padded step calls it
+  monkeypatch.setattr(rl, "grpo_loss", nan_loss)  # the trainer's padded step calls it
   c = r1_zero.get_config("tiny")
   c.unlock()
   c.train.update(num_steps=5, eval_every=0, checkpoint_every=1, max_nonfinite_steps=2)
-  c.grpo.beta = 0.0  # no reference log-probs to compile
+  c.rl.beta = 0.0  # no reference log-probs to compile
   workdir = str(tmp_path)
   with pytest.raises(NonFiniteError, match=r"step 2: loss and grad_norm not finite .*2 consecutive"):
     train_lib.train(c, workdir)

@@ -1,6 +1,6 @@
 """The padding-free RL step (r1jax/packing.py, r1jax/packed_rl.py) against the padded one.
 
-References: a hand-built packing, today's padded step (`grpo.grpo_loss`, `ppo.critic_loss`,
+References: a hand-built packing, today's padded step (`rl.grpo_loss`, `ppo.critic_loss`,
 `steps.make_train_step`) on the same batch, and a per-sequence numpy GAE.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from r1jax import grpo, packed_rl, packing, ppo, steps
+from r1jax import rl, packed_rl, packing, ppo, steps
 from r1jax.model import PRESETS, init_params
 
 CFG = PRESETS["tiny"]
@@ -32,12 +32,12 @@ def _batch(seed=0, b=3, g=2, p=6, n=7, short_prompt=False):
   cmask = (np.arange(n)[None] < lens[:, None]).astype(np.int32)
   comp[cmask == 0] = 0
   adv = rng.normal(size=b * g).astype(np.float32)
-  return grpo.Batch(prompt, pmask, comp, cmask, adv, None, None)
+  return rl.Batch(prompt, pmask, comp, cmask, adv, None, None)
 
 
 def _with_logps(batch, params):
   """Old / reference / sampler log-probs from perturbed params (ratios away from 1)."""
-  lp = lambda s: np.asarray(grpo.batch_logprobs(_perturb(params, s), batch, CFG, impl="xla"))
+  lp = lambda s: np.asarray(rl.batch_logprobs(_perturb(params, s), batch, CFG, impl="xla"))
   m = batch.completion_mask
   old = lp(1) * m
   noise = np.random.RandomState(3).normal(scale=0.05, size=old.shape).astype(np.float32)
@@ -64,7 +64,7 @@ def test_pack_hand_built():
   comp = np.array([[10, 11, 12], [13, 0, 0], [14, 15, 0], [0, 0, 0]], np.int32)
   cmask = (comp > 0).astype(np.int32)
   adv = np.array([1.0, -1.0, 0.5, 2.0], np.float32)
-  batch = grpo.Batch(prompt, (prompt > 0).astype(np.int32), comp, cmask, adv, None, None,
+  batch = rl.Batch(prompt, (prompt > 0).astype(np.int32), comp, cmask, adv, None, None,
                      sampler_logp=-comp / 10.0)
   pb, layout = packing.pack_batch(batch, row_len=4)
   # Row 0: sample 0 alone (2 + 3 - 1 = 4 inputs). Row 1: samples 1 ([5 6] -> 13) and 2.
@@ -85,7 +85,7 @@ def test_pack_hand_built():
   assert packing.row_bucket(3, 2, 16) == 4 and packing.row_bucket(9, 1, 6) == 6
   assert [packing.row_bucket(k, 1, 64) for k in (5, 9, 11, 17, 33, 50)] == [5, 10, 12, 20,
                                                                           40, 56]
-  with pytest.raises(ValueError, match="grpo.pack_row_len=3"):
+  with pytest.raises(ValueError, match="train.pack_row_len=3"):
     packing.pack_batch(batch, row_len=3)
 
 
@@ -102,12 +102,12 @@ def params():
     ("token-mean", "cispo", "none", 0.1),
 ])
 def test_packed_loss_and_grads_equal_padded(params, how, kind, tis, beta):
-  cfg = grpo.GRPOConfig(loss_aggregation=how, policy_loss=kind, tis=tis, beta=beta,
+  cfg = rl.RLConfig(loss_aggregation=how, policy_loss=kind, tis=tis, beta=beta,
                         max_completion_len=9, temperature=0.8, logprob_impl="xla",
                         epsilon=0.02)  # a small clip range, so some tokens clip
   batch = _with_logps(_batch(), params)
   pb, _ = packing.pack_batch(batch, 16, 1, how, cfg.max_completion_len)
-  (l1, m1), g1 = jax.value_and_grad(grpo.grpo_loss, has_aux=True)(params, batch, cfg, CFG)
+  (l1, m1), g1 = jax.value_and_grad(rl.grpo_loss, has_aux=True)(params, batch, cfg, CFG)
   (l2, m2), g2 = jax.value_and_grad(packed_rl.loss, has_aux=True)(params, pb, cfg, CFG)
   np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
   _rel_close(g1, g2, 1e-5)
@@ -121,7 +121,7 @@ def test_packed_loss_and_grads_equal_padded(params, how, kind, tis, beta):
 def test_packed_logprobs_equal_padded(params):
   batch = _batch(short_prompt=True)
   pb, layout = packing.pack_batch(batch, 12)
-  want = np.asarray(grpo.batch_logprobs(params, batch, CFG, 0.7, "xla"))
+  want = np.asarray(rl.batch_logprobs(params, batch, CFG, 0.7, "xla"))
   got = packing.unpack(np.asarray(packed_rl.batch_logprobs(params, pb, CFG, 0.7, "xla")), layout)
   m = batch.completion_mask == 1
   np.testing.assert_allclose(got[m], want[m], rtol=1e-5, atol=1e-6)
@@ -130,13 +130,13 @@ def test_packed_logprobs_equal_padded(params):
 @pytest.mark.parametrize("how", ["seq-mean-token-mean", "token-mean"])
 def test_micro_batched_packed_update_equals_padded(params, how):
   # Two micro-batches each way: the padded step's weighting vs the packed step's exact shares.
-  cfg = grpo.GRPOConfig(loss_aggregation=how, beta=0.04, max_completion_len=9,
+  cfg = rl.RLConfig(loss_aggregation=how, beta=0.04, max_completion_len=9,
                         logprob_impl="xla")
   batch = _with_logps(_batch(b=4, g=2), params)
   pb, _ = packing.pack_batch(batch, 16, 2, how, cfg.max_completion_len)
   tx = optax.sgd(1.0)  # the update is the gradient (Adam's first step is ~sign(gradient))
-  padded = steps.make_train_step(functools.partial(grpo.grpo_loss, cfg=cfg, model_cfg=CFG), tx,
-                                 2, grpo.micro_batch_weight(cfg))
+  padded = steps.make_train_step(functools.partial(rl.grpo_loss, cfg=cfg, model_cfg=CFG), tx,
+                                 2, rl.micro_batch_weight(cfg))
   pack = steps.make_train_step(functools.partial(packed_rl.loss, cfg=cfg, model_cfg=CFG,
                                                  n_micro=2), tx, 2)
   s1, m1 = jax.jit(padded)(steps.init_state(params, tx), batch)
@@ -214,24 +214,25 @@ def test_packing_config_is_checked():
   from configs import r1_zero
   c = r1_zero.get_config("tiny")
   assert packing.from_config(c) is None
-  c.grpo.pack_row_len = 64
-  with pytest.raises(ValueError, match="grpo.pack_row_len=64 is set but grpo.packing=False"):
+  c.train.pack_row_len = 64
+  with pytest.raises(ValueError, match="train.pack_row_len=64 is set but train.packing=False"):
     packing.from_config(c)
-  c.grpo.packing = True
+  c.train.packing = True
   assert packing.from_config(c) == 64
-  c.grpo.pack_row_len = 8  # < max_new_tokens = 16
-  with pytest.raises(ValueError, match="grpo.pack_row_len=8"):
+  c.train.pack_row_len = 8  # < max_new_tokens = 16
+  with pytest.raises(ValueError, match="train.pack_row_len=8"):
     packing.from_config(c)
 
 
-def _tiny(**grpo_knobs):
+def _tiny(**knobs):
   from configs import r1_zero
   c = r1_zero.get_config("tiny")  # continuous sampling (the config's default mode)
   c.unlock()
   c.train.update(num_steps=2, eval_every=0, checkpoint_every=1, sample_every=1)
   c.sampling.max_new_tokens = 48  # room for some EOS: uneven lengths
   c.rewards.weights.cosine = 1.0  # length-shaped scores: non-zero advantages
-  c.grpo.update(grpo_knobs)
+  for k, v in knobs.items():  # loop knobs in train, algorithm knobs in rl
+    (c.train if k in c.train else c.rl)[k] = v
   return c
 
 
@@ -264,7 +265,7 @@ def test_tiny_packed_run_equals_padded_and_resumes(tmp_path):
 
 def test_tiny_packed_ppo_run(tmp_path):
   from r1jax import train as train_lib
-  c = _tiny(packing=True, advantage_estimator="gae")
+  c = _tiny(packing=True, algorithm="ppo")
   c.ppo.critic_learning_rate = 1e-3
   rows = train_lib.train(c, str(tmp_path))
   assert [r["step"] for r in rows] == [1, 2]
@@ -275,7 +276,7 @@ def test_aot_adds_the_packed_train_step():
   from r1jax import programs
   from r1jax.mesh import make_mesh
   c = _tiny(packing=True)
-  progs = {p.name: p for p in programs.grpo_programs(c, make_mesh((1, 1, 1)), 16)}
+  progs = {p.name: p for p in programs.rl_programs(c, make_mesh((1, 1, 1)), 16)}
   assert {"train_step", "packed_train_step", "packed_micro_grad"} <= set(progs)
   p = progs["packed_train_step"]
   assert p.args[1].tokens.shape == (8, 64)  # one row per sample, 16 + 48 - 1 -> 64 tokens
@@ -287,12 +288,12 @@ def test_packed_moe_loss_equals_padded_without_the_balance_loss():
   # loss is not (packed rows route each prompt once per sample), hence coefficient 0 here.
   cfg = PRESETS["tiny_moe"]
   params = init_params(cfg, 0)
-  gcfg = grpo.GRPOConfig(router_aux_coef=0.0, beta=0.0, logprob_impl="xla")
+  gcfg = rl.RLConfig(router_aux_coef=0.0, beta=0.0, logprob_impl="xla")
   batch = _batch()
   pb, _ = packing.pack_batch(batch, 16, 1, gcfg.loss_aggregation)
   grad = lambda f: jax.jit(jax.value_and_grad(functools.partial(f, cfg=gcfg, model_cfg=cfg),
                                                has_aux=True))
-  (l1, m1), g1 = grad(grpo.grpo_loss)(params, batch)
+  (l1, m1), g1 = grad(rl.grpo_loss)(params, batch)
   (l2, m2), g2 = grad(packed_rl.loss)(params, pb)
   np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
   _rel_close(g1, g2, 1e-5)
@@ -302,7 +303,7 @@ def test_packed_moe_loss_equals_padded_without_the_balance_loss():
 @pytest.mark.parametrize("how", ["seq-mean-token-mean", "token-mean"])
 def test_tool_replies_are_context_not_trained(params, how):
   # A multi-turn rollout's tool replies (Batch.loss_mask 0) are attended but not trained.
-  cfg = grpo.GRPOConfig(loss_aggregation=how, beta=0.04, logprob_impl="xla")
+  cfg = rl.RLConfig(loss_aggregation=how, beta=0.04, logprob_impl="xla")
   batch = _with_logps(_batch(), params)
   trained = batch.completion_mask.copy()
   trained[0, 2:5] = 0  # a reply inside sample 0's completion
@@ -312,7 +313,7 @@ def test_tool_replies_are_context_not_trained(params, how):
   assert pb.loss_mask.sum() == trained.sum() and (pb.segment_ids > 0).sum() == sum(
       batch.prompt_mask[i // 2].sum() + batch.completion_mask[i].sum() - 1
       for i in range(6) if batch.completion_mask[i].any())
-  (l1, _), g1 = jax.value_and_grad(grpo.grpo_loss, has_aux=True)(params, batch, cfg, CFG)
+  (l1, _), g1 = jax.value_and_grad(rl.grpo_loss, has_aux=True)(params, batch, cfg, CFG)
   (l2, _), g2 = jax.value_and_grad(packed_rl.loss, has_aux=True)(params, pb, cfg, CFG)
   np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
   _rel_close(g1, g2, 1e-5)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import grpo
+from r1jax import rl
 from r1jax import policy_loss as pl
 
 MASK = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]], np.float32)
@@ -18,7 +18,7 @@ ADV = np.array([1.0, -1.0, 0.5, -2.0])
 
 def _grad(cfg, adv=ADV, sampler=None):
   lp, old = jnp.log(jnp.asarray(P)), jnp.log(jnp.asarray(P_OLD))
-  f = lambda x: grpo.grpo_objective(x, old, None, jnp.asarray(adv), jnp.asarray(MASK), cfg,
+  f = lambda x: rl.grpo_objective(x, old, None, jnp.asarray(adv), jnp.asarray(MASK), cfg,
                                     sampler)
   (loss, m), g = jax.value_and_grad(f, has_aux=True)(lp)
   return float(loss), np.asarray(g), m
@@ -39,14 +39,14 @@ def test_dual_clip_only_acts_on_negative_advantages():
       obj[i, t], d[i, t] = (unclipped, x * a) if unclipped <= clipped else (clipped, 0.0)
       if a < 0 and obj[i, t] < c * a:  # the dual clip: flat at c * A
         obj[i, t], d[i, t] = c * a, 0.0
-  loss, g, m = _grad(grpo.GRPOConfig(beta=0.0, policy_loss="dual_clip", dual_clip_c=c))
+  loss, g, m = _grad(rl.RLConfig(beta=0.0, policy_loss="dual_clip", dual_clip_c=c))
   np.testing.assert_allclose(loss, -_seq_mean(obj), rtol=1e-6)
   want = -d * MASK / MASK.sum(1, keepdims=True) / 4
   np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-7)
   # Row 1 token 0 (r = 5, A = -1): PPO gives -5 with gradient; dual-clip gives -3, none.
   assert g[1, 0] == 0.0
   # Row 0 token 0 (r = 5, A = +1) is PPO-clipped at 1.2 either way: dual-clip leaves A > 0 alone.
-  loss_ppo, g_ppo, _ = _grad(grpo.GRPOConfig(beta=0.0))
+  loss_ppo, g_ppo, _ = _grad(rl.RLConfig(beta=0.0))
   np.testing.assert_allclose(g[[0, 2]], g_ppo[[0, 2]], atol=1e-8)
   assert not np.allclose(g[1], g_ppo[1])
   np.testing.assert_allclose(float(m["dual_clip_frac"]), 1 / 8, atol=1e-7)  # 1 of 8 tokens
@@ -61,7 +61,7 @@ def test_gspo_sequence_ratio(kind):
   np.testing.assert_allclose(s[3], np.sqrt(0.55), rtol=1e-6)
   obj = np.minimum(s * ADV, np.clip(s, 1 - eps_lo, 1 + eps_hi) * ADV)
   active = s * ADV <= np.clip(s, 1 - eps_lo, 1 + eps_hi) * ADV  # gradient flows
-  loss, g, m = _grad(grpo.GRPOConfig(beta=0.0, policy_loss=kind, epsilon=eps_lo,
+  loss, g, m = _grad(rl.RLConfig(beta=0.0, policy_loss=kind, epsilon=eps_lo,
                                      epsilon_high=eps_hi))
   np.testing.assert_allclose(loss, -obj.mean(), rtol=1e-6)
   # d s_i / d logp_it = s_i / |o_i| on valid tokens; the objective is a mean over sequences.
@@ -76,7 +76,7 @@ def test_gspo_token_with_token_advantages():
   s = np.exp((np.log(P / P_OLD) * MASK).sum(1) / MASK.sum(1))[:, None]
   active = s * adv <= np.clip(s, 0.8, 1.2) * adv
   obj = np.minimum(s * adv, np.clip(s, 0.8, 1.2) * adv)
-  loss, g, _ = _grad(grpo.GRPOConfig(beta=0.0, policy_loss="gspo_token",
+  loss, g, _ = _grad(rl.RLConfig(beta=0.0, policy_loss="gspo_token",
                                      loss_aggregation="token-mean"), adv)
   np.testing.assert_allclose(loss, -(obj * MASK).sum() / MASK.sum(), rtol=1e-6)
   # s_it = sg(s_i) p_it / sg(p_it): d s_it / d logp_it = s_i, this token only.
@@ -86,7 +86,7 @@ def test_gspo_token_with_token_advantages():
 def test_cispo_gradient_is_clipped_weight_times_advantage():
   r = P / P_OLD
   w = np.clip(r, 0.8, 1.28)
-  loss, g, m = _grad(grpo.GRPOConfig(beta=0.0, policy_loss="cispo", epsilon_high=0.28,
+  loss, g, m = _grad(rl.RLConfig(beta=0.0, policy_loss="cispo", epsilon_high=0.28,
                                      loss_aggregation="token-mean"))
   np.testing.assert_allclose(g, -(w * ADV[:, None]) * MASK / MASK.sum(), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(loss, -(w * ADV[:, None] * MASK).sum() / MASK.sum(), rtol=1e-6)
@@ -112,14 +112,14 @@ def test_tis_weights_hand_numbers():
 def test_tis_scales_the_policy_gradient():
   sampler = np.log(P_OLD) - np.log(np.array([[2.0, 0.5, 1], [1, 1, 1], [3, 1, 1], [1, 1, 1]]))
   w = np.minimum(np.exp(np.log(P_OLD) - sampler), 2.5)  # (2, 0.5, 1, ...), 3 -> 2.5
-  _, g0, _ = _grad(grpo.GRPOConfig(beta=0.0))
-  _, g1, m = _grad(grpo.GRPOConfig(beta=0.0, tis="token", tis_cap=2.5),
+  _, g0, _ = _grad(rl.RLConfig(beta=0.0))
+  _, g1, m = _grad(rl.RLConfig(beta=0.0, tis="token", tis_cap=2.5),
                    sampler=jnp.asarray(sampler, jnp.float32))
   np.testing.assert_allclose(g1, g0 * w, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(float(m["tis_weight_mean"]), (w * MASK).sum() / MASK.sum(),
                              rtol=1e-5)
   with pytest.raises(ValueError, match="sampler"):
-    _grad(grpo.GRPOConfig(beta=0.0, tis="token"))
+    _grad(rl.RLConfig(beta=0.0, tis="token"))
 
 
 def test_mismatch_metrics_hand_numbers():
@@ -134,11 +134,11 @@ def test_mismatch_metrics_hand_numbers():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(policy_loss="gspo", loss_aggregation="token-mean"), "gspo.*token-mean"),
-    (dict(policy_loss="gspo", advantage_estimator="gae"), "gspo.*gae"),
+    (dict(policy_loss="gspo", algorithm="ppo"), "gspo.*ppo"),
     (dict(policy_loss="ppo2"), "policy_loss='ppo2'"),
     (dict(policy_loss="dual_clip", dual_clip_c=0.5), "dual_clip_c"),
     (dict(tis="tok"), "tis='tok'"),
 ])
 def test_bad_combinations_are_named(kw, match):
   with pytest.raises(ValueError, match=match):
-    grpo.GRPOConfig(**kw)
+    rl.RLConfig(**kw)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import grpo, ppo, steps
+from r1jax import rl, ppo, steps
 from r1jax.mesh import make_mesh
 from r1jax.model import PRESETS, forward, init_params, positions_from_mask
 
@@ -87,7 +87,7 @@ def test_pruned_policy_critic_values_vs_plain_forward():
   cmask = np.ones((2 * g, n), np.int32)
   cmask[2, 3:], cmask[4, 1:] = 0, 0
   comp[cmask == 0] = 0
-  batch = grpo.Batch(prompt, pmask, comp, cmask, np.zeros(2 * g, np.float32), None, None)
+  batch = rl.Batch(prompt, pmask, comp, cmask, np.zeros(2 * g, np.float32), None, None)
   got = np.asarray(critic.values(dict(state.params, head=head), batch))
   # Reference: blocks 0 and 2 of the policy picked by hand, each row's whole sequence through
   # one plain causal forward; V(t) = h(state before token t) . w + b.

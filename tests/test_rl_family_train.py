@@ -11,14 +11,15 @@ from r1jax import train as train_lib
 from r1jax.model import PRESETS
 
 
-def _cfg(**grpo):
+def _cfg(**knobs):
   c = r1_zero.get_config("tiny")
   c.unlock()
   c.train.num_steps = 2
   c.train.eval_every = 0
   c.train.checkpoint_every = 0
   c.train.sample_every = 0
-  c.grpo.update(grpo)
+  for k, v in knobs.items():  # loop knobs in train, algorithm knobs in rl
+    (c.train if k in c.train else c.rl)[k] = v
   return c
 
 
@@ -30,7 +31,7 @@ def _rows(workdir):
 def test_grpo_dynamic_sampling_tiny_run(tmp_path):
   # The random tiny model mostly scores 0 everywhere: groups are constant, so each step
   # draws up to the bound, warns, and still trains on a full (padded) batch.
-  c = _cfg(dynamic_sampling=True, max_sampling_rounds=2, advantage_estimator="rloo",
+  c = _cfg(dynamic_sampling=True, max_sampling_rounds=2, algorithm="rloo",
            policy_loss="dual_clip", tis="token")
   train_lib.validate(c)
   rows = train_lib.train(c, str(tmp_path))
@@ -45,13 +46,13 @@ def test_grpo_dynamic_sampling_tiny_run(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("advantage_estimator", "ppo", "advantage_estimator='ppo'"),
+    ("algorithm", "gae", "algorithm='gae'"),
     ("policy_loss", "gspo", "gspo.*token-mean"),
     ("max_sampling_rounds", 0, "max_sampling_rounds=0"),
 ])
 def test_bad_algorithm_config_is_named(field, value, match):
   c = _cfg(dynamic_sampling=True, loss_aggregation="token-mean")
-  c.grpo[field] = value
+  (c.train if field in c.train else c.rl)[field] = value
   with pytest.raises(ValueError, match=match):
     train_lib.validate(c)
 
@@ -61,7 +62,7 @@ def test_bad_algorithm_config_is_named(field, value, match):
     (dict(source="policy", prune_every=2), 1),  # its block 0 only
 ])
 def test_ppo_tiny_run_and_resume(tmp_path, capsys, critic_model, critic_layers):
-  c = _cfg(advantage_estimator="gae")
+  c = _cfg(algorithm="ppo")
   c.ppo.critic_model = critic_model
   c.ppo.critic_warmup_steps = 1
   c.ppo.critic_learning_rate = 1e-3
@@ -87,7 +88,7 @@ def test_ppo_tiny_run_and_resume(tmp_path, capsys, critic_model, critic_layers):
 
 def test_ppo_critic_model_with_another_vocabulary_stops_at_start(tmp_path, monkeypatch):
   monkeypatch.setitem(PRESETS, "tiny_v512", PRESETS["tiny"].replace(vocab_size=512))
-  c = _cfg(advantage_estimator="gae")
+  c = _cfg(algorithm="ppo")
   c.ppo.critic_model = dict(source="preset", preset="tiny_v512")
   train_lib.validate(c)
   with pytest.raises(ValueError, match=r"ppo.critic_model=.*vocab_size=512 is not the "

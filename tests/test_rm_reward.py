@@ -94,9 +94,9 @@ def test_rm_reward_in_grpo_equals_offline_forward_and_routes(rm_checkpoint, tmp_
       dict(kind="reasoning_gym", task="basic_arithmetic", size=16, seed=0, config=small),
       dict(kind="reasoning_gym", task="chain_sum", size=16, seed=0,
            config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1))])
-  c.grpo.prompts_per_step = 4
-  c.grpo.micro_batch_size = 16
-  c.grpo.beta = 0.0  # no reference forward: not what this test is about
+  c.train.prompts_per_step = 4
+  c.train.micro_batch_size = 16
+  c.rl.beta = 0.0  # no reference forward: not what this test is about
   c.rewards.reward_model = dict(checkpoint=rm_checkpoint, weight=0.0, scope="full",
                                 max_len=MAX_LEN, batch_size=8)
   c.rewards.routing = {"chain_sum": {"reward_model": 1.0}}

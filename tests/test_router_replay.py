@@ -1,4 +1,4 @@
-"""Router replay (`grpo.router_replay`; verl's "router replay", R3): the sampler returns the
+"""Router replay (`rl.router_replay`; verl's "router replay", R3): the sampler returns the
 experts every token was routed to, and the trainer's forwards route through exactly those.
 
 Checks: a forward given its own experts is the same forward (values and router gradient);
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import grpo, packed_rl, packing
+from r1jax import rl, packed_rl, packing
 from r1jax.model import PRESETS, forward, init_params, positions_from_mask
 from r1jax.model.layers import MASKED, rms_norm, rope_inv_freq
 from r1jax.model.transformer import _gqa
@@ -32,7 +32,7 @@ G = 2
 # route freely, so one compilation serves the free and the replayed forward.
 fwd = jax.jit(lambda params, cfg, toks, pos, mask, experts: forward(
     params, cfg, toks, pos, mask, experts=experts, return_experts=True), static_argnums=1)
-logprobs = jax.jit(grpo.completion_logprobs, static_argnums=1)
+logprobs = jax.jit(rl.completion_logprobs, static_argnums=1)
 
 
 def _free(cfg, b: int, t: int):
@@ -204,11 +204,11 @@ def test_replay_gives_the_trainer_the_samplers_experts(params, prompts, mismatch
 def test_packed_step_replays_as_the_padded_one(params, prompts, mismatched):
   ptoks, pmask = prompts
   out = mismatched
-  batch = grpo.Batch(ptoks, pmask, np.asarray(out.tokens), np.asarray(out.mask),
+  batch = rl.Batch(ptoks, pmask, np.asarray(out.tokens), np.asarray(out.mask),
                      np.ones(len(out.tokens), np.float32), None, None,
                      prompt_experts=np.asarray(out.prompt_experts)[::G],
                      experts=np.asarray(out.experts))
-  padded_lp = jax.jit(grpo.batch_logprobs, static_argnums=2)
+  padded_lp = jax.jit(rl.batch_logprobs, static_argnums=2)
   want = np.asarray(padded_lp(params, batch, CFG))
   packed, layout = packing.pack_batch(batch, 0)
   assert packed.experts.shape[:3] == (len(packed.tokens), 2, packed.tokens.shape[1])
@@ -242,12 +242,12 @@ def test_train_batch_carries_the_samplers_experts(prompts, mismatched):
 def test_router_replay_config_errors(tmp_path):
   from configs import r1_zero
   from r1jax import train as train_lib
-  with pytest.raises(ValueError, match="grpo.router_replay=True needs a mixture-of-experts"):
-    grpo.GRPOConfig(router_replay=True).check_replay(PRESETS["tiny"])
-  grpo.GRPOConfig(router_replay=True).check_replay(CFG)
+  with pytest.raises(ValueError, match="rl.router_replay=True needs a mixture-of-experts"):
+    rl.RLConfig(router_replay=True).check_replay(PRESETS["tiny"])
+  rl.RLConfig(router_replay=True).check_replay(CFG)
   c = r1_zero.get_config("tiny_moe")
-  c.grpo.router_replay, c.tools.enabled = True, True
-  with pytest.raises(ValueError, match="grpo.router_replay=True with tools.enabled=True"):
+  c.rl.router_replay, c.tools.enabled = True, True
+  with pytest.raises(ValueError, match="rl.router_replay=True with tools.enabled=True"):
     train_lib.validate(c)
 
 
@@ -257,11 +257,11 @@ def test_train_step_with_router_replay_compiles_for_tpu():
   from r1jax import aot, hardware, programs
   from r1jax.mesh import use_mesh
   c = r1_zero.get_config("tiny_moe")
-  c.grpo.router_replay = True
+  c.rl.router_replay = True
   chip, devices = hardware.topology_devices("v5e:1x1")
   mesh = aot.make_mesh(tuple(c.mesh.shape), devices, "v5e:1x1")
   with use_mesh(mesh):
-    step = {p.name: p for p in programs.grpo_programs(c, mesh, 16)}["train_step"]
+    step = {p.name: p for p in programs.rl_programs(c, mesh, 16)}["train_step"]
     batch = step.args[1]
     assert batch.experts.shape == (8, 2, c.sampling.max_new_tokens, 2)
     assert batch.prompt_experts.dtype == jnp.int16

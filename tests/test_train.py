@@ -67,7 +67,7 @@ def test_restart_continues_with_same_data_and_numbers(runs):
 
 def test_bad_config_is_named():
   c = _cfg(1)
-  c.grpo.micro_batch_size = 3
+  c.train.micro_batch_size = 3
   with pytest.raises(ValueError, match="micro_batch_size=3"):
     train_lib.validate(c)
   c = _cfg(1)

@@ -27,7 +27,7 @@ from r1jax import stats
 
 _WALL = flags.DEFINE_integer("wall_s", 420, "Training wall time per algorithm (seconds).")
 _OUT = flags.DEFINE_string("out", "/tmp/r1jax_algos", "Directory for the runs.")
-_ALGOS = flags.DEFINE_list("algos", ["grpo", "rloo", "gae"], "advantage_estimator values.")
+_ALGOS = flags.DEFINE_list("algos", ["grpo", "rloo", "ppo"], "rl.algorithm values.")
 _EXTRA = flags.DEFINE_list("extra", [], "More --config.x=y overrides for every run.")
 
 
@@ -79,7 +79,7 @@ def main(argv) -> None:
            f"--workdir={wd}", "--config.train.num_steps=10000",
            f"--config.train.max_wall_s={_WALL.value}", "--config.train.eval_every=10000",
            "--config.train.checkpoint_every=0", "--config.train.sample_every=0",
-           f"--config.grpo.advantage_estimator={algo}"] + [f"--config.{x}" for x in _EXTRA.value]
+           f"--config.rl.algorithm={algo}"] + [f"--config.{x}" for x in _EXTRA.value]
     subprocess.run(cmd, check=True, cwd=root)
     summary, finals[algo] = summarize_run(wd, algo, _WALL.value)
     print(json.dumps(summary), flush=True)

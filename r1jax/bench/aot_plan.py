@@ -45,7 +45,8 @@ def cell_config(model: str, workload: str, kind: str, layers: int):
     c = r1_zero.get_config()
     c.sampling.update(num_samples=16, max_new_tokens=4096 if workload == "grpo4k" else 16384,
                       decode_dtype="bfloat16")
-    c.grpo.update(prompts_per_step=4, micro_batch_size=16, beta=0.0, mu=1)
+    c.train.update(prompts_per_step=4, micro_batch_size=16, mu=1)
+    c.rl.beta = 0.0
     c.data.prompt_bucket = 128
   else:
     c = sft.get_config()

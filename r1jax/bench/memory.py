@@ -45,7 +45,7 @@ def step_memory(cfg, lora_rank: int, *, rows: int, micro: int, prompt_len: int, 
   (e.g. a TPU topology's, `r1jax.hardware.topology_devices`) instead of the host's."""
   import jax
   import jax.numpy as jnp
-  from r1jax import grpo, lora, memory, steps
+  from r1jax import rl, lora, memory, steps
   from r1jax import mesh as mesh_lib
   from r1jax.model import param_axes, param_shapes
   mesh = mesh_lib.make_mesh((1, fsdp, 1), (devices or jax.devices())[:fsdp])
@@ -58,14 +58,14 @@ def step_memory(cfg, lora_rank: int, *, rows: int, micro: int, prompt_len: int, 
   sh = memory.state_shardings(params, tx, lora.trainable(lcfg))
   state = jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=x),
                        memory.abstract_state(params, tx, lora.trainable(lcfg)), sh)
-  gcfg = grpo.GRPOConfig(beta=beta, max_completion_len=new_tokens)
-  loss = lambda p, b: grpo.grpo_loss(p, b, gcfg, cfg)
+  gcfg = rl.RLConfig(beta=beta, max_completion_len=new_tokens)
+  loss = lambda p, b: rl.grpo_loss(p, b, gcfg, cfg)
   step = steps.jit_train_step(lora.make_train_step(loss, tx, rows // micro, lcfg=lcfg), state)
   g = 8
   bsh = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=mesh_lib.named_sharding(
       mesh, ("batch",) + (None,) * (len(shape) - 1), shape))
   n = new_tokens
-  batch = grpo.Batch(bsh((rows // g, prompt_len), jnp.int32), bsh((rows // g, prompt_len), bool),
+  batch = rl.Batch(bsh((rows // g, prompt_len), jnp.int32), bsh((rows // g, prompt_len), bool),
                      bsh((rows, n), jnp.int32), bsh((rows, n), bool), bsh((rows,), jnp.float32),
                      None, bsh((rows, n), jnp.float32) if beta > 0 else None)
   peak = temp = args = 0

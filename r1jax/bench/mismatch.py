@@ -5,7 +5,7 @@
 
 For decode_dtype "" (float32, the model's dtype) and "bfloat16" it samples G completions per
 prompt of the default config (configs/r1_zero.py) and compares the log-probs returned by
-`sampling.generate` with `grpo.completion_logprobs` (the float32 trainer forward): mean and
+`sampling.generate` with `rl.completion_logprobs` (the float32 trainer forward): mean and
 max |diff| over completion tokens and the k3 estimate of KL(sampler || trainer), as the
 trainer logs them (`mismatch/*`), plus the mean truncated-IS weight min(pi_old/pi_sampler, 2).
 """
@@ -30,7 +30,7 @@ def main(argv) -> None:
   del argv
   from configs import r1_zero
   from r1jax import data as data_lib
-  from r1jax import grpo
+  from r1jax import rl
   from r1jax import policy_loss as pl
   from r1jax.mesh import make_mesh, use_mesh
   from r1jax.model.loader import load_model
@@ -47,7 +47,7 @@ def main(argv) -> None:
   base = dataclasses.replace(sampling_config(c, eos_ids=tuple(sorted(tok.eos_ids)),
                                              pad_id=tok.pad_id),
                              num_samples=_SAMPLES.value, max_new_tokens=_NEW.value)
-  logp_fn = jax.jit(functools.partial(grpo.completion_logprobs, model_cfg=model_cfg,
+  logp_fn = jax.jit(functools.partial(rl.completion_logprobs, model_cfg=model_cfg,
                                       temperature=base.temperature))
   rows = []
   with use_mesh(mesh):

@@ -5,7 +5,7 @@
 
 The dense model has `intermediate = top_k * moe_intermediate`, so every token runs the same
 number of weights in both (attention, embeddings and the router aside); the MoE model holds
-`experts / top_k` times the MLP weights. Both run the GRPO loss (`grpo.grpo_loss`, beta 0,
+`experts / top_k` times the MLP weights. Both run the GRPO loss (`rl.grpo_loss`, beta 0,
 random advantages) forward + backward + AdamW on `rows` completions of `len` tokens after a
 16-token prompt, float32, micro-batches of `micro` rows; the routed one with softmax top-k
 (Qwen3-MoE, load-balancing loss on) and sigmoid + bias (DeepSeek-V3, bias update on). Prints
@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from r1jax import grpo, steps
+from r1jax import rl, steps
 from r1jax.bench.sampling import machine
 from r1jax.bench.step import cpu_flags
 from r1jax.model import ModelConfig, init_params, moe, param_shapes
@@ -56,15 +56,15 @@ def counts(cfg: ModelConfig) -> tuple[int, int]:
 def time_step(cfg: ModelConfig, a: argparse.Namespace) -> float:
   rs = np.random.RandomState(0)
   b = a.rows // a.group
-  batch = grpo.Batch(rs.randint(0, cfg.vocab_size, (b, 16)), np.ones((b, 16), bool),
+  batch = rl.Batch(rs.randint(0, cfg.vocab_size, (b, 16)), np.ones((b, 16), bool),
                      rs.randint(0, cfg.vocab_size, (a.rows, a.len)), np.ones((a.rows, a.len), bool),
                      rs.normal(size=a.rows).astype(np.float32), None, None)
-  gcfg = grpo.GRPOConfig(beta=0.0)
+  gcfg = rl.RLConfig(beta=0.0)
   tx = steps.make_optimizer(steps.OptimConfig(learning_rate=1e-5, total_steps=100),
                             moe.decay_mask_for(cfg))
   step = jax.jit(steps.make_train_step(
-      functools.partial(grpo.grpo_loss, cfg=gcfg, model_cfg=cfg), tx, a.rows // a.micro,
-      grpo.micro_batch_weight(gcfg), moe.balancing_update(cfg)), donate_argnums=0)
+      functools.partial(rl.grpo_loss, cfg=gcfg, model_cfg=cfg), tx, a.rows // a.micro,
+      rl.micro_batch_weight(gcfg), moe.balancing_update(cfg)), donate_argnums=0)
   state = steps.init_state(init_params(cfg, 0), tx)
   state, m = step(state, batch)  # compile
   jax.block_until_ready(m)

@@ -1,6 +1,6 @@
 """Rollouts with long-tailed completion lengths: useful tokens/s of the static sampler vs
 continuous batching (`SamplingConfig.mode`), and of the RL train step padded vs packed
-(`grpo.packing`, r1jax/packing.py) on the same lengths.
+(`train.packing`, r1jax/packing.py) on the same lengths.
 
     python -m r1jax.bench.rollout                        # 8 prompts x 4 samples, up to 512 tokens
     python -m r1jax.bench.rollout --prompts=16 --max_new_tokens=1024 --slots=8,16
@@ -40,19 +40,19 @@ def train_rows(cfg, params, prompts: np.ndarray, lens: np.ndarray, max_new: int,
   """Best seconds of one GRPO train step on the padded batch vs on packed rows."""
   import functools
   import jax
-  from r1jax import compile_cache, grpo, packed_rl, packing, steps
+  from r1jax import compile_cache, rl, packed_rl, packing, steps
   rows = len(lens)
   width = compile_cache.completion_bucket(int(lens.max()), max_new)
   rng = np.random.RandomState(2)
   cmask = (np.arange(width)[None] < lens[:, None]).astype(np.int32)
   comp = rng.randint(3, cfg.vocab_size, (rows, width)).astype(np.int32) * cmask
-  batch = grpo.Batch(prompts, np.ones_like(prompts), comp, cmask,
+  batch = rl.Batch(prompts, np.ones_like(prompts), comp, cmask,
                      rng.normal(size=rows).astype(np.float32), None, None)
-  gcfg = grpo.GRPOConfig(beta=0.0, max_completion_len=max_new)
+  gcfg = rl.RLConfig(beta=0.0, max_completion_len=max_new)
   packed, _ = packing.pack_batch(batch, row_len, 1, gcfg.loss_aggregation, max_new)
   tx = steps.make_optimizer(steps.OptimConfig(learning_rate=1e-6))
   out = []
-  for name, loss, b in (("padded", grpo.grpo_loss, batch), ("packed", packed_rl.loss, packed)):
+  for name, loss, b in (("padded", rl.grpo_loss, batch), ("packed", packed_rl.loss, packed)):
     step = jax.jit(steps.make_train_step(functools.partial(loss, cfg=gcfg, model_cfg=cfg), tx))
     state = steps.init_state(params, tx)
     loss0 = float(step(state, b)[1]["loss"])  # compiles

@@ -272,18 +272,18 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
   `lens` [B*G] forces each completion's length (no EOS; None: all N long); the completions
   are then trimmed to the power-of-two bucket of the longest, as the trainer's batch is.
   `sampling_mode` / `num_slots` as `sampling.mode` / `num_slots`; `packed` trains on packed
-  rows (`grpo.packing`, row length 0: the power of two holding prompt + N)."""
+  rows (`train.packing`, row length 0: the power of two holding prompt + N)."""
   import functools
 
   import jax
   import jax.numpy as jnp
-  from r1jax import compile_cache, grpo, memory, packed_rl, packing, steps
+  from r1jax import compile_cache, memory, packed_rl, packing, rl, steps
   from r1jax.sampling import SamplingConfig, generate
   b, p = prompt_ids.shape
   scfg = SamplingConfig(max_new_tokens=n, temperature=1.0, top_p=1.0, top_k=0, num_samples=g,
                         eos_ids=(), pad_id=0, mode=sampling_mode,
                         num_slots=num_slots if sampling_mode == "continuous" else 0)
-  gcfg = grpo.GRPOConfig(beta=beta, max_completion_len=n)
+  gcfg = rl.RLConfig(beta=beta, max_completion_len=n)
   tcfg = cfg.replace(dtype=train_dtype) if train_dtype else cfg
   tx = steps.make_optimizer(steps.OptimConfig(learning_rate=1e-6, max_grad_norm=1.0))
   # Committed to the device like the train step's outputs, or the second step recompiles.
@@ -295,10 +295,10 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
     loss = functools.partial(packed_rl.loss, n_micro=n_micro, cfg=gcfg, model_cfg=tcfg)
     logp = packed_rl.batch_logprobs
   else:
-    loss = lambda prm, batch: grpo.grpo_loss(prm, batch, gcfg, tcfg)
-    logp = grpo.batch_logprobs
+    loss = lambda prm, batch: rl.grpo_loss(prm, batch, gcfg, tcfg)
+    logp = rl.batch_logprobs
   train_step = steps.jit_train_step(steps.make_train_step(
-      loss, tx, n_micro, None if packed else grpo.micro_batch_weight(gcfg)), state)
+      loss, tx, n_micro, None if packed else rl.micro_batch_weight(gcfg)), state)
   logp_fn = jax.jit(functools.partial(logp, model_cfg=cfg))
   ptoks = jnp.asarray(prompt_ids, jnp.int32)
   pmask = jnp.ones_like(ptoks, bool)
@@ -310,7 +310,7 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
     out = jax.device_get(out)
     t1 = time.perf_counter()
     keep = compile_cache.completion_bucket(int(out.lengths.max()), n)
-    batch = grpo.Batch(np.asarray(prompt_ids), np.ones_like(prompt_ids), out.tokens[:, :keep],
+    batch = rl.Batch(np.asarray(prompt_ids), np.ones_like(prompt_ids), out.tokens[:, :keep],
                        out.mask[:, :keep], rng.standard_normal(b * g).astype(np.float32),
                        None, None)
     shape = np.shape(batch.completion_tokens)
@@ -378,7 +378,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--repeats", type=int, default=1)
   ap.add_argument("--train_dtype", default="", help="r1jax train-step compute dtype")
   ap.add_argument("--micro_batch_size", type=int, default=8,
-                  help="r1jax completions per micro-batch, as grpo.micro_batch_size (the "
+                  help="r1jax completions per micro-batch, as train.micro_batch_size (the "
                   "default config's 8 = one group); 0: the whole batch at once")
   ap.add_argument("--lengths", default="full", choices=("full", "lognormal"),
                   help="full: every completion N tokens; lognormal: lengths drawn once from "
@@ -387,7 +387,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--sigma", type=float, default=1.0)
   ap.add_argument("--r1jax_modes", default="static+padded",
                   help="comma-separated SAMPLING+STEP rows of r1jax: sampling static | "
-                  "continuous (sampling.mode), step padded | packed (grpo.packing)")
+                  "continuous (sampling.mode), step padded | packed (train.packing)")
   ap.add_argument("--num_slots", type=int, default=0, help="continuous sampling's slots "
                   "(0: half the samples, as sampling.num_slots)")
   ap.add_argument("--model", default="smollm2", help="smollm2 | a preset name (r1jax only)")

@@ -2,7 +2,7 @@
 load-balancing bias and group-limited choice as DeepSeek-V3), the dropless grouped matmul,
 router statistics and the load-balancing loss, and the aux-loss-free bias update.
 
-Router replay (RL, `grpo.router_replay`): `route` can be given the expert ids a sampler
+Router replay (RL, `rl.router_replay`): `route` can be given the expert ids a sampler
 chose (`forced`) and then uses exactly those experts, with their weights recomputed from
 this forward's router scores, so the policy gradient still reaches the router.
 """

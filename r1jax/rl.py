@@ -1,12 +1,12 @@
-"""GRPO: group-relative advantages and the clipped objective with a k3 KL penalty.
+"""The RL family (`rl` config section): GRPO, RLOO, REINFORCE++ and PPO, one objective.
 
 Pure functions on arrays (see MISSION.md 1.1):
 
-  A_i   = (r_i - mean(r_group)) / (std(r_group) + eps)          (advantage_norm="std")
-          (std of the whole batch's rewards: "batch_std"; no division: "none")
+  A     = advantages of the algorithm (`rl.algorithm`, r1jax/advantages.py ESTIMATORS; ppo:
+          GAE from a critic, r1jax/ppo.py)
   rho   = exp(logp - old_logp)
-  obj   = min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A) - beta * k3
-  k3    = exp(ref_logp - logp) - (ref_logp - logp) - 1
+  obj   = surrogate(rho, A) - beta * kl       (`rl.policy_loss`, r1jax/policy_loss.py)
+  k3    = exp(ref_logp - logp) - (ref_logp - logp) - 1               (`rl.kl_estimator`)
   loss  = -aggregate(obj)
 
 Aggregations (`loss_aggregation`):
@@ -15,9 +15,8 @@ Aggregations (`loss_aggregation`):
   seq-mean-token-sum-norm   1/G sum_i sum_t / L_max  (Dr. GRPO)
 Across several groups in one batch, the per-sequence mean runs over all sequences.
 
-The advantage estimator (`advantage_estimator`: grpo, rloo, reinforce_pp_baseline, gae) lives
-in r1jax/advantages.py, the surrogate (`policy_loss`: ppo_clip, dual_clip, gspo, gspo_token,
-cispo) and the sampler/trainer correction (`tis`) in r1jax/policy_loss.py.
+`from_config` reads the `rl` section: knobs left None take the algorithm's default, and a
+knob that the chosen algorithm, loss or KL placement ignores is an error (`ignored_knobs`).
 
 A mixture-of-experts policy adds `router_aux_coef` times the load-balancing loss of the
 batch's routing (`transformer.router_summary`; None: the model's `router_aux_loss_coef`) and
@@ -36,33 +35,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax import advantages as adv_lib
-from r1jax.advantages import ADVANTAGE_NORMS, group_advantages  # noqa: F401 - its names
 from r1jax import policy_loss as pl
-from r1jax.cli import ConfigError
+from r1jax.cli import ConfigError, check_moved
 from r1jax.mesh import kernel_axes
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
 from r1jax.model.transformer import merge_router_stats
 
+# rl.algorithm: the outcome estimators' names, and ppo (GAE with a critic, r1jax/ppo.py).
+ALGORITHMS = (*adv_lib.ESTIMATORS, "ppo")
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k3", "k1", "k2")
-# GRPOConfig fields of the algorithm family (read from the config's grpo section when set).
-FAMILY_KNOBS = ("advantage_estimator", "policy_loss", "dual_clip_c", "tis", "tis_cap")
+KL_IN = ("loss", "reward")  # where beta * KL goes; "reward" (k1 per token) needs ppo's critic
 
 
 @dataclasses.dataclass(frozen=True)
-class GRPOConfig:
+class RLConfig:
+  algorithm: str = "grpo"  # ALGORITHMS
   epsilon: float = 0.2  # clip low (and high unless epsilon_high is set)
   epsilon_high: float | None = None  # DAPO clip-higher
   beta: float = 0.04  # KL weight; 0 skips the reference model entirely
+  kl_estimator: str = "k3"  # the loss's KL term (kl_in="loss")
+  kl_in: str = "loss"  # KL_IN
   loss_aggregation: str = "seq-mean-token-mean"
-  advantage_norm: str = "std"
-  advantage_eps: float = 1e-6
-  std_ddof: int = 1  # unbiased std, as torch.std in TRL/verl; 0 for population std
-  kl_estimator: str = "k3"
+  advantage_norm: str = "std"  # grpo only
+  advantage_eps: float = 1e-6  # grpo only
+  std_ddof: int = 1  # grpo only: unbiased std, as torch.std in TRL/verl; 0 for population std
   max_completion_len: int = 0  # L_max for seq-mean-token-sum-norm; 0 = padded length
   temperature: float = 1.0  # logits are divided by it, as in sampling
   logprob_impl: str = "auto"  # kernels.token_logprobs implementation
-  advantage_estimator: str = "grpo"  # advantages.ESTIMATORS
   policy_loss: str = "ppo_clip"  # policy_loss.POLICY_LOSSES
   dual_clip_c: float = 3.0  # dual_clip's bound on the loss of negative-advantage tokens
   tis: str = "none"  # truncated importance sampling vs the sampler: none | token | sequence
@@ -74,10 +74,12 @@ class GRPOConfig:
   router_replay: bool = False
 
   def __post_init__(self):
-    def bad(field, why, group="grpo"):  # names the config key, e.g. grpo.policy_loss
+    def bad(field, why, group="rl"):  # names the config key, e.g. rl.policy_loss
       return ConfigError(f"{group}.{field}", getattr(self, field), why)
-    for field, allowed in (("loss_aggregation", AGGREGATIONS), ("advantage_norm", ADVANTAGE_NORMS),
-                           ("kl_estimator", KL_ESTIMATORS)):
+    for field, allowed in (("algorithm", ALGORITHMS), ("loss_aggregation", AGGREGATIONS),
+                           ("advantage_norm", adv_lib.ADVANTAGE_NORMS),
+                           ("kl_estimator", KL_ESTIMATORS), ("kl_in", KL_IN),
+                           ("policy_loss", tuple(pl.POLICY_LOSSES)), ("tis", pl.TIS_MODES)):
       if getattr(self, field) not in allowed:
         raise bad(field, f"unknown; choose one of {allowed}")
     if not 0 <= self.epsilon < 1:
@@ -88,39 +90,99 @@ class GRPOConfig:
       raise bad("beta", "must be >= 0")
     if self.temperature <= 0:
       raise bad("temperature", "must be > 0", "sampling")
-    if self.advantage_estimator not in adv_lib.ESTIMATORS:
-      raise bad("advantage_estimator", f"unknown; choose one of {adv_lib.ESTIMATORS}")
-    if self.policy_loss not in pl.POLICY_LOSSES:
-      raise bad("policy_loss", f"unknown; choose one of {pl.POLICY_LOSSES}")
+    if self.kl_in == "reward" and self.algorithm != "ppo":
+      raise bad("kl_in", f"needs rl.algorithm='ppo' (a per-token reward for the critic), not "
+                f"{self.algorithm!r}; use kl_in='loss'")
     if self.policy_loss == "gspo" and self.loss_aggregation != "seq-mean-token-mean":
       raise bad("policy_loss", f"with loss_aggregation={self.loss_aggregation!r}: GSPO's unit "
                 "is the sequence, use seq-mean-token-mean (or gspo_token)")
-    if self.policy_loss == "gspo" and self.advantage_estimator == "gae":
-      raise bad("policy_loss", "with advantage_estimator='gae': a sequence ratio needs "
-                "per-sequence advantages, use gspo_token")
+    if self.policy_loss == "gspo" and self.algorithm == "ppo":
+      raise bad("policy_loss", "with algorithm='ppo': a sequence ratio needs per-sequence "
+                "advantages (GAE's are per token), use gspo_token")
     if self.policy_loss == "dual_clip" and self.dual_clip_c <= 1:
       raise bad("dual_clip_c", "must be > 1")
-    if self.tis not in pl.TIS_MODES:
-      raise bad("tis", f"unknown; choose one of {pl.TIS_MODES}")
     if self.tis_cap <= 0:
       raise bad("tis_cap", "must be > 0")
     if self.router_aux_coef is not None and self.router_aux_coef < 0:
       raise bad("router_aux_coef", "must be >= 0")
+
+  @property
+  def critic(self) -> bool:
+    """PPO: advantages come from a critic (GAE), not from the group's rewards."""
+    return self.algorithm == "ppo"
+
+  def loss_config(self) -> "RLConfig":
+    """The policy loss's config: with the KL in the reward, no KL term in the loss."""
+    return dataclasses.replace(self, beta=0.0) if self.kl_in == "reward" else self
+
+  def advantages(self, rewards, group_size: int):
+    """Per-completion advantages [B*G] of an outcome algorithm (zeros for ppo: its per-token
+    advantages come from the critic, `ppo.update_critic`)."""
+    if self.critic:
+      return np.zeros(len(rewards))
+    knobs = adv_lib.ESTIMATOR_KNOBS[self.algorithm]
+    return adv_lib.outcome_advantages(rewards, group_size, self.algorithm,
+                                      **{arg: getattr(self, k) for k, arg in knobs.items()})
 
   def aux_coef(self, model_cfg: ModelConfig) -> float:
     """The load-balancing loss weight for `model_cfg`; a weight for a dense model is an error."""
     if self.router_aux_coef is None:
       return model_cfg.router_aux_loss_coef
     if self.router_aux_coef and not model_cfg.num_experts:
-      raise ValueError(f"grpo.router_aux_coef={self.router_aux_coef} needs a mixture-of-experts "
+      raise ValueError(f"rl.router_aux_coef={self.router_aux_coef} needs a mixture-of-experts "
                        "model (this one has num_experts=0)")
     return self.router_aux_coef
 
   def check_replay(self, model_cfg: ModelConfig) -> None:
     """Router replay needs experts to replay: an error on a dense model."""
     if self.router_replay and not model_cfg.num_experts:
-      raise ValueError("grpo.router_replay=True needs a mixture-of-experts model (this one "
+      raise ValueError("rl.router_replay=True needs a mixture-of-experts model (this one "
                        "has num_experts=0)")
+
+
+def _kl_in(r) -> str:
+  """Where the KL goes: rl.kl_in, unset: the reward for ppo (per-token k1), else the loss."""
+  return r.get("kl_in") or ("reward" if r["algorithm"] == "ppo" else "loss")
+
+
+# The knobs that only some choices read, each with the condition under which it is read. In
+# the config they are None when unset (the algorithm's default); set while unread, an error.
+CONDITIONAL = {
+    **{k: (f"rl.algorithm={name!r}", lambda r, name=name: r["algorithm"] == name)
+       for name, knobs in adv_lib.ESTIMATOR_KNOBS.items() for k in knobs},
+    "dual_clip_c": ("rl.policy_loss='dual_clip'", lambda r: r["policy_loss"] == "dual_clip"),
+    "tis_cap": ("rl.tis='token' or 'sequence'", lambda r: r["tis"] != "none"),
+    "kl_estimator": ("rl.beta > 0 with the KL in the loss (rl.kl_in='loss')",
+                     lambda r: r["beta"] > 0 and _kl_in(r) == "loss"),
+    "kl_in": ("rl.algorithm='ppo'", lambda r: r["algorithm"] == "ppo"),
+}
+
+
+def ignored_knobs(section, ppo_section=None) -> None:
+  """Raise on a knob of the `rl` section (or of the `ppo` section) that the chosen algorithm,
+  policy loss, tis mode or KL placement would ignore; unset knobs are None."""
+  r = dict(section)
+  if r.get("algorithm") not in ALGORITHMS:
+    raise ConfigError("rl.algorithm", r.get("algorithm"), f"unknown; choose one of {ALGORITHMS}")
+  for key, (needs, used) in CONDITIONAL.items():
+    if r.get(key) is not None and not used(r):
+      raise ConfigError(f"rl.{key}", r[key], f"ignored unless {needs}; leave it unset")
+  if r["algorithm"] != "ppo":
+    for key, value in dict(ppo_section or {}).items():
+      if value is not None and not (hasattr(value, "keys") and not dict(value)):
+        raise ConfigError(f"ppo.{key}", value, "ignored unless rl.algorithm='ppo' (the critic's "
+                          "knobs); leave it unset")
+
+
+def from_config(c) -> RLConfig:
+  """The RLConfig of experiment config `c` (its `rl` section; loop knobs from `train`)."""
+  check_moved(c)  # an old key (grpo.*, ppo.kl_in): one line naming its new place
+  ignored_knobs(c.rl, c.get("ppo"))
+  r = dict(c.rl.to_dict(), kl_in=_kl_in(c.rl))
+  r = {k: v for k, v in r.items() if v is not None or k in ("epsilon_high", "router_aux_coef")}
+  return RLConfig(**r, max_completion_len=c.sampling.max_new_tokens,
+                  temperature=c.sampling.temperature or 1.0,
+                  logprob_impl=c.train.get("logprob_impl", "auto"))
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:
@@ -147,7 +209,7 @@ def aggregate(x: jax.Array, mask: jax.Array, how: str, max_len: int = 0) -> jax.
   raise ValueError(f"loss_aggregation={how!r}; choose from {AGGREGATIONS}")
 
 
-def micro_batch_weight(cfg: "GRPOConfig"):
+def micro_batch_weight(cfg: RLConfig):
   """How micro-batch losses combine into the batch loss (`steps.make_train_step`): by
   completion-token count for token-mean (one global token mean), equally otherwise (every
   micro-batch holds the same number of sequences)."""
@@ -158,7 +220,7 @@ def micro_batch_weight(cfg: "GRPOConfig"):
 
 
 def grpo_objective(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None,
-                   advantages: jax.Array, mask: jax.Array, cfg: GRPOConfig,
+                   advantages: jax.Array, mask: jax.Array, cfg: RLConfig,
                    sampler_logp: jax.Array | None = None, segment_ids: jax.Array | None = None,
                    weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The loss (to minimise) from per-token log-probs [B, N] and advantages [B] or [B, N]
@@ -211,7 +273,7 @@ class Batch(NamedTuple):
   # [B*G, N] the tokens the loss trains, where it differs from completion_mask (which is
   # what attention sees): a multi-turn rollout's tool replies are context, not trained.
   loss_mask: jax.Array | None = None
-  # Router replay (`GRPOConfig.router_replay`): the sampler's experts, -1 where none (see
+  # Router replay (`RLConfig.router_replay`): the sampler's experts, -1 where none (see
   # `decode.SampleOutput`); the trainer's forwards route through them.
   prompt_experts: jax.Array | None = None  # [B, L_moe, P, k]
   experts: jax.Array | None = None  # [B*G, L_moe, N, k]
@@ -290,7 +352,7 @@ def batch_logprobs(params: Any, batch: Batch, model_cfg: ModelConfig, temperatur
       experts=batch.experts))
 
 
-def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
+def grpo_loss(params: Any, batch: Batch, cfg: RLConfig, model_cfg: ModelConfig
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """GRPO loss of `params` on a batch; metrics include kl, clip_frac and entropy (and for a
   mixture of experts router_aux_loss, expert_load_max / _min)."""
@@ -305,7 +367,7 @@ def grpo_loss(params: Any, batch: Batch, cfg: GRPOConfig, model_cfg: ModelConfig
 
 
 def loss_from_logprobs(out: tuple, old_logp, ref_logp, advantages, mask, sampler_logp,
-                       cfg: GRPOConfig, model_cfg: ModelConfig, segment_ids=None, weights=None
+                       cfg: RLConfig, model_cfg: ModelConfig, segment_ids=None, weights=None
                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`grpo_loss` from `completion_logprobs`' (logp, entropy[, router summary]); packed rows
   (r1jax.packed_rl) pass `segment_ids` and `weights` (see `grpo_objective`)."""
