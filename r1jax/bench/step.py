@@ -97,8 +97,15 @@ def trl_worker(req: dict) -> dict:
   if req.get("lengths"):
     _force_lengths(trainer.model, req["lengths"], tok.eos_token_id, torch, transformers)
   trainer._generate_single_turn = timed("generate", trainer._generate_single_turn)
-  trainer._generate_and_score_completions = timed("rollout",
-                                                  trainer._generate_and_score_completions)
+  rollout = timed("rollout", trainer._generate_and_score_completions)
+  trained_lengths = []  # completion tokens per row of the last rollout, as TRL masks them
+
+  def rollout_lengths(*a, **k):
+    out = rollout(*a, **k)
+    trained_lengths[:] = out["completion_mask"].sum(1).tolist()
+    return out
+
+  trainer._generate_and_score_completions = rollout_lengths
   trainer._get_per_token_logps_and_entropies = timed(
       "", trainer._get_per_token_logps_and_entropies,
       pick=lambda a: "reference" if a[0] is trainer.ref_model else "logp")
@@ -119,7 +126,8 @@ def trl_worker(req: dict) -> dict:
 
   trainer.add_callback(Timer())
   trainer.train()
-  return dict(steps=steps, prompt_lens=sorted(lens), trl=trl.__version__,
+  return dict(steps=steps, prompt_lens=sorted(lens), lengths=trained_lengths,
+              trl=trl.__version__,
               torch=torch.__version__, threads=torch.get_num_threads())
 
 
@@ -469,6 +477,8 @@ def main(argv=None) -> dict:
                                           prompts=prompts, b=b, g=g, n=n, beta=beta,
                                           steps=args.repeats + 1, threads=args.torch_threads,
                                           trl_args=setting, lengths=row["lengths"]))
+          if sorted(out["lengths"]) != sorted(row["lengths"] or [n] * (b * g)):
+            raise RuntimeError(f"TRL trained on other completion lengths: {out['lengths']}")
           row["trl"].append(dict(out["steps"][-1], version=out["trl"],
                                  prompt_lens=out["prompt_lens"], setting=setting))
         except RuntimeError as e:  # report and go on with r1jax alone
