@@ -65,13 +65,17 @@ def sample_and_score(params: Any, model_cfg, tokenizer, examples: Sequence[Mappi
                      render: Callable[[Mapping[str, Any]], str], reward_pool, scfg: SamplingConfig,
                      rng: jax.Array, *, batch_prompts: int = 16, prompt_bucket: int = 32,
                      prefill: str = "",
-                     on_records: Callable[[list[dict]], None] | None = None) -> list[dict]:
+                     on_records: Callable[[list[dict]], None] | None = None,
+                     tools: Any = None) -> list[dict]:
   """Generate `scfg.num_samples` completions per example and score them.
 
   Returns one record per sample (k consecutive records per example): example id, task,
   sample index, prompt, completion, reference, extracted and normalised answer,
   per-reward scores, total reward, length, truncated. `on_records` sees each batch's
-  records as they are made (e.g. to stream them to a JSONL file).
+  records as they are made (e.g. to stream them to a JSONL file). With `tools` (an
+  `r1jax.tools.ToolConfig`) the samples are multi-turn rollouts (`r1jax.multiturn`, as in
+  training) and each record also counts its tool calls (`tool_calls`) and error replies
+  (`tool_errors`).
   """
   from r1jax.rewards import extract_answer, normalize_answer
   records = []
@@ -82,7 +86,14 @@ def sample_and_score(params: Any, model_cfg, tokenizer, examples: Sequence[Mappi
     ids = [tokenizer.encode(p) for p in prompts]
     toks, mask = pad_prompts(ids, tokenizer.pad_id, prompt_bucket)
     rng, sub = jax.random.split(rng)
-    out = to_host(generate(params, model_cfg, toks, mask, sub, scfg))
+    calls = None
+    if tools is not None:
+      from r1jax import multiturn
+      out, tc = multiturn.generate_with_tools(params, model_cfg, ids, tokenizer, sub, scfg,
+                                              tools, prompt_bucket)
+      calls = tc.calls
+    else:
+      out = to_host(generate(params, model_cfg, toks, mask, sub, scfg))
     texts = [tokenizer.decode(t[:l].tolist()) for t, l in zip(out.tokens, out.lengths)]
     row_examples = [dict(chunk[i // g], prefill=prefill) for i in range(len(texts))]
     res = reward_pool.score(texts, row_examples)
@@ -99,6 +110,9 @@ def sample_and_score(params: Any, model_cfg, tokenizer, examples: Sequence[Mappi
           "truncated": bool(out.lengths[i] >= scfg.max_new_tokens and
                             not set(out.tokens[i, :out.lengths[i]].tolist()) & set(scfg.eos_ids)),
           **{f"reward/{k}": float(v[i]) for k, v in res.per_reward.items()}})
+      if calls is not None:
+        batch[-1].update(tool_calls=len(calls[i]), tool_errors=sum(
+            body.startswith("error:") for _, body in calls[i]))
     if on_records is not None:
       on_records(batch)
     records.extend(batch)
@@ -165,6 +179,11 @@ def records_metrics(records: Sequence[Mapping[str, Any]], k: int,
   if "reward/cold_start_format" in records[0]:
     out["cold_start_format_rate"] = float(np.mean([r["reward/cold_start_format"]
                                                    for r in records]))
+  if "tool_calls" in records[0]:  # multi-turn rollouts with tools
+    n_calls = sum(r["tool_calls"] for r in records)
+    out["tools/calls_per_sample"] = n_calls / len(records)
+    out["tools/call_rate"] = float(np.mean([r["tool_calls"] > 0 for r in records]))
+    out["tools/error_share"] = sum(r["tool_errors"] for r in records) / n_calls if n_calls else 0.0
   if "truncated" in records[0]:
     out["truncated_rate"] = float(np.mean([r["truncated"] for r in records]))
   out["reward_mean"] = float(np.mean([r.get("reward", 0.0) for r in records]))

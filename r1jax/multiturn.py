@@ -40,9 +40,11 @@ class ToolCalls(NamedTuple):
 
 
 def metrics(tc: ToolCalls) -> dict[str, float]:
-  """Per step: tool calls per sample and the share of replies that were errors."""
+  """Per step: tool calls per sample, the share of samples with at least one call, and the
+  share of replies that were errors."""
   n = sum(len(c) for c in tc.calls)
   return {"tools/calls_per_sample": n / max(len(tc.calls), 1),
+          "tools/call_rate": sum(bool(c) for c in tc.calls) / max(len(tc.calls), 1),
           "tools/error_share": tc.errors / n if n else 0.0}
 
 

@@ -11,6 +11,8 @@ Reads WORKDIR/metrics.jsonl (one row per logged training step) and WORKDIR/eval.
                            pass@1_lo / pass@1_hi (cons@k_lo / cons@k_hi)
   fig3_response_length.png mean response length over steps (paper, Figure 3)
   reflection_share.png     share of responses with reflection phrases over steps
+  tool_use.png             runs with tools: share of responses that call a tool, and
+                           accuracy, over steps (training rollouts and held-out)
 Metrics a run did not log are left out. Needs matplotlib.
 """
 
@@ -169,6 +171,24 @@ def plot_run(workdir: str, out_dir: str | None = None, smooth: float = 0.8) -> l
                  "response length (cf. R1 Figure 3)", "fig3_response_length.png")
   train_and_eval("reflection_rate", "share of responses", "responses with reflection phrases",
                  "reflection_share.png")
+
+  if series(train, ("tools/call_rate",)) or series(evals, ("tools/call_rate",)):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, (tkey, ekey, title) in zip(axes, (
+        ("tools/call_rate", "tools/call_rate", "responses with a tool call"),
+        ("accuracy", "pass@1", "accuracy (held-out: pass@1)"))):
+      tr, ev = series(train, (tkey,)), series(evals, (ekey,))
+      if tr:
+        _plot_series(ax, tr[0], tr[1], smooth, label="training rollouts")
+      if ev:
+        _plot_series(ax, ev[0], ev[1], 0.0, label="held-out evaluation")
+      ax.set_ylim(-0.03, 1.03)
+      ax.set_xlabel("step")
+      ax.set_title(title)
+      ax.grid(alpha=0.3)
+      ax.legend()
+    fig.suptitle(f"{name}: tool use")
+    save(fig, "tool_use.png")
   return written
 
 
