@@ -31,7 +31,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # accuracy instead of ~0%, so GRPO has signal within the first steps on a CPU.
       few_shot=[dict(question="Calculate 3 + 4.",
                      completion="<think> 3 + 4 = 7 </think> <answer> 7 </answer>")],
-      num_eval=32, prompt_bucket=32)
+      num_eval=32, prompt_bucket=32,
+      # Training drops every example whose question equals a held-out one's (the generator
+      # repeats small sums; disjoint indices alone left 114 of 256 held-out questions in
+      # training): r1jax.data.train_eval_split's dedupe_key; "" turns it off.
+      heldout_dedupe="question")
 
   # decode_dtype: "" decodes in the model's dtype; "bfloat16" keeps the decode weights and KV
   # cache in bf16 (float32 accumulation): about 1.4x the rollout speed on CPU, at the price

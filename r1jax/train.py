@@ -138,7 +138,8 @@ def train(c, workdir: str) -> list[dict]:
 
   # Data: held-out split, checkpointable iterator over the rest.
   source = data_lib.make_source(dict(c.data.source))
-  train_src, eval_src = data_lib.train_eval_split(source, c.data.num_eval, seed=c.seed)
+  train_src, eval_src = data_lib.train_eval_split(source, c.data.num_eval, seed=c.seed,
+                                                  dedupe_key=c.data.get("heldout_dedupe") or None)
   # Every process reads the same global batch (shard_count=1): sampling and training are
   # global computations on the mesh, and host work (rewards) is repeated per process.
   data_it = data_lib.batch_iterator(train_src, c.grpo.prompts_per_step, seed=c.seed,
