@@ -118,6 +118,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  eval_every=10, eval_samples=4, eval_temperature=0.6, eval_top_p=0.95,
                  checkpoint_every=10, keep_checkpoints=3, max_nonfinite_steps=10,
                  eval_at_start=True,
+                 # Held-out prompts per sampler call (x eval_samples rows): more rows per call
+                 # decode faster per sample on a CPU.
+                 eval_batch_prompts=16,
                  # JAX's persistent compilation cache: "auto" (~/.cache/r1jax/jax_cache or
                  # $R1JAX_CACHE_DIR), "workdir" (WORKDIR/jax_cache), a path, or "" (off).
                  compilation_cache="auto", reflection_words=(

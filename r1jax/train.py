@@ -218,7 +218,8 @@ def train(c, workdir: str) -> list[dict]:
 
   run_eval = make_evaluator(model_cfg, tokenizer, eval_examples, render, prefill, pool,
                             eval_scfg, writer, mesh, prompt_bucket=c.data.prompt_bucket,
-                            reflection_words=tuple(c.train.reflection_words))
+                            reflection_words=tuple(c.train.reflection_words),
+                            batch_prompts=c.train.get("eval_batch_prompts", 16))
 
   with use_mesh(mesh):
     if (start == 0 and c.train.eval_every > 0 and eval_examples

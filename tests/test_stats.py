@@ -140,13 +140,17 @@ def test_trainer_eval_hook_writes_intervals_and_problem_rows(tmp_path, monkeypat
   from r1jax.metrics import MetricsWriter
   from r1jax.sampling import SamplingConfig
   correct = np.array([[1, 0], [1, 1], [0, 0]])
-  monkeypatch.setattr(ev, "sample_and_score", lambda *a, **kw: _records(correct, 2))
+  calls = []
+  monkeypatch.setattr(ev, "sample_and_score",
+                      lambda *a, **kw: calls.append(kw["batch_prompts"]) or _records(correct, 2))
   writer = MetricsWriter(str(tmp_path))
   run_eval = run.make_evaluator(None, None, [{}] * 3, str, "", None,
-                                SamplingConfig(num_samples=2), writer, None, verbose=False)
+                                SamplingConfig(num_samples=2), writer, None, verbose=False,
+                                batch_prompts=7)
   monkeypatch.setattr(run, "use_mesh", lambda mesh: __import__("contextlib").nullcontext())
   run_eval(None, None, 5)
   writer.close()
+  assert calls == [7]  # train.eval_batch_prompts reaches the sampler
   row = json.loads((tmp_path / "eval.jsonl").read_text())
   assert (row["pass@1_lo"], row["pass@1_hi"]) == stats.bootstrap_ci([0.5, 1.0, 0.0])
   probs = json.loads((tmp_path / "eval_problems.jsonl").read_text())
