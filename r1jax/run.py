@@ -46,13 +46,14 @@ def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[st
                    render: Callable[[Mapping[str, Any]], str], prefill: str, pool: Any,
                    scfg: SamplingConfig, writer: MetricsWriter, mesh: Any, *,
                    prompt_bucket: int = 32, reflection_words: Sequence[str] = (),
-                   verbose: bool = True, tools: Any = None
+                   verbose: bool = True, tools: Any = None, batch_prompts: int = 16
                    ) -> Callable[[Any, jax.Array, int], dict]:
   """`run_eval(params, rng, step) -> metrics`: held-out pass@1 / cons@k (with their
   bootstrap intervals) / format / length of `examples` sampled with `scfg`, written to
   eval.jsonl (and TensorBoard); each problem's scores go to eval_problems.jsonl (one row
   per eval: `eval_lib.problem_scores`). With `tools` (a ToolConfig) the samples are
-  multi-turn rollouts with tools, as in training, and the tool metrics are logged."""
+  multi-turn rollouts with tools, as in training, and the tool metrics are logged.
+  `batch_prompts` prompts (x scfg.num_samples rows) go to the sampler at a time."""
   is_main = verbose and jax.process_index() == 0
 
   def run_eval(params: Any, rng: jax.Array, step: int) -> dict:
@@ -66,7 +67,8 @@ def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[st
     with use_mesh(mesh):
       recs = eval_lib.sample_and_score(params, model_cfg, tokenizer, examples, render, pool,
                                        scfg, rng, prompt_bucket=prompt_bucket, prefill=prefill,
-                                       on_records=show, tools=tools)
+                                       on_records=show, tools=tools,
+                                       batch_prompts=batch_prompts)
     m = eval_lib.records_metrics(recs, scfg.num_samples, reflection_words)
     m["eval_time_s"] = time.time() - t0
     writer.write(step, m, filename="eval.jsonl")

@@ -135,7 +135,8 @@ def train(c, workdir: str) -> list[dict]:
 
   # Data: held-out split, checkpointable iterator over the rest.
   source = data_lib.make_source(dict(c.data.source))
-  train_src, eval_src = data_lib.train_eval_split(source, c.data.num_eval, seed=c.seed)
+  train_src, eval_src = data_lib.train_eval_split(source, c.data.num_eval, seed=c.seed,
+                                                  dedupe_key=c.data.get("heldout_dedupe") or None)
   # Every process reads the same global batch (shard_count=1): sampling and training are
   # global computations on the mesh, and host work (rewards) is repeated per process.
   data_it = data_lib.batch_iterator(train_src, c.train.prompts_per_step, seed=c.seed,
@@ -209,7 +210,8 @@ def train(c, workdir: str) -> list[dict]:
   run_eval = make_evaluator(model_cfg, tokenizer, eval_examples, render, prefill, pool,
                             eval_scfg, writer, mesh, prompt_bucket=c.data.prompt_bucket,
                             reflection_words=tuple(c.train.reflection_words),
-                            tools=tcfg)  # held-out samples use the tools as training does
+                            tools=tcfg,  # held-out samples use the tools as training does
+                            batch_prompts=c.train.get("eval_batch_prompts", 16))
 
   with use_mesh(mesh):
     if (start == 0 and c.train.eval_every > 0 and eval_examples

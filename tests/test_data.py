@@ -363,6 +363,26 @@ def test_train_eval_split():
     data.train_eval_split(src, 30, seed=0)
 
 
+def test_train_eval_split_dedupe_drops_repeated_questions_from_training():
+  # 10 examples, questions q0..q4 twice each (ids differ): an index-disjoint split holds
+  # out some question whose twin stays in training unless dedupe_key drops it.
+  src = grain.MapDataset.source(
+    [{"question": f"q{i % 5}", "answer": str(i % 5), "task": "t", "id": f"t/{i}", "entry": {}}
+     for i in range(10)])
+  train, held = data.train_eval_split(src, 2, seed=0)
+  held_q = {e["question"] for e in held}
+  assert held_q & {e["question"] for e in train}  # the leak
+  train_d, held_d = data.train_eval_split(src, 2, seed=0, dedupe_key="question")
+  assert [e["id"] for e in held_d] == [e["id"] for e in held]  # same held-out split
+  assert not held_q & {e["question"] for e in train_d}
+  # By hand: 8 training examples minus the twins of the held-out questions.
+  twins = sum(e["question"] in held_q for e in train)
+  assert len(train_d) == 8 - twins and twins >= 1
+  with pytest.raises(ValueError, match="repeats"):
+    data.train_eval_split(grain.MapDataset.source([{"question": "q"}] * 3), 1, seed=0,
+                          dedupe_key="question")
+
+
 def test_orbax_checkpoint_of_iterator(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   src = _int_source(10)

@@ -140,13 +140,17 @@ def test_trainer_eval_hook_writes_intervals_and_problem_rows(tmp_path, monkeypat
   from r1jax.metrics import MetricsWriter
   from r1jax.sampling import SamplingConfig
   correct = np.array([[1, 0], [1, 1], [0, 0]])
-  monkeypatch.setattr(ev, "sample_and_score", lambda *a, **kw: _records(correct, 2))
+  calls = []
+  monkeypatch.setattr(ev, "sample_and_score",
+                      lambda *a, **kw: calls.append(kw["batch_prompts"]) or _records(correct, 2))
   writer = MetricsWriter(str(tmp_path))
   run_eval = run.make_evaluator(None, None, [{}] * 3, str, "", None,
-                                SamplingConfig(num_samples=2), writer, None, verbose=False)
+                                SamplingConfig(num_samples=2), writer, None, verbose=False,
+                                batch_prompts=7)
   monkeypatch.setattr(run, "use_mesh", lambda mesh: __import__("contextlib").nullcontext())
   run_eval(None, None, 5)
   writer.close()
+  assert calls == [7]  # train.eval_batch_prompts reaches the sampler
   row = json.loads((tmp_path / "eval.jsonl").read_text())
   assert (row["pass@1_lo"], row["pass@1_hi"]) == stats.bootstrap_ci([0.5, 1.0, 0.0])
   probs = json.loads((tmp_path / "eval_problems.jsonl").read_text())
@@ -201,3 +205,40 @@ def test_algorithm_bench_reports_paired_differences(tmp_path):
   assert lines[0] == "pass@1 rloo - grpo: +0.000 [+0.000, +0.000] over 4 problems (not significant)"
   # gae - grpo per problem: -1, -0.75, -0.5, -0.5: every resampled mean is negative.
   assert lines[1].startswith("pass@1 gae - grpo: -0.688 [") and lines[1].endswith("(significant)")
+
+
+def _gain_run(wd, before, after, fmt=(0.5, 1.0), ids=("a", "b")):
+  os.makedirs(wd)
+  with open(os.path.join(wd, "eval.jsonl"), "w") as f:
+    for step, p, r in ((0, before, fmt[0]), (30, after, fmt[1])):
+      f.write(json.dumps({"step": step, "pass@1": float(np.mean(p)), "format_rate": r,
+                          "eval_time_s": 2.0}) + "\n")
+  with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+    for step in range(1, 31):
+      f.write(json.dumps({"step": step, "step_time_s": 0.5}) + "\n")
+  with open(os.path.join(wd, "eval_problems.jsonl"), "w") as f:
+    for step, p in ((0, before), (30, after)):
+      f.write(json.dumps({"step": step, "id": list(ids), "pass@1": list(p)}) + "\n")
+
+
+def test_gain_bench_by_hand(tmp_path, capsys):
+  from r1jax.bench import gain
+  _gain_run(str(tmp_path / "s0"), [0.0, 0.5], [1.0, 1.0])
+  _gain_run(str(tmp_path / "s1"), [1.0, 1.0], [1.0, 1.0], fmt=(1.0, 1.0))
+  r = gain.run_gain(str(tmp_path / "s0"))
+  # Differences (1, 0.5): resampled means 1/2, 3/4, 1 with probabilities 1/4, 1/2, 1/4.
+  assert (r["gain"], r["gain_lo"], r["gain_hi"]) == pytest.approx((0.75, 0.5, 1.0))
+  assert r["significant"] and r["steps"] == 30 and r["num_problems"] == 2
+  assert (r["train_time_s"], r["eval_time_s"]) == (15.0, 4.0)
+  # pass@1 0.25 at format 0.5 -> accuracy 0.5 among formatted samples; then 1.0 at 1.0.
+  assert (r["acc_given_format_first"], r["acc_given_format_last"]) == (0.5, 1.0)
+  p = gain.pooled([r, gain.run_gain(str(tmp_path / "s1"))])
+  # Differences (1, 0.5, 0, 0): mean 3/8; all four drawn from the zeros has probability
+  # 1/16 > 2.5%, so the interval starts at 0 and the pool is not significant.
+  assert p["gain"] == 0.375 and p["gain_lo"] == 0.0 and not p["significant"]
+  assert (p["gain_lo"], p["gain_hi"]) == stats.bootstrap_ci([1.0, 0.5, 0.0, 0.0])
+  gain.main([str(tmp_path / "s0"), str(tmp_path / "s1")])
+  out = capsys.readouterr().out.splitlines()
+  assert "gain +0.750 [+0.500, +1.000] over 2 problems" in out[0]
+  assert "acc|format 0.500 -> 1.000" in out[0]
+  assert out[2].startswith("pooled: gain +0.375 [+0.000, ")

@@ -94,10 +94,16 @@ def batch_iterator(
   return iter(ds.to_iter_dataset(read))
 
 
-def train_eval_split(source: Any, num_eval: int, seed: int) -> tuple[grain.MapDataset,
-                                                                    grain.MapDataset]:
+def train_eval_split(source: Any, num_eval: int, seed: int, *, dedupe_key: str | None = None
+                     ) -> tuple[grain.MapDataset, grain.MapDataset]:
   """Deterministic disjoint split: `num_eval` held-out examples picked by `seed`, the
-  rest for training. Both keep the source's order; each is a finite MapDataset."""
+  rest for training. Both keep the source's order; each is a finite MapDataset.
+
+  Disjoint indices are not disjoint problems when the source repeats itself (a generator
+  drawing 2000 sums of small numbers repeats many); `dedupe_key` (e.g. "question") also
+  drops from training every example whose value under that key equals a held-out one's,
+  so the held-out score never counts a problem the policy trained on. It reads every
+  example once. The held-out split is the same with or without it."""
   ds = as_map_dataset(source)
   n = len(ds)
   if not 0 < num_eval < n:
@@ -105,6 +111,11 @@ def train_eval_split(source: Any, num_eval: int, seed: int) -> tuple[grain.MapDa
   perm = np.random.default_rng(seed).permutation(n)
   eval_idx = np.sort(perm[:num_eval]).tolist()
   train_idx = np.sort(perm[num_eval:]).tolist()
+  if dedupe_key:
+    held = {str(ds[i][dedupe_key]) for i in eval_idx}
+    train_idx = [i for i in train_idx if str(ds[i][dedupe_key]) not in held]
+    if not train_idx:
+      raise ValueError(f"every training example repeats a held-out {dedupe_key!r}")
   # Explicit index lists (not slices of a shuffle): an index past the end wraps within
   # the split, so later epochs never leak held-out examples into training.
   take = _Take(ds)
