@@ -68,11 +68,18 @@ def paired_difference(before: Mapping[str, Sequence], after: Mapping[str, Sequen
   """`after` - `before` in `key` over the problems both scored, matched by id (two rows
   of a trainer's eval_problems.jsonl, or `evaluate.problem_scores` of two runs), with its
   paired bootstrap interval (`ci`: `paired_diff_ci`'s keywords) and whether it excludes 0."""
+  x, y = paired_scores(before, after, key)
+  diff, lo, hi = paired_diff_ci(x, y, **ci)
+  return {"diff": diff, "lo": lo, "hi": hi, "num_problems": len(x),
+          "significant": significant(lo, hi)}
+
+
+def paired_scores(before: Mapping[str, Sequence], after: Mapping[str, Sequence],
+                  key: str = "pass@1") -> tuple[tuple, tuple]:
+  """(before's, after's) `key` scores of the problems both scored, matched by id."""
   b = dict(zip(before["id"], before[key]))
   pairs = [(b[i], v) for i, v in zip(after["id"], after[key]) if i in b]
   if not pairs:
     raise ValueError("the two evaluations share no problem ids")
   x, y = zip(*pairs)
-  diff, lo, hi = paired_diff_ci(x, y, **ci)
-  return {"diff": diff, "lo": lo, "hi": hi, "num_problems": len(pairs),
-          "significant": significant(lo, hi)}
+  return x, y

@@ -49,8 +49,8 @@ def run_gain(workdir: str) -> dict:
 
 
 def _diffs(before: dict, after: dict) -> list[float]:
-  b = dict(zip(before["id"], before["pass@1"]))
-  return [v - b[i] for i, v in zip(after["id"], after["pass@1"]) if i in b]
+  x, y = stats.paired_scores(before, after)
+  return [b - a for a, b in zip(x, y)]
 
 
 def pooled(runs: Sequence[dict]) -> dict:
