@@ -13,6 +13,7 @@ end-of-text tokens present in the vocabulary, e.g. SmolLM2's <|im_end|> and <|en
 
 Encoding never adds special tokens by itself except BOS with `add_bos=True`; special tokens
 written in the text (as chat templates do) are matched whole, as HF tokenizers do.
+The backends (HF tokenizers, sentencepiece, bytes) are in `r1jax.tokenizer_backends`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import json
 import os
 import warnings
 from typing import Any, Iterable, Mapping, Sequence
+
+from r1jax.tokenizer_backends import ByteBackend, HFBackend, SentencePieceBackend
 
 # Tokens that end a generation when present (and special) in a vocabulary.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>",
@@ -67,161 +70,6 @@ def _compile_template(template: str):
   env.globals["raise_exception"] = raise_exception
   env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
   return env.from_string(template)
-
-
-# ----------------------------------------------------------------------------- backends
-
-
-class _HFBackend:
-  """A `tokenizers.Tokenizer`."""
-
-  def __init__(self, tk):
-    self.tk = tk
-    self.special_ids = {i for i, t in tk.get_added_tokens_decoder().items() if t.special}
-
-  def encode(self, text: str) -> list[int]:
-    return self.tk.encode(text, add_special_tokens=False).ids
-
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return [e.ids for e in self.tk.encode_batch(list(texts), add_special_tokens=False)]
-
-  def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-    return self.tk.decode(ids, skip_special_tokens=skip_special_tokens)
-
-  def decode_batch(self, seqs: list[list[int]], skip_special_tokens: bool) -> list[str]:
-    return self.tk.decode_batch(seqs, skip_special_tokens=skip_special_tokens)
-
-  def token_to_id(self, token: str) -> int | None:
-    return self.tk.token_to_id(token)
-
-  def id_to_token(self, i: int) -> str | None:
-    return self.tk.id_to_token(i)
-
-  @property
-  def vocab_size(self) -> int:
-    return self.tk.get_vocab_size(with_added_tokens=True)
-
-
-class _SentencePieceBackend:
-  """A sentencepiece model; special tokens in the text are split out and matched whole."""
-
-  def __init__(self, model_file: str, added: Mapping[int, tuple[str, bool]] | None = None):
-    import re
-
-    import sentencepiece as spm
-    self.sp = spm.SentencePieceProcessor(model_file=model_file)
-    n = self.sp.get_piece_size()
-    self.special_ids = {i for i in range(n) if self.sp.is_control(i) or self.sp.is_unknown(i)}
-    self.added = dict(added or {})  # id -> (content, special)
-    self.special_ids |= {i for i, (_, special) in self.added.items() if special}
-    self._by_text = {c: i for i, (c, _) in self.added.items()}
-    for i in range(n):
-      if self.sp.is_control(i):
-        self._by_text.setdefault(self.sp.id_to_piece(i), i)
-    words = sorted(self._by_text, key=len, reverse=True)
-    self._split = re.compile("(" + "|".join(map(re.escape, words)) + ")") if words else None
-
-  def encode(self, text: str) -> list[int]:
-    if self._split is None:
-      return list(self.sp.encode(text))
-    out = []
-    for part in self._split.split(text):
-      if not part:
-        continue
-      if part in self._by_text:
-        out.append(self._by_text[part])
-      else:
-        out.extend(self.sp.encode(part))
-    return out
-
-  def encode_batch(self, texts):
-    return [self.encode(t) for t in texts]
-
-  def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-    n = self.sp.get_piece_size()
-    out, run = [], []
-    for i in ids:
-      if skip_special_tokens and i in self.special_ids:
-        continue
-      if i in self.added or (i < n and self.sp.is_control(i)):
-        out.append(self.sp.decode(run))
-        run = []
-        out.append(self.added[i][0] if i in self.added else self.sp.id_to_piece(i))
-      else:
-        run.append(i)
-    out.append(self.sp.decode(run))
-    return "".join(out)
-
-  def decode_batch(self, seqs, skip_special_tokens):
-    return [self.decode(s, skip_special_tokens) for s in seqs]
-
-  def token_to_id(self, token: str) -> int | None:
-    if token in self._by_text:
-      return self._by_text[token]
-    i = self.sp.piece_to_id(token)
-    return None if i == self.sp.unk_id() and token != self.sp.id_to_piece(i) else i
-
-  def id_to_token(self, i: int) -> str | None:
-    if i in self.added:
-      return self.added[i][0]
-    return self.sp.id_to_piece(i) if 0 <= i < self.sp.get_piece_size() else None
-
-  @property
-  def vocab_size(self) -> int:
-    return max([self.sp.get_piece_size()] + [i + 1 for i in self.added])
-
-
-class _ByteBackend:
-  """UTF-8 bytes as ids: id b is byte b, except ids 0, 1, 2 which are <pad>, <bos>, <eos>
-  (bytes NUL, SOH, STX never occur in text; encoding them raises)."""
-
-  SPECIALS = ("<pad>", "<bos>", "<eos>")
-
-  def __init__(self):
-    self.special_ids = set(range(len(self.SPECIALS)))
-
-  def encode(self, text: str) -> list[int]:
-    ids = list(text.encode("utf-8"))
-    if any(i < len(self.SPECIALS) for i in ids):
-      raise ValueError("byte-level tokenizer cannot encode bytes 0x00-0x02 (reserved ids)")
-    return ids
-
-  def encode_batch(self, texts):
-    return [self.encode(t) for t in texts]
-
-  def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-    out, run = [], bytearray()
-    for i in ids:
-      if i in self.special_ids:
-        if not skip_special_tokens:
-          out.append(run.decode("utf-8", errors="replace"))
-          run = bytearray()
-          out.append(self.SPECIALS[i])
-      elif 0 <= i < 256:
-        run.append(i)
-    out.append(run.decode("utf-8", errors="replace"))
-    return "".join(out)
-
-  def decode_batch(self, seqs, skip_special_tokens):
-    return [self.decode(s, skip_special_tokens) for s in seqs]
-
-  def token_to_id(self, token: str) -> int | None:
-    if token in self.SPECIALS:
-      return self.SPECIALS.index(token)
-    b = token.encode("utf-8")
-    return b[0] if len(b) == 1 and b[0] >= len(self.SPECIALS) else None
-
-  def id_to_token(self, i: int) -> str | None:
-    if i in self.special_ids:
-      return self.SPECIALS[i]
-    return bytes([i]).decode("latin-1") if 0 <= i < 256 else None
-
-  @property
-  def vocab_size(self) -> int:
-    return 256
-
-
-# ----------------------------------------------------------------------------- interface
 
 
 def _ids_list(ids: Any) -> list[int]:
@@ -324,7 +172,7 @@ class Tokenizer:
     """
     if vocab_size < 256:
       raise ValueError(f"byte-level tokenizer needs vocab_size >= 256, got {vocab_size}")
-    return cls(_ByteBackend(), bos_id=1, eos_id=2, pad_id=0, unk_id=None,
+    return cls(ByteBackend(), bos_id=1, eos_id=2, pad_id=0, unk_id=None,
                chat_template=DEFAULT_CHAT_TEMPLATE, name="byte_level")
 
   @classmethod
@@ -389,7 +237,7 @@ class Tokenizer:
                     f"lists {len(tokens)} tokens (repeated tokens keep their first id)")
     name = gguf_field(reader, "general.name") or os.path.basename(os.fspath(getattr(
         reader, "path", "gguf")))
-    return cls(_HFBackend(tk), bos_id=f("ggml.bos_token_id"), eos_id=f("ggml.eos_token_id"),
+    return cls(HFBackend(tk), bos_id=f("ggml.bos_token_id"), eos_id=f("ggml.eos_token_id"),
                pad_id=f("ggml.padding_token_id"), unk_id=f("ggml.unknown_token_id"),
                chat_template=f("chat_template"), add_bos=bool(f("ggml.add_bos_token", False)),
                name=name)
@@ -419,9 +267,9 @@ class Tokenizer:
              for i, d in (config.get("added_tokens_decoder") or {}).items()}
     if os.path.exists(os.path.join(path, "tokenizer.json")):
       from tokenizers import Tokenizer as HFTokenizer
-      backend = _HFBackend(HFTokenizer.from_file(os.path.join(path, "tokenizer.json")))
+      backend = HFBackend(HFTokenizer.from_file(os.path.join(path, "tokenizer.json")))
     elif os.path.exists(os.path.join(path, "tokenizer.model")):
-      backend = _SentencePieceBackend(os.path.join(path, "tokenizer.model"), added)
+      backend = SentencePieceBackend(os.path.join(path, "tokenizer.model"), added)
     else:
       raise FileNotFoundError(f"{path} has neither tokenizer.json nor tokenizer.model")
 
