@@ -3,6 +3,7 @@
 import pytest
 
 from r1jax.bench import sampling as bench
+from r1jax.bench.roofline import flops_per_token
 from r1jax.model import gguf
 from r1jax.model.smollm2 import smollm2_gguf_path
 
@@ -17,7 +18,7 @@ def test_flops_per_token_counts_smollm2_weights():
   matmul = sum(v.size for layer in layers for k, v in layer.items()
                if k in ("q", "k", "v", "o", "gate", "up", "down")) + params["embed"].size
   attn = 4 * cfg.num_layers * cfg.num_heads * cfg.hd * (32 + 64.5)
-  assert bench.flops_per_token(cfg, 32, 128) == pytest.approx(2 * matmul + attn)
+  assert flops_per_token(cfg, 32, 128) == pytest.approx(2 * matmul + attn)
 
 
 def test_benchmark_runs_and_reports_both(tmp_path):

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from r1jax.bench.sampling import machine
+from r1jax.bench.timing import machine
 
 
 def train_rows(cfg, params, prompts: np.ndarray, lens: np.ndarray, max_new: int, row_len: int,

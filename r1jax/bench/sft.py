@@ -187,7 +187,7 @@ def main(argv=None) -> dict:
   bad = [d for d in dtypes if d not in ("float32", "bfloat16")]
   if bad:
     raise SystemExit(f"--dtypes: {bad} not in (float32, bfloat16)")
-  from r1jax.bench.sampling import machine
+  from r1jax.bench.timing import machine
   report = {"machine": machine()}
   print(f"machine: {report['machine']}", flush=True)
   for n in (int(x) for x in args.n.split(",")):
