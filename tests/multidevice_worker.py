@@ -214,11 +214,11 @@ def check_shardings(ctx: Context) -> dict:
 @check
 def check_save(ctx: Context) -> dict:
   """save_hf_dir from the sharded params writes the same tensors as from the host copy."""
-  from r1jax.model import hf as hf_lib
+  from r1jax.model import hf_layout
   from r1jax.model.checkpoint_io import SafetensorsDir
   out = os.path.join(ctx.tmpdir, "saved_from_mesh")
   files = save_hf_dir(ctx.params, ctx.cfg, out, max_shard_bytes=150_000)
-  want = dict(hf_lib.params_to_hf(ctx.ref_params, ctx.cfg))
+  want = dict(hf_layout.params_to_hf(ctx.ref_params, ctx.cfg))
   with SafetensorsDir(out) as st:
     assert st.names() == set(want), sorted(st.names() ^ set(want))
     for name, w in want.items():

@@ -17,6 +17,7 @@ from grpo_batches import random_batch
 from hf_oracle import check_greedy_decode, hf_logits
 from r1jax.model import PRESETS, ModelConfig, forward, init_cache, param_shapes
 from r1jax.model import hf as hf_lib
+from r1jax.model import hf_layout
 from r1jax.model.checkpoint_io import load_hf_dir, save_hf_dir
 from r1jax.model.moe import moe_mlp, router_summary, update_router_bias
 
@@ -300,7 +301,7 @@ def test_bias_balancing_in_the_train_step(dsv3):
 
 def test_presets():
   cfg = PRESETS["deepseek-v3"]
-  n = sum(math.prod(t.shape) for t in hf_lib.param_layout(cfg))
+  n = sum(math.prod(t.shape) for t in hf_layout.param_layout(cfg))
   assert abs(n / 671e9 - 1) < 0.01, n  # 671B without the multi-token-prediction module
   assert cfg.moe_layers == tuple(range(3, 61))
   hf = hf_lib.config_to_hf(cfg)
@@ -312,7 +313,7 @@ def test_presets():
   tiny = PRESETS["tiny_mla"].replace(router_bias_update_speed=0.0)
   assert tiny.is_mla and hf_lib.config_from_hf(hf_lib.config_to_hf(tiny)) == tiny
   shapes = param_shapes(tiny)  # our params are exactly the HF tensors' (stacked) shapes
-  assert {t.path: t.shape for t in hf_lib.param_layout(tiny)} == {
+  assert {t.path: t.shape for t in hf_layout.param_layout(tiny)} == {
       (k, *rest): tuple(x.shape) for k, rest, x in _flat(shapes)}
 
 

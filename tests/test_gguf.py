@@ -13,6 +13,7 @@ import pytest
 
 from r1jax.model import PRESETS, forward, positions_from_mask
 from r1jax.model import hf as hfmap
+from r1jax.model import hf_layout
 from r1jax.model.gguf import (config_from_gguf, hf_tensor_getter, load_gguf, open_gguf,
                               permute_qk, unpermute_qk)
 from r1jax.model.smollm2 import INSTALL_HINT, smollm2_gguf_path
@@ -91,7 +92,7 @@ def test_smollm2_params_equal_transformers_state_dict(smol, hf_smol):
   """Every tensor (dequantised, Q/K un-permuted) equals transformers' own import."""
   cfg, params = smol
   sd = hf_smol.state_dict()
-  for name, w in hfmap.params_to_hf(params, cfg):
+  for name, w in hf_layout.params_to_hf(params, cfg):
     np.testing.assert_allclose(w, sd[name].numpy(), rtol=0, atol=1e-6, err_msg=name)
 
 
@@ -276,7 +277,7 @@ def test_synthetic_gguf_matches_hf(tmp_path, kind, arch):
   cfg, params = load_gguf(tmp_path / "m.gguf")
   ref_cfg = hfmap.config_from_hf(model.config.to_dict())
   assert cfg.replace(max_position_embeddings=0) == ref_cfg.replace(max_position_embeddings=0)
-  for name, ours in hfmap.params_to_hf(params, cfg):
+  for name, ours in hf_layout.params_to_hf(params, cfg):
     np.testing.assert_array_equal(ours, rounded[name], err_msg=name)
   tokens = np.random.default_rng(1).integers(0, 256, size=(2, 37))
   out, _ = _fwd(params, cfg, tokens, np.broadcast_to(np.arange(37), (2, 37)))

@@ -15,6 +15,7 @@ import pytest
 
 from hf_oracle import hf_logits, make_hf_model
 from r1jax.model import hf as hf_lib
+from r1jax.model import hf_layout
 from r1jax.model.checkpoint_io import (SafetensorsDir, load_hf_dir, model_config_from_dict,
                                        save_hf_dir, write_safetensors_dir)
 from r1jax.model.config import ModelConfig
@@ -103,7 +104,7 @@ def test_sharded_checkpoint_loads_like_single_file(hf_model, tmp_path):
   assert sum(f.endswith(".safetensors") for f in files) > 2
   with open(os.path.join(ours, "model.safetensors.index.json")) as f:
     index = json.load(f)
-  assert set(index["weight_map"]) == {t.hf_name for t in hf_lib.param_layout(cfg)}
+  assert set(index["weight_map"]) == {t.hf_name for t in hf_layout.param_layout(cfg)}
   _assert_same_params(load_hf_dir(ours)[1], params)
 
 
@@ -270,7 +271,7 @@ def test_hf_slice_covers_every_shard_layout():
   cfg = ModelConfig(vocab_size=24, hidden_size=16, num_layers=1, num_heads=4, num_kv_heads=2,
                     intermediate_size=12, head_dim=6, tie_embeddings=False, qkv_bias=True)
   rng = np.random.RandomState(0)
-  for t in hf_lib.param_layout(cfg):
+  for t in hf_layout.param_layout(cfg):
     hf_w = rng.normal(size=t.hf_shape).astype(np.float32)
     ours = t.to_ours(hf_w)
     np.testing.assert_array_equal(t.to_hf(ours), hf_w)

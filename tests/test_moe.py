@@ -16,6 +16,7 @@ from grpo_batches import random_batch
 from hf_oracle import check_greedy_decode, hf_logits, make_hf_model
 from r1jax.model import PRESETS, ModelConfig, forward, init_params, positions_from_mask
 from r1jax.model import hf as hf_lib
+from r1jax.model import hf_layout
 from r1jax.model.checkpoint_io import load_hf_dir, model_config_from_dict, save_hf_dir
 from r1jax.model.transformer import moe_mlp, param_axes
 
@@ -96,7 +97,7 @@ def test_stacked_expert_layout_slices_per_expert():
   cfg = PRESETS["tiny_moe"].replace(hidden_size=16, moe_intermediate_size=12, num_heads=2,
                                     num_kv_heads=1, intermediate_size=8)
   rs = np.random.RandomState(0)
-  stacked = [t for t in hf_lib.param_layout(cfg) if t.experts]
+  stacked = [t for t in hf_layout.param_layout(cfg) if t.experts]
   assert len(stacked) == 3 * len(cfg.moe_layers)
   for t in stacked:
     assert t.hf_names[3] == t.hf_name.format(e=3) and ".mlp.experts.3." in t.hf_names[3]

@@ -41,6 +41,7 @@ def write_checkpoint(path: str, layers: int, shard_bytes: float) -> dict:
   import numpy as np
 
   from r1jax.model import hf as hf_lib
+  from r1jax.model import hf_layout
   from r1jax.model.checkpoint_io import write_safetensors_dir
 
   hf_cfg = bench_config(layers)
@@ -48,7 +49,7 @@ def write_checkpoint(path: str, layers: int, shard_bytes: float) -> dict:
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf_cfg, f)
-  layout = hf_lib.param_layout(cfg)
+  layout = hf_layout.param_layout(cfg)
   rng = np.random.default_rng(0)
   shapes = {t.hf_name: t.hf_shape for t in layout}
   get = lambda name: (0.02 * rng.standard_normal(shapes[name], dtype=np.float32))

@@ -30,6 +30,7 @@ import numpy as np
 
 from r1jax import mesh as mesh_lib
 from r1jax.model import hf as hf_lib
+from r1jax.model import hf_layout
 from r1jax.model.config import ModelConfig
 from r1jax.model.transformer import param_axes, param_shapes
 
@@ -283,7 +284,7 @@ def load_hf_dir(path: str, *, mesh: jax.sharding.Mesh | None = None, rules=None,
   if mesh is None:
     mesh = mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
   dtype = jnp.dtype(cfg.param_dtype)
-  layout = hf_lib.param_layout(cfg)
+  layout = hf_layout.param_layout(cfg)
   axes = param_axes(cfg)
   params: dict = {}
   with SafetensorsDir(path) as st:
@@ -309,7 +310,7 @@ def load_hf_dir(path: str, *, mesh: jax.sharding.Mesh | None = None, rules=None,
       logging.warning(msg)
 
     for t in layout:
-      sharding = mesh_lib.named_sharding(mesh, hf_lib.get_path(axes, t.path), t.shape, rules)
+      sharding = mesh_lib.named_sharding(mesh, hf_layout.get_path(axes, t.path), t.shape, rules)
       rows: dict = {}  # (name, row range) -> rows read, shared by the device shards of a param
 
       def read(t, name, index, rows=rows):
@@ -332,7 +333,7 @@ def load_hf_dir(path: str, *, mesh: jax.sharding.Mesh | None = None, rules=None,
 
       arr = jax.make_array_from_callback(t.shape, sharding, cb)
       rows.clear()
-      hf_lib.set_path(params, t.path, arr)
+      hf_layout.set_path(params, t.path, arr)
   jax.block_until_ready(params)
   logging.info("loaded %s (%d tensors) in %.1fs", path, len(layout), time.perf_counter() - t0)
   return cfg, params
@@ -372,7 +373,7 @@ def save_hf_dir(params: Mapping, cfg: ModelConfig, path: str, *, tokenizer_dir: 
   dtype = jnp.dtype(dtype)
   if dtype not in (jnp.dtype("float32"), jnp.dtype("bfloat16"), jnp.dtype("float16")):
     raise ValueError(f"save dtype must be float32, bfloat16 or float16, got {dtype}")
-  layout = hf_lib.param_layout(cfg)
+  layout = hf_layout.param_layout(cfg)
   expected = jax.tree_util.tree_structure(param_shapes(cfg))
   got = jax.tree_util.tree_structure(params)
   if got != expected:
@@ -386,10 +387,10 @@ def save_hf_dir(params: Mapping, cfg: ModelConfig, path: str, *, tokenizer_dir: 
   def get_tensor(name):
     t, e = by_name[name]
     if not t.experts:
-      return t.to_hf(_fetch(hf_lib.get_path(params, t.path)))
+      return t.to_hf(_fetch(hf_layout.get_path(params, t.path)))
     if last.get("path") != t.path:
       last.clear()
-      last.update(path=t.path, w=_fetch(hf_lib.get_path(params, t.path)))
+      last.update(path=t.path, w=_fetch(hf_layout.get_path(params, t.path)))
     return t.expert_layout.to_hf(last["w"][e])
 
   files = []
@@ -409,5 +410,5 @@ def save_hf_dir(params: Mapping, cfg: ModelConfig, path: str, *, tokenizer_dir: 
       files += copy_tokenizer_files(tokenizer_dir, path)
   else:  # join the collective gathers in the same order as process 0
     for t in layout:
-      _fetch(hf_lib.get_path(params, t.path))
+      _fetch(hf_layout.get_path(params, t.path))
   return files

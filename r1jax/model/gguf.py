@@ -4,7 +4,7 @@
 
 The file is read with `gguf.GGUFReader` (memory-mapped) and each tensor is dequantised with
 `gguf.quants.dequantize` (F32, F16, BF16, Q4_0/Q4_1/Q5_x/Q8_0, K-quants, ...) only when it
-is needed, then renamed to its HF transformers name and converted by `hf.params_from_hf`,
+is needed, then renamed to its HF transformers name and converted by `hf_layout.params_from_hf`,
 so the layout rules live in one place.
 
 Two things differ from a HF checkpoint:
@@ -26,7 +26,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
-from r1jax.model import hf
+from r1jax.model import hf_layout
 from r1jax.model.config import ModelConfig
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2")
@@ -240,5 +240,5 @@ def load_gguf(path: PathOrReader, dtype: str = "float32", *, unpermute: bool | N
   get_tensor, names = hf_tensor_getter(reader, cfg, unpermute=unpermute)
   if place is None:
     place = lambda _, w: jnp.asarray(w)
-  params = hf.params_from_hf(cfg, get_tensor, names, dtype=dtype, place=place)
+  params = hf_layout.params_from_hf(cfg, get_tensor, names, dtype=dtype, place=place)
   return cfg, params

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from r1jax import mesh as mesh_lib
-from r1jax.model import hf
+from r1jax.model import hf_layout
 from r1jax.model.config import PRESETS, ModelConfig
 from r1jax.model.transformer import init_params, param_axes
 
@@ -98,7 +98,7 @@ def _load(spec: Mapping[str, Any], mesh: Mesh, rules, seed: int):
     cfg = gguf.config_from_gguf(reader, dtype=dtypes["param_dtype"]).replace(**dtypes)
     axes = param_axes(cfg)
     place = lambda p, x: jax.device_put(x, mesh_lib.named_sharding(
-        mesh, hf.get_path(axes, p), x.shape, rules))
+        mesh, hf_layout.get_path(axes, p), x.shape, rules))
     _, params = gguf.load_gguf(reader, dtype=dtypes["param_dtype"], place=place)
     return cfg, params, Tokenizer.from_gguf(reader)
   if source == "hf_dir":

@@ -56,7 +56,7 @@ def mla_params(cfg: ModelConfig, rngs: Any, param: Callable) -> dict[str, Any]:
 def mla_hf_layout(cfg: ModelConfig, L: Callable) -> list:
   """The HF checkpoint tensors of one layer's MLA params (transformers' DeepseekV3Attention
   names), as `L(our leaf, HF name, HF shape, our shape, transpose)` makes them
-  (r1jax.model.hf.TensorLayout)."""
+  (r1jax.model.hf_layout.TensorLayout)."""
   d, h, rkv, dv = cfg.hidden_size, cfg.num_heads, cfg.kv_lora_rank, cfg.v_head_dim
   dn, dr, rq = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.q_lora_rank
   a = "self_attn."
