@@ -12,8 +12,8 @@ deadline bounds the time instead. Around that core:
 * a compound quantity (`5 hours and 30 minutes`) equals only the same number-unit pairs
   (`5 h 30 min`), never its first number;
 * a plain decimal gold against an exact prediction follows one precision rule
-  (`math_guards.decimal_gold_verdict`): its exact value, or with 6 or more decimals the exact value
-  it rounds (0.333333 accepts 1/3, 0.33 does not);
+  (`math_guards.decimal_gold_verdict`): its exact value, or with 6 or more decimals the
+  exact value it rounds (0.333333 accepts 1/3, 0.33 does not);
 * predictions that are too long, too deeply nested, or numerically explosive
   (`9^{9^{9^{9}}}`, `(10^{10})!`, `\\binom{10^{9}}{5}`, `(x+1)^{10^5}`: see
   `explosive.py`) are rejected on the text before sympy sees them (sympy evaluates
