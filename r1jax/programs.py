@@ -285,9 +285,9 @@ def rl_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
     closs = functools.partial(ppo.critic_loss, pcfg=pcfg, model_cfg=ccfg)
     out += _train_programs("critic_", lambda prm, bt: closs(prm, bt), ctx, cstate, cbatch,
                            n_micro, lambda bt: bt.completion_mask.sum())
-  rm = c.rewards.get("reward_model", {})
-  routed = any("reward_model" in dict(w) for w in dict(c.rewards.get("routing", {})).values())
-  if rm.get("checkpoint") and (rm.get("weight", 0) or routed):
+  rm = c.rewards.reward_model
+  routed = any("reward_model" in dict(w) for w in dict(c.rewards.routing).values())
+  if rm.checkpoint and (rm.weight or routed):
     out.append(rm_forward_program(rm, mesh, rows, p + n, stages))
   return out
 
