@@ -37,12 +37,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       overlong="truncate", on_bad_record="error", correctness_key="", batch_size=4)
 
   # Distillation: loss = alpha * T^2 * KD + (1 - alpha) * CE (alpha 0 = plain SFT).
-  # beta: 0 forward KL, 1 reverse KL, else GKD's generalised JSD(beta). top_k > 0 restricts
-  # both distributions to the teacher's top-k ids. on_policy: share of batches sampled from
-  # the student (GKD's lambda) and scored by the teacher.
-  c.distill = dict(alpha=0.0, beta=0.0, temperature=1.0, top_k=0, block_v=4096,
-                   logprob_impl="auto", on_policy=0.0, on_policy_max_new_tokens=64,
-                   on_policy_temperature=1.0)
+  # divergence (r1jax.distill.DIVERGENCES): forward_kl | reverse_kl | jsd (GKD's generalised
+  # JSD(beta), beta in (0, 1); beta is an error unless jsd). top_k > 0 restricts both
+  # distributions to the teacher's top-k ids. on_policy: share of batches sampled from the
+  # student (GKD's lambda) and scored by the teacher.
+  c.distill = dict(alpha=0.0, divergence="forward_kl",
+                   beta=ml_collections.config_dict.placeholder(float), temperature=1.0,
+                   top_k=0, block_v=4096, logprob_impl="auto", on_policy=0.0,
+                   on_policy_max_new_tokens=64, on_policy_temperature=1.0)
 
   c.optim = dict(learning_rate=2e-5, warmup_steps=5, schedule="cosine", weight_decay=0.0,
                  b1=0.9, b2=0.999, max_grad_norm=1.0)
@@ -79,12 +81,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "tiny_distill":
       c.teacher.update(source="preset", preset="tiny")
       c.model.update(prune_every=2)
-      c.distill.update(alpha=0.5, beta=0.5, temperature=2.0, on_policy=0.5,
+      c.distill.update(alpha=0.5, divergence="jsd", beta=0.5, temperature=2.0, on_policy=0.5,
                        on_policy_max_new_tokens=8)
   elif arg == "distill":
     c.teacher.update(source="smollm2_gguf")
     c.model.update(prune_every=3)
-    c.distill.update(alpha=1.0, beta=0.0, temperature=1.0)
+    c.distill.update(alpha=1.0, divergence="forward_kl", temperature=1.0)
   elif arg not in (None, ""):
     raise ValueError(f"unknown config argument {arg!r}; use '', 'tiny', 'tiny_distill' or "
                      "'distill'")

@@ -6,11 +6,14 @@ next-token distributions are computed block by block over the vocabulary (a `lax
 whose body is rematerialised), so neither model's `[tokens, vocab]` logits exist at once:
 scratch memory is O(tokens x block_v).
 
-Divergences (`kd_loss`, per token, then masked-token-mean), with p = teacher, q = student:
-  beta = 0           forward KL(p || q)            (TRL GKD's beta=0, Hinton KD)
-  beta = 1           reverse KL(q || p)            (on-policy / MiniLLM style)
-  0 < beta < 1       generalised JSD(beta) = beta KL(p || m) + (1 - beta) KL(q || m),
-                     m = beta p + (1 - beta) q     (GKD, Agarwal et al. 2024)
+Divergences (`DIVERGENCES`, the values of `distill.divergence`; per token, then
+masked-token-mean), with p = teacher, q = student:
+  forward_kl   KL(p || q)                          (TRL GKD's beta=0, Hinton KD)
+  reverse_kl   KL(q || p)                          (on-policy / MiniLLM style)
+  jsd          generalised JSD(beta) = beta KL(p || m) + (1 - beta) KL(q || m),
+               m = beta p + (1 - beta) q           (GKD, Agarwal et al. 2024; `distill.beta`)
+The streamed kernels take GKD's single number for the family (`DistillConfig.kd_beta`:
+0 forward KL, 1 reverse KL, else JSD(beta)).
 `top_k > 0` restricts both distributions to the teacher's top-k ids (per token) and
 renormalises them there. Total SFT loss (`sft_objective`):
   alpha * T^2 * KD + (1 - alpha) * CE            (alpha = 0: plain SFT)
@@ -21,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +35,35 @@ from r1jax.model import ModelConfig, forward, unembed_matrix
 _NEG = -1e30  # logit of a padded vocabulary column
 
 
+def _forward_kl(lp, lq, beta):
+  p = jnp.exp(lp)
+  return p * (lp - lq), -p
+
+
+def _reverse_kl(lp, lq, beta):
+  q = jnp.exp(lq)
+  return q * (lq - lp), q * (lq - lp + 1.0)
+
+
+def _jsd(lp, lq, beta):
+  q = jnp.exp(lq)
+  lm = jnp.logaddexp(lp + math.log(beta), lq + math.log1p(-beta))
+  f = beta * jnp.exp(lp) * (lp - lm) + (1.0 - beta) * q * (lq - lm)
+  return f, (1.0 - beta) * q * (lq - lm)
+
+
+# distill.divergence -> (teacher log-probs lp, student log-probs lq, beta) -> (f, c) per
+# vocabulary entry: f sums to the divergence, c = d f / d lq (see `_coefficients`).
+DIVERGENCES: dict[str, Callable] = {"forward_kl": _forward_kl, "reverse_kl": _reverse_kl,
+                                    "jsd": _jsd}
+KD_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0}  # their place in GKD's family
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
   alpha: float = 0.0  # weight of the KD term; 0 = plain SFT (no teacher needed)
-  beta: float = 0.0  # 0 forward KL, 1 reverse KL, else generalised JSD(beta)
+  divergence: str = "forward_kl"  # DIVERGENCES
+  beta: float = 0.5  # JSD's mixture weight, in (0, 1) (divergence="jsd" only)
   temperature: float = 1.0
   top_k: int = 0  # restrict to the teacher's top-k ids (0 = full vocabulary)
   block_v: int = 4096  # vocabulary block of the streamed divergence
@@ -44,12 +72,39 @@ class DistillConfig:
   def __post_init__(self):
     if not 0 <= self.alpha <= 1:
       raise ValueError(f"distill.alpha={self.alpha} must be in [0, 1]")
-    if not 0 <= self.beta <= 1:
-      raise ValueError(f"distill.beta={self.beta} must be in [0, 1]")
+    if self.divergence not in DIVERGENCES:
+      raise ValueError(f"distill.divergence={self.divergence!r}: unknown; choose one of "
+                       f"{tuple(DIVERGENCES)}")
+    if self.divergence == "jsd" and not 0 < self.beta < 1:
+      raise ValueError(f"distill.beta={self.beta} must be in (0, 1) (0 and 1 are "
+                       "divergence='forward_kl' and 'reverse_kl')")
     if not self.temperature > 0:
       raise ValueError(f"distill.temperature={self.temperature} must be > 0")
     if self.top_k < 0 or self.block_v < 1:
       raise ValueError(f"distill.top_k={self.top_k} must be >= 0 and block_v={self.block_v} >= 1")
+
+
+  @property
+  def kd_beta(self) -> float:
+    """GKD's number for the chosen divergence (0 forward KL, 1 reverse KL, else JSD)."""
+    return KD_BETA.get(self.divergence, self.beta)
+
+
+def from_config(c: Any) -> DistillConfig:
+  """The DistillConfig of an SFT config (its `distill` section); `distill.beta` set (not
+  None) with a divergence other than jsd is an error, since nothing would read it."""
+  d = c.distill
+  if d.beta is not None and d.divergence != "jsd":
+    raise ValueError(f"distill.beta={d.beta}: ignored unless distill.divergence='jsd'; "
+                     "leave it unset")
+  beta = {} if d.beta is None else {"beta": d.beta}
+  return DistillConfig(alpha=d.alpha, divergence=d.divergence, temperature=d.temperature,
+                       top_k=d.top_k, block_v=d.block_v, logprob_impl=d.logprob_impl, **beta)
+
+
+def uses_teacher(c: Any) -> bool:
+  """Whether an SFT config needs its teacher (a KD term or on-policy batches)."""
+  return c.distill.alpha > 0 or c.distill.on_policy > 0
 
 
 def divergence(lp: jax.Array, lq: jax.Array, beta: float) -> jax.Array:
@@ -59,17 +114,11 @@ def divergence(lp: jax.Array, lq: jax.Array, beta: float) -> jax.Array:
 
 
 def _coefficients(lp: jax.Array, lq: jax.Array, beta: float):
-  """(f, c) per vocabulary entry: f sums to the divergence, c = d f / d lq (the student's
-  log-prob). d divergence / d (student logit j) = c_j - q_j * sum_v c_v."""
-  q = jnp.exp(lq)
-  if beta == 0.0:
-    p = jnp.exp(lp)
-    return p * (lp - lq), -p
-  if beta == 1.0:
-    return q * (lq - lp), q * (lq - lp + 1.0)
-  lm = jnp.logaddexp(lp + math.log(beta), lq + math.log1p(-beta))
-  f = beta * jnp.exp(lp) * (lp - lm) + (1.0 - beta) * q * (lq - lm)
-  return f, (1.0 - beta) * q * (lq - lm)
+  """(f, c) per vocabulary entry of the divergence GKD's `beta` names (`DIVERGENCES`): f sums
+  to the divergence, c = d f / d lq (the student's log-prob). d divergence / d (student
+  logit j) = c_j - q_j * sum_v c_v."""
+  name = {0.0: "forward_kl", 1.0: "reverse_kl"}.get(beta, "jsd")
+  return DIVERGENCES[name](lp, lq, beta)
 
 
 def _logits(h, wb, inv_t):
@@ -217,9 +266,9 @@ def top_k_divergence(h_t: jax.Array, w_t: jax.Array, h_s: jax.Array, w_s: jax.Ar
 def kd_per_token(h_t, w_t, h_s, w_s, cfg: DistillConfig) -> jax.Array:
   h_t, w_t = jax.lax.stop_gradient(h_t), jax.lax.stop_gradient(w_t)
   if cfg.top_k:
-    return top_k_divergence(h_t, w_t, h_s, w_s, cfg.beta, cfg.top_k, cfg.temperature,
+    return top_k_divergence(h_t, w_t, h_s, w_s, cfg.kd_beta, cfg.top_k, cfg.temperature,
                             cfg.block_v)
-  return streamed_divergence(h_t, w_t, h_s, w_s, cfg.beta, cfg.temperature, cfg.block_v)
+  return streamed_divergence(h_t, w_t, h_s, w_s, cfg.kd_beta, cfg.temperature, cfg.block_v)
 
 
 def hidden_states(params: Any, model_cfg: ModelConfig, batch: dict) -> jax.Array:
@@ -253,6 +302,12 @@ def sft_objective(params: Any, batch: dict, model_cfg: ModelConfig, cfg: Distill
   metrics["kd"] = kd
   loss = cfg.alpha * cfg.temperature ** 2 * kd + (1.0 - cfg.alpha) * ce
   return loss, metrics
+
+
+def sft_loss(params: Any, batch: dict, teacher_params: Any, model_cfg: ModelConfig,
+             dcfg: DistillConfig, teacher_cfg: ModelConfig | None):
+  """`sft_objective` with the teacher's params as the train step's extra input."""
+  return sft_objective(params, batch, model_cfg, dcfg, teacher_params, teacher_cfg)
 
 
 def token_count(batch: dict) -> jax.Array:

@@ -62,6 +62,16 @@ def from_config(section: Mapping[str, Any] | None) -> LoraConfig:
   return LoraConfig(**dict(section or {}))
 
 
+def check_config(c: Any) -> LoraConfig:
+  """An RL config's `lora` section, checked in one place before anything is written: its
+  values (`LoraConfig`), and what LoRA cannot be combined with (PPO's critic)."""
+  lcfg = from_config(c.lora)
+  if lcfg.enabled and c.rl.algorithm == "ppo":
+    raise ValueError("lora.rank > 0 with rl.algorithm='ppo': the PPO critic starts from full "
+                     "weights and does not take LoRA adapters; use one or the other")
+  return lcfg
+
+
 def _layers(params: Any) -> list:
   layers = params["layers"]
   return [layers[k] for k in sorted(layers)] if isinstance(layers, dict) else list(layers)

@@ -71,15 +71,13 @@ def from_config(c, rcfg: rl.RLConfig) -> PPOConfig | None:
 
 
 def check_config(c) -> None:
-  """What PPO's critic does not take yet (tool replies, LoRA), and `ppo.critic_model`."""
-  from r1jax import lora, tools
+  """What PPO's critic does not take yet (tool replies; LoRA: `lora.check_config`), and
+  `ppo.critic_model`."""
+  from r1jax import tools
   critic_spec(c)
   if tools.from_config(c):
     raise ValueError("tools.enabled=True with rl.algorithm='ppo': the critic does not take "
                      "the tool replies' loss mask yet; use an outcome algorithm")
-  if lora.from_config(c.get("lora")).enabled:
-    raise ValueError("lora.rank > 0 with rl.algorithm='ppo': the PPO critic starts from full "
-                     "weights and does not take LoRA adapters; use one or the other")
 
 
 def critic_spec(c) -> dict:

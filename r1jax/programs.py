@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from r1jax import distill, rl, memory, mesh as mesh_lib, packed_rl, packing, ppo, reward_head
-from r1jax import sampling, steps
+from r1jax import distill, rl, memory, mesh as mesh_lib, packing, ppo, reward_head
+from r1jax import rl_step, sampling, steps
 from r1jax import lora as lora_lib
 from r1jax.model import hf, moe
 from r1jax.model.config import PRESETS, ModelConfig
@@ -106,12 +106,12 @@ def _round(n: int, k: int) -> int:
 
 
 def _train_programs(prefix: str, loss_fn: Callable, tx, state, batch, n_micro: int,
-                    micro_weight, mu: float = 1.0, lcfg=lora_lib.LoraConfig(),
-                    consts: tuple = (), post_update=None) -> list[Program]:
-  """The jitted train step as the trainer runs it, and (n_micro > 1) one micro-batch's
-  gradient, which the step's scan runs n_micro - 1 more times than its cost analysis says."""
-  step = lora_lib.make_train_step(loss_fn, tx, n_micro, micro_weight, lcfg, post_update) \
-      if not consts else steps.make_train_step(loss_fn, tx, n_micro, micro_weight)
+                    micro_weight=None, mu: float = 1.0, lcfg=lora_lib.LoraConfig(),
+                    consts: tuple = (), step: Callable | None = None) -> list[Program]:
+  """The jitted train step as the trainer runs it (`step`, or the plain step of `loss_fn`),
+  and (n_micro > 1) one micro-batch's gradient, which the step's scan runs n_micro - 1 more
+  times than its cost analysis says."""
+  step = step or steps.make_train_step(loss_fn, tx, n_micro, micro_weight)
   shardings = jax.tree.map(lambda x: x.sharding, state)
   jitted = jax.jit(step, donate_argnums=0, out_shardings=(shardings, None))
   out = [Program(f"{prefix}train_step", jitted, (state, batch, *consts), per_step=mu)]
@@ -233,40 +233,38 @@ def rl_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
   from r1jax import run as run_lib
   cfg = model_config(c.model, stages)
   rcfg = rl.from_config(c)
-  lcfg = lora_lib.from_config(c.get("lora"))
+  lcfg = lora_lib.check_config(c)
   pcfg = ppo.from_config(c, rcfg)
   g, b = c.sampling.num_samples, c.train.prompts_per_step
   rows, n = b * g, c.sampling.max_new_tokens
-  p = _round(prompt_len, c.data.get("prompt_bucket", 1))
+  p = _round(prompt_len, c.data.prompt_bucket)
   params = abstract_params(cfg, mesh)
-  rcfg.check_replay(cfg)
+  rcfg.check_model(cfg)
   replay = cfg if rcfg.router_replay else None  # the batches carry the sampler's experts
   out = sampler_programs(params, cfg, mesh, b, p, run_lib.sampling_config(
       c, return_experts=rcfg.router_replay))
   ref, old = rcfg.beta > 0, c.train.mu > 1 or bool(pcfg)
   batch = _completion_batch(mesh, b, p, rows, n, per_token_adv=bool(pcfg), ref=ref, old=old,
                             replay=replay)
-  logp = jax.jit(functools.partial(rl.batch_logprobs, model_cfg=cfg,
-                                   temperature=rcfg.temperature, impl=rcfg.logprob_impl))
-  if ref or old:
-    out.append(Program("logprobs", logp, (params, batch), per_step=int(ref) + int(old)))
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
   tx = steps.make_optimizer(ocfg, moe.decay_mask_for(cfg))
-  loss = functools.partial(rl.grpo_loss, cfg=rcfg.loss_config(), model_cfg=cfg)
+  n_micro = rows // c.train.micro_batch_size
+  fns = rl_step.build(cfg, rcfg, tx, n_micro, lcfg=lcfg)  # the trainer's own step
+  if ref or old:
+    out.append(Program("logprobs", jax.jit(fns.logprobs), (params, batch),
+                       per_step=int(ref) + int(old)))
   tparams = lora_lib.abstract_params(params, lcfg, mesh_lib.replicated(mesh))
   state = abstract_state(tparams, tx, lora_lib.trainable(lcfg))
-  n_micro = rows // c.train.micro_batch_size
-  out += _train_programs("", loss, tx, state, batch, n_micro, rl.micro_batch_weight(rcfg),
-                         mu=c.train.mu, lcfg=lcfg, post_update=moe.balancing_update(cfg))
+  out += _train_programs("", fns.loss, tx, state, batch, n_micro, step=fns.step, mu=c.train.mu,
+                         lcfg=lcfg)
   row_len = packing.from_config(c)
   if row_len is not None:  # the padding-free step, at its largest row count (one per sample)
-    out += _train_programs("packed_", functools.partial(packed_rl.loss, n_micro=n_micro,
-                                                        **loss.keywords), tx, state,
+    pfns = rl_step.build(cfg, rcfg, tx, n_micro, packed=True, lcfg=lcfg)
+    out += _train_programs("packed_", pfns.loss, tx, state,
                            _packed_batch(mesh, rows, row_len or 1 << (p + n - 2).bit_length(),
                                          n_micro * mesh_lib.batch_parallel_size(mesh),
                                          ref=ref, old=old, replay=replay),
-                           n_micro, None, mu=c.train.mu, lcfg=lcfg,
-                           post_update=moe.balancing_update(cfg))
+                           n_micro, step=pfns.step, mu=c.train.mu, lcfg=lcfg)
   if pcfg:
     spec = ppo.critic_spec(c)  # {}: a copy of the policy; "policy": every k-th block of it
     if spec.get("source") == "policy":
@@ -287,9 +285,9 @@ def rl_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
     closs = functools.partial(ppo.critic_loss, pcfg=pcfg, model_cfg=ccfg)
     out += _train_programs("critic_", lambda prm, bt: closs(prm, bt), ctx, cstate, cbatch,
                            n_micro, lambda bt: bt.completion_mask.sum())
-  rm = c.rewards.get("reward_model", {})
-  routed = any("reward_model" in dict(w) for w in dict(c.rewards.get("routing", {})).values())
-  if rm.get("checkpoint") and (rm.get("weight", 0) or routed):
+  rm = c.rewards.reward_model
+  routed = any("reward_model" in dict(w) for w in dict(c.rewards.routing).values())
+  if rm.checkpoint and (rm.weight or routed):
     out.append(rm_forward_program(rm, mesh, rows, p + n, stages))
   return out
 
@@ -328,11 +326,10 @@ def reward_head_params(cfg: ModelConfig, mesh) -> Any:
 
 
 def sft_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
-  from r1jax import sft as sft_lib
   cfg = model_config(c.model, stages)
-  dcfg = sft_lib.distill_config(c)
+  dcfg = distill.from_config(c)
   teacher_cfg = teacher = None
-  if sft_lib.uses_teacher(c):
+  if distill.uses_teacher(c):
     teacher_cfg = model_config(c.teacher, stages)
     teacher = abstract_params(teacher_cfg, mesh)
   bsz, length = c.data.batch_size, c.data.seq_len
@@ -341,7 +338,7 @@ def sft_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
   ocfg = steps.OptimConfig(**c.optim.to_dict())
   tx = steps.make_optimizer(ocfg, moe.decay_mask_for(cfg))
   state = abstract_state(abstract_params(cfg, mesh), tx)
-  loss = functools.partial(sft_lib._loss, model_cfg=cfg, dcfg=dcfg, teacher_cfg=teacher_cfg)
+  loss = functools.partial(distill.sft_loss, model_cfg=cfg, dcfg=dcfg, teacher_cfg=teacher_cfg)
   return _train_programs("sft_", loss, tx, state, batch, bsz // c.train.micro_batch_size,
                          distill.token_count, consts=(teacher,))
 
@@ -364,12 +361,11 @@ def reward_model_programs(c, mesh, prompt_len: int, stages=None) -> list[Program
 
 
 def rejection_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
+  from r1jax import run as run_lib
   cfg = model_config(c.model, stages)
-  s = c.sampling
-  scfg = sampling.SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                 top_p=s.get("top_p", 1.0), num_samples=s.num_samples)
-  p = _round(prompt_len, c.data.get("prompt_bucket", 1))
-  return sampler_programs(abstract_params(cfg, mesh), cfg, mesh, c.batch_prompts, p, scfg)
+  p = _round(prompt_len, c.data.prompt_bucket)
+  return sampler_programs(abstract_params(cfg, mesh), cfg, mesh, c.batch_prompts, p,
+                          run_lib.sampling_config(c))
 
 
 KINDS = {"grpo": rl_programs, "sft": sft_programs, "reward_model": reward_model_programs,

@@ -216,10 +216,9 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
   """Sample, score, filter and write (resuming a half-done OUT); returns the stats."""
   from r1jax import data as data_lib
   from r1jax import evaluate as eval_lib
-  from r1jax.mesh import make_mesh, use_mesh
-  from r1jax.model.loader import load_model
+  from r1jax.mesh import use_mesh
   from r1jax.rewards import pool_from_config, scored_weights
-  from r1jax.run import sampling_config
+  from r1jax.run import sampling_config, setup
 
   validate(c)
   cfg = filter_config(c)
@@ -231,8 +230,7 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
   bp = c.batch_prompts
   todo = [b for b in range(0, n, bp) if any(str(e["id"]) not in done for e in examples[b:b + bp])]
   if todo:
-    mesh = make_mesh(tuple(c.mesh.shape))
-    model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
+    mesh, model_cfg, params, tokenizer, _ = setup(c, None, "r1jax.rejection_sample")
     if checkpoint:
       params, step = eval_lib.restore_params(checkpoint, params)
       print(f"sampling from step {step} of {checkpoint}", flush=True)

@@ -200,15 +200,12 @@ def load_data(c, tokenizer) -> tuple[list, list, dict]:
 def train(c, workdir: str) -> list[dict]:
   """Run (or resume) reward-model training; returns the logged metric rows."""
   from r1jax.checkpoint import Checkpointer
-  from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
+  from r1jax.mesh import shard_batch, to_host, use_mesh
   from r1jax.metrics import MetricsWriter, Progress
-  from r1jax.model.loader import load_model
-  from r1jax.run import itstime, write_run_files
+  from r1jax.run import itstime, setup
 
   validate(c)
-  mesh = make_mesh(tuple(c.mesh.shape))
-  model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
-  is_main = write_run_files(workdir, c, model_cfg)
+  mesh, model_cfg, params, tokenizer, is_main = setup(c, workdir, "r1jax.reward_model")
   params = reward_head.with_head(params, model_cfg, mesh)
   train_items, eval_items, data_stats = load_data(c, tokenizer)
   with open(os.path.join(workdir, "data_stats.json"), "w") as f:

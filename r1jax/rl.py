@@ -139,6 +139,16 @@ class RLConfig:
       raise ValueError("rl.router_replay=True needs a mixture-of-experts model (this one "
                        "has num_experts=0)")
 
+  @property
+  def routes(self) -> bool:
+    """Whether a router knob is set (a load-balancing weight or router replay)."""
+    return bool(self.router_aux_coef) or self.router_replay
+
+  def check_model(self, model_cfg: ModelConfig) -> None:
+    """The router knobs (`routes`) need a mixture-of-experts model: an error on a dense one."""
+    self.aux_coef(model_cfg)
+    self.check_replay(model_cfg)
+
 
 def _kl_in(r) -> str:
   """Where the KL goes: rl.kl_in, unset: the reward for ppo (per-token k1), else the loss."""
@@ -182,7 +192,7 @@ def from_config(c) -> RLConfig:
   r = {k: v for k, v in r.items() if v is not None or k in ("epsilon_high", "router_aux_coef")}
   return RLConfig(**r, max_completion_len=c.sampling.max_new_tokens,
                   temperature=c.sampling.temperature or 1.0,
-                  logprob_impl=c.train.get("logprob_impl", "auto"))
+                  logprob_impl=c.train.logprob_impl)
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:

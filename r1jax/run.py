@@ -1,6 +1,7 @@
-"""What every trainer shares: the run directory's files, the held-out evaluation hook, the
-periodic test (`itstime`) and the config -> SamplingConfig / RLConfig readers (the trainer
-and `r1jax.aot` build the same ones). Any other section (eval, judge) goes through the same
+"""What every trainer shares: its start (`setup`: distributed init, compilation cache, mesh,
+model, run files), the run directory's files, the held-out evaluation hook, the periodic
+test (`itstime`) and the config -> SamplingConfig reader (the trainer and `r1jax.aot` build
+the same one). Any other section (eval, judge) goes through the same
 `sampling.config_from`, and every reward pool through `rewards.pool_from_config` (both below
 `evaluate`, which imports them and is imported here).
 
@@ -16,16 +17,49 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 
+from r1jax import compile_cache, jsonl
 from r1jax import evaluate as eval_lib
-from r1jax import jsonl
-from r1jax.mesh import use_mesh
-from r1jax.metrics import MetricsWriter, bar
 from r1jax import sampling as sampling_lib
-from r1jax.sampling import SamplingConfig
+from r1jax.mesh import make_mesh, use_mesh
+from r1jax.metrics import MetricsWriter, bar
+from r1jax.model.loader import load_model
+
+
+class Setup(NamedTuple):
+  """What `setup` made: the mesh, the model placed on it, and whether this process writes."""
+  mesh: Any
+  model_cfg: Any
+  params: Any
+  tokenizer: Any
+  is_main: bool
+
+
+def setup(c: Any, workdir: str | None, name: str, *, distributed: bool = False,
+          cache: str = "") -> Setup:
+  """Every entry point's start, in this order: `jax.distributed.initialize()` (with
+  `distributed`), the compilation cache (config value `cache`, see `compile_cache.setup`;
+  with a `workdir` only), the mesh of `c.mesh.shape`, the model of `c.model` loaded onto it,
+  and the run files (config.json, model_config.json) in `workdir`. A `workdir` of None
+  (evaluation, rejection sampling) writes nothing."""
+  if distributed:
+    jax.distributed.initialize()
+  is_main = jax.process_index() == 0
+  cache_dir = ""
+  if workdir is not None:
+    os.makedirs(workdir, exist_ok=True)
+    cache_dir = compile_cache.setup(cache, workdir)
+  if is_main:
+    print(f"{name}: loading model ({c.model.source} {c.model.get('preset') or c.model.get('path')})"
+          f"; compilation cache {cache_dir or 'off'}", flush=True)
+  mesh = make_mesh(tuple(c.mesh.shape))
+  model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
+  if workdir is not None:
+    write_run_files(workdir, c, model_cfg)
+  return Setup(mesh, model_cfg, params, tokenizer, is_main)
 
 
 def write_run_files(workdir: str, c: Any, model_cfg: Any = None) -> bool:
@@ -44,7 +78,7 @@ def write_run_files(workdir: str, c: Any, model_cfg: Any = None) -> bool:
 
 def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]],
                    render: Callable[[Mapping[str, Any]], str], prefill: str, pool: Any,
-                   scfg: SamplingConfig, writer: MetricsWriter, mesh: Any, *,
+                   scfg: sampling_lib.SamplingConfig, writer: MetricsWriter, mesh: Any, *,
                    prompt_bucket: int = 32, reflection_words: Sequence[str] = (),
                    verbose: bool = True, tools: Any = None, batch_prompts: int = 16
                    ) -> Callable[[Any, jax.Array, int], dict]:
@@ -96,7 +130,7 @@ def itstime(every: int, step: int, last: int | None = None, *, first: bool = Fal
   return step % every == 0 or step == last or (first and step == 1) or ending
 
 
-def sampling_config(c, **extra) -> SamplingConfig:
+def sampling_config(c, **extra) -> sampling_lib.SamplingConfig:
   """The rollout SamplingConfig of config `c` (its `sampling` section) plus `extra` fields."""
   return sampling_lib.config_from(c.sampling, **extra)
 

@@ -26,15 +26,14 @@ from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer
 from r1jax.data import records
 from r1jax.data import sft as sft_data
-from r1jax.mesh import make_mesh, shard_batch, to_host, use_mesh
+from r1jax.mesh import shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model import moe
 from r1jax.model.loader import load_model
 from r1jax.nonfinite import Guard
-from r1jax.run import itstime, make_evaluator, write_run_files
+from r1jax.run import itstime, make_evaluator, setup
 from r1jax import sampling as sampling_lib
 from r1jax.sampling import SamplingConfig, generate, pad_prompts
-
 
 
 def data_config(c) -> sft_data.SFTDataConfig:
@@ -45,26 +44,16 @@ def data_config(c) -> sft_data.SFTDataConfig:
                                 correctness_key=d.correctness_key)
 
 
-def distill_config(c) -> distill.DistillConfig:
-  d = c.distill
-  return distill.DistillConfig(alpha=d.alpha, beta=d.beta, temperature=d.temperature,
-                               top_k=d.top_k, block_v=d.block_v, logprob_impl=d.logprob_impl)
-
-
-def uses_teacher(c) -> bool:
-  return c.distill.alpha > 0 or c.distill.on_policy > 0
-
-
 def validate(c) -> None:
   """Fail fast, naming the bad field and value (and the model and data files named)."""
   cli.check_model(c.model, "model")
-  if uses_teacher(c):
+  if distill.uses_teacher(c):
     cli.check_model(c.teacher, "teacher")
   cli.check_source(c.data.source, "data.source", records.KINDS)
   if c.eval.num_problems > 0:
     cli.check_source(c.eval.source, "eval.source")
   data_config(c)
-  distill_config(c)
+  distill.from_config(c)
   if c.data.batch_size < 1 or c.train.micro_batch_size < 1 or \
       c.data.batch_size % c.train.micro_batch_size:
     raise ValueError(f"train.micro_batch_size={c.train.micro_batch_size} must divide "
@@ -74,7 +63,7 @@ def validate(c) -> None:
   if c.distill.on_policy > 0 and c.distill.alpha == 0:
     raise ValueError(f"distill.on_policy={c.distill.on_policy} with distill.alpha=0 would train "
                      "on the student's own samples with no teacher signal; set alpha > 0")
-  if uses_teacher(c) and not c.teacher.source:
+  if distill.uses_teacher(c) and not c.teacher.source:
     raise ValueError(f"distill.alpha={c.distill.alpha} / on_policy={c.distill.on_policy} need "
                      "a teacher: set teacher.source")
   if c.distill.on_policy > 0 and c.distill.on_policy_max_new_tokens >= c.data.seq_len:
@@ -131,25 +120,19 @@ def define_flags() -> None:
 
 
 def main() -> None:
-  if flags.FLAGS.distributed:
-    jax.distributed.initialize()
-  train(flags.FLAGS.config, flags.FLAGS.workdir)
+  train(flags.FLAGS.config, flags.FLAGS.workdir, distributed=flags.FLAGS.distributed)
 
 
-def train(c, workdir: str) -> list[dict]:
+def train(c, workdir: str, distributed: bool = False) -> list[dict]:
   """Run (or resume) an SFT / distillation run described by config `c`; returns the logged
   metric rows."""
-  cache_dir = compile_cache.setup(c.train.get("compilation_cache", "auto"), workdir)
-  print(f"sft: loading model ({c.model.source}) and data into {workdir}; compilation cache "
-        f"{cache_dir or 'off'}", flush=True)
-  mesh = make_mesh(tuple(c.mesh.shape))
-  model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
-  is_main = write_run_files(workdir, c, model_cfg)
+  mesh, model_cfg, params, tokenizer, is_main = setup(
+      c, workdir, "r1jax.sft", distributed=distributed, cache=c.train.compilation_cache)
   teacher_cfg = teacher_params = None
-  if uses_teacher(c):
+  if distill.uses_teacher(c):
     teacher_cfg, teacher_params, teacher_tok = load_model(c.teacher, mesh, seed=c.seed)
     check_teacher(model_cfg, tokenizer, teacher_cfg, teacher_tok)
-  dcfg = distill_config(c)
+  dcfg = distill.from_config(c)
 
   # Records -> tokenised examples -> packed rows -> a checkpointable grain iterator.
   rows, data_stats = sft_data.load_sft_dataset(dict(c.data.source), tokenizer, data_config(c),
@@ -167,7 +150,8 @@ def train(c, workdir: str) -> list[dict]:
   ocfg = steps.OptimConfig(total_steps=num_steps, **c.optim.to_dict())
   tx = steps.make_optimizer(ocfg, moe.decay_mask_for(model_cfg))  # router biases: no decay
   schedule = steps.make_schedule(ocfg)
-  loss_fn = functools.partial(_loss, model_cfg=model_cfg, dcfg=dcfg, teacher_cfg=teacher_cfg)
+  loss_fn = functools.partial(distill.sft_loss, model_cfg=model_cfg, dcfg=dcfg,
+                              teacher_cfg=teacher_cfg)
   state = memory_lib.init_state(params, tx)  # optimizer state sharded like the params
   del params
   rng = jax.random.key(c.seed)
@@ -242,10 +226,6 @@ def train(c, workdir: str) -> list[dict]:
   ckpt.close()
   writer.close()
   return logged
-
-
-def _loss(params, batch, teacher_params, model_cfg, dcfg, teacher_cfg):
-  return distill.sft_objective(params, batch, model_cfg, dcfg, teacher_params, teacher_cfg)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ iterator).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 
@@ -23,21 +22,18 @@ from absl import flags, logging
 
 from r1jax import data as data_lib
 from r1jax import evaluate as eval_lib
-from r1jax import cli, compile_cache, dynamic_sampling, faults, multiturn, packed_rl, packing
-from r1jax import ppo, rl, steps
+from r1jax import cli, compile_cache, dynamic_sampling, faults, multiturn, packing
+from r1jax import ppo, rl, rl_step, steps
 from r1jax import tools as tools_lib
 from r1jax import lora as lora_lib
 from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer
-from r1jax.mesh import batch_parallel_size, make_mesh, shard_batch, to_host, use_mesh
+from r1jax.mesh import batch_parallel_size, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model import moe
-from r1jax.model.loader import load_model
-from r1jax.model.moe import fit_experts
 from r1jax.nonfinite import Guard
-from r1jax.run import itstime, make_evaluator, sampling_config, write_run_files
-from r1jax.sampling import SamplingConfig, generate, pad_prompts
-
+from r1jax.run import itstime, make_evaluator, sampling_config, setup
+from r1jax.sampling import generate, pad_prompts
 
 
 def define_flags() -> None:
@@ -54,7 +50,7 @@ def validate(c) -> None:
   cli.check_source(c.data.source, "data.source")
   from r1jax.rewards import REWARDS
   from r1jax.rewards import judge as judge_lib
-  judge_lib.section(c.rewards.get("judge"), "rewards.judge")  # raises on a bad value
+  judge_lib.section(c.rewards.judge, "rewards.judge")  # raises on a bad value
   for name in c.rewards.weights:
     if name not in REWARDS:
       raise ValueError(f"rewards.weights has unknown reward {name!r}; known: {sorted(REWARDS)}")
@@ -69,11 +65,11 @@ def validate(c) -> None:
   rcfg = rl.from_config(c)  # raises on a bad, ignored or moved rl / ppo knob
   packing.from_config(c)  # raises on a packing knob the chosen step ignores
   tools_lib.from_config(c)  # raises on a bad tools value
-  lora_lib.from_config(c.get("lora"))  # raises on a bad lora value
+  lora_lib.check_config(c)  # raises on a bad lora value, or LoRA with PPO's critic
   if rcfg.critic:
     ppo.from_config(c, rcfg)
     ppo.check_config(c)  # raises naming ppo.critic_model, or what the critic does not take
-  if c.train.get("dynamic_sampling") and c.train.max_sampling_rounds < 1:
+  if c.train.dynamic_sampling and c.train.max_sampling_rounds < 1:
     raise ValueError(f"train.max_sampling_rounds={c.train.max_sampling_rounds} must be >= 1")
   for key in ("mu", "num_steps", "log_every", "sample_every", "eval_every", "checkpoint_every",
               "max_nonfinite_steps"):
@@ -83,6 +79,9 @@ def validate(c) -> None:
   if rcfg.router_replay and tools_lib.from_config(c):
     raise ValueError("rl.router_replay=True with tools.enabled=True: the tool replies' "
                      "routing is not recorded by the multi-turn sampler; turn one off")
+  if rcfg.routes and not str(c.model.get("path", "")).startswith("@"):
+    from r1jax.programs import model_config  # the architecture, without reading weights
+    rcfg.check_model(model_config(c.model))  # raises on router knobs for a dense model
 
 
 def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -> rl.Batch:
@@ -99,36 +98,24 @@ def build_batch(prompt_tokens, prompt_mask, out, advantages, bucket: int = 16) -
                     advantages=np.asarray(advantages, np.float32), old_logp=None, ref_logp=None,
                     sampler_logp=out.logprobs[:, :keep],
                     loss_mask=None if loss_mask is None else loss_mask[:, :keep],
-                    prompt_experts=None if pexperts is None else fit_experts(
+                    prompt_experts=None if pexperts is None else moe.fit_experts(
                         pexperts[::g], np.shape(prompt_tokens)[1], left=True),
                     experts=None if experts is None else experts[:, :, :keep])
 
 
 def main() -> None:
-  if flags.FLAGS.distributed:
-    jax.distributed.initialize()
-  train(flags.FLAGS.config, flags.FLAGS.workdir)
+  train(flags.FLAGS.config, flags.FLAGS.workdir, distributed=flags.FLAGS.distributed)
 
 
-def train(c, workdir: str) -> list[dict]:
+def train(c, workdir: str, distributed: bool = False) -> list[dict]:
   """Run (or resume) an RL run described by config `c`; returns the logged metric rows."""
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  cache_dir = compile_cache.setup(c.train.get("compilation_cache", "auto"), workdir)
-  if is_main:
-    print(f"r1jax.train: loading model ({c.model.source} {c.model.preset or c.model.path}) "
-          f"and data; the first step then compiles the sampler and train step "
-          f"({'cached in ' + cache_dir if cache_dir else 'compilation cache off'})", flush=True)
-
-  # Mesh and model: params are placed by the logical-axis rules, once.
-  mesh = make_mesh(tuple(c.mesh.shape))
-  model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
-  write_run_files(workdir, c, model_cfg)  # config.json, model_config.json
+  # Mesh and model (params placed by the logical-axis rules, once), run files.
+  mesh, model_cfg, params, tokenizer, is_main = setup(
+      c, workdir, "r1jax.train", distributed=distributed, cache=c.train.compilation_cache)
   rcfg = rl.from_config(c)
   pcfg = ppo.from_config(c, rcfg)  # PPO: a critic and GAE advantages; None otherwise
-  rcfg.aux_coef(model_cfg)  # raises on a load-balancing weight for a dense model
-  rcfg.check_replay(model_cfg)  # raises on router replay for a dense model
-  lcfg = lora_lib.from_config(c.get("lora"))
+  rcfg.check_model(model_cfg)  # a pipeline's "@stage" model is known only now
+  lcfg = lora_lib.from_config(c.lora)
   # The reference policy is a frozen copy (the train state is donated every step); with LoRA
   # it is the frozen base inside the train state.
   ref_params = jax.tree.map(jnp.copy, params) if rcfg.beta > 0 and not lcfg.enabled else None
@@ -136,7 +123,7 @@ def train(c, workdir: str) -> list[dict]:
   # Data: held-out split, checkpointable iterator over the rest.
   source = data_lib.make_source(dict(c.data.source))
   train_src, eval_src = data_lib.train_eval_split(source, c.data.num_eval, seed=c.seed,
-                                                  dedupe_key=c.data.get("heldout_dedupe") or None)
+                                                  dedupe_key=c.data.heldout_dedupe or None)
   # Every process reads the same global batch (shard_count=1): sampling and training are
   # global computations on the mesh, and host work (rewards) is repeated per process.
   data_it = data_lib.batch_iterator(train_src, c.train.prompts_per_step, seed=c.seed,
@@ -161,11 +148,8 @@ def train(c, workdir: str) -> list[dict]:
   n_micro = (c.train.prompts_per_step * g) // c.train.micro_batch_size
   row_len = packing.from_config(c)  # None: the padded step; else padding-free packed rows
   packed = row_len is not None
-  loss_fn = functools.partial(packed_rl.loss, n_micro=n_micro) if packed else rl.grpo_loss
-  loss_fn = functools.partial(loss_fn, model_cfg=model_cfg, cfg=rcfg.loss_config())
-  logp_fn = jax.jit(functools.partial(packed_rl.batch_logprobs if packed else rl.batch_logprobs,
-                                      model_cfg=model_cfg, temperature=rcfg.temperature,
-                                      impl=rcfg.logprob_impl))
+  fns = rl_step.build(model_cfg, rcfg, tx, n_micro, packed=packed, lcfg=lcfg)
+  logp_fn = jax.jit(fns.logprobs)
 
   params = lora_lib.wrap_params(params, lcfg, jax.random.key(c.seed + 1),
                                 jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
@@ -198,9 +182,7 @@ def train(c, workdir: str) -> list[dict]:
                     "data-parallel devices (the mesh axes of `batch`): XLA will reshard every "
                     "micro-batch the slow way", c.train.micro_batch_size,
                     c.train.micro_batch_size // g, dp)
-  train_step = steps.jit_train_step(lora_lib.make_train_step(  # packed: exact shares, no weight
-      loss_fn, tx, n_micro, None if packed else rl.micro_batch_weight(rcfg), lcfg,
-      moe.balancing_update(model_cfg)), state)  # DeepSeek-V3's router-bias step, if on
+  train_step = steps.jit_train_step(fns.step, state)
 
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows after start
   progress = Progress(c.train.num_steps, start)
@@ -211,11 +193,10 @@ def train(c, workdir: str) -> list[dict]:
                             eval_scfg, writer, mesh, prompt_bucket=c.data.prompt_bucket,
                             reflection_words=tuple(c.train.reflection_words),
                             tools=tcfg,  # held-out samples use the tools as training does
-                            batch_prompts=c.train.get("eval_batch_prompts", 16))
+                            batch_prompts=c.train.eval_batch_prompts)
 
   with use_mesh(mesh):
-    if (start == 0 and c.train.eval_every > 0 and eval_examples
-        and c.train.get("eval_at_start", True)):
+    if start == 0 and c.train.eval_every > 0 and eval_examples and c.train.eval_at_start:
       if is_main:
         print(f"eval step 0: {len(eval_examples)} held-out prompts (compiling the sampler "
               f"first; train.eval_at_start=False skips this)", flush=True)
@@ -257,7 +238,7 @@ def train(c, workdir: str) -> list[dict]:
         times["reward"] += time.time() - t0
         return dynamic_sampling.Rollout(examples, prompts, ids, out, texts, res)
 
-      if c.train.get("dynamic_sampling"):
+      if c.train.dynamic_sampling:
         ro, dyn_metrics = dynamic_sampling.fill_batch(draw, c.train.prompts_per_step, g,
                                                       c.train.max_sampling_rounds)
       else:
@@ -317,7 +298,7 @@ def train(c, workdir: str) -> list[dict]:
       for name, n in res.failures.items():
         metrics[f"reward_failures/{name}"] = n
       done_steps = step + 1
-      timeout = 0 < c.train.get("max_wall_s", 0) <= time.time() - t_loop
+      timeout = 0 < c.train.max_wall_s <= time.time() - t_loop
       if itstime(c.train.log_every, done_steps, first=True):
         rows.append(writer.write(done_steps, metrics))
         if is_main:

@@ -3,6 +3,7 @@
 import pytest
 
 from r1jax.bench import step as bench
+from r1jax.bench import step_trl
 from r1jax.model import PRESETS
 
 
@@ -96,7 +97,7 @@ def test_trl_side_forced_lengths_end_each_row_on_time():
                                  num_key_value_heads=1, eos_token_id=2, pad_token_id=0)
   model = transformers.LlamaForCausalLM(cfg).eval()
   want = [1, 4, 2, 7]
-  bench._force_lengths(model, want, 2, torch, transformers)
+  step_trl._force_lengths(model, want, 2, torch, transformers)
   ids = torch.randint(3, 50, (4, 5))
   out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                        max_new_tokens=8, pad_token_id=0, eos_token_id=2)[:, 5:]

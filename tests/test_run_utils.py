@@ -64,3 +64,21 @@ def test_pool_from_config_weights():
   pool = pool_from_config(dict(timeout_s=5.0, num_workers=1), {"accuracy": 0.5})
   with pool:
     assert pool.weights == {"accuracy": 0.5}
+
+
+def test_setup_loads_the_model_and_writes_the_run_files(tmp_path):
+  import json
+  import os
+  import configs.r1_zero as r1_zero
+  from r1jax.model import PRESETS
+  from r1jax.run import setup
+  c = r1_zero.get_config("tiny")
+  run = setup(c, str(tmp_path / "w"), "test", cache="")
+  assert run.is_main and dict(run.mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1,
+                                                  "expert": 1}
+  assert run.model_cfg.num_layers == PRESETS["tiny"].num_layers
+  assert sorted(os.listdir(tmp_path / "w")) == ["config.json", "model_config.json"]
+  assert json.loads((tmp_path / "w" / "config.json").read_text())["seed"] == c.seed
+  # no workdir (evaluation, rejection sampling): the same model, nothing written
+  bare = setup(c, None, "test")
+  assert bare.model_cfg == run.model_cfg and os.listdir(tmp_path) == ["w"]

@@ -250,6 +250,21 @@ def _jnp_div(zt, zs, beta, temp):  # full-logits jax version, only for its gradi
   return beta * (p * (lp - lm)).sum(-1) + (1 - beta) * (q * (lq - lm)).sum(-1)
 
 
+@pytest.mark.parametrize("name,beta,naive_beta", [("forward_kl", None, 0.0),
+                                                    ("reverse_kl", None, 1.0), ("jsd", 0.3, 0.3)])
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_divergence_names_pick_their_divergence(name, beta, naive_beta, top_k):
+  """distill.divergence (a key of DIVERGENCES) -> the naive divergence of that name."""
+  rng = np.random.default_rng(2)
+  ht, wt = rng.normal(size=(4, 5)), rng.normal(size=(5, 19))
+  hs, ws = rng.normal(size=(4, 3)), rng.normal(size=(3, 19))
+  cfg = distill.DistillConfig(divergence=name, temperature=1.5, top_k=top_k, block_v=8,
+                              **({} if beta is None else {"beta": beta}))
+  got = distill.kd_per_token(*(jnp.asarray(x, jnp.float32) for x in (ht, wt, hs, ws)), cfg)
+  want = _np_div(ht @ wt, hs @ ws, naive_beta, 1.5, top_k)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("temp", [1.0, 2.5])
 def test_streamed_divergence_matches_naive_with_grad(beta, temp):

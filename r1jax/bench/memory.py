@@ -45,7 +45,7 @@ def step_memory(cfg, lora_rank: int, *, rows: int, micro: int, prompt_len: int, 
   (e.g. a TPU topology's, `r1jax.hardware.topology_devices`) instead of the host's."""
   import jax
   import jax.numpy as jnp
-  from r1jax import rl, lora, memory, steps
+  from r1jax import rl, rl_step, lora, memory, steps
   from r1jax import mesh as mesh_lib
   from r1jax.model import param_axes, param_shapes
   mesh = mesh_lib.make_mesh((1, fsdp, 1), (devices or jax.devices())[:fsdp])
@@ -59,8 +59,7 @@ def step_memory(cfg, lora_rank: int, *, rows: int, micro: int, prompt_len: int, 
   state = jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=x),
                        memory.abstract_state(params, tx, lora.trainable(lcfg)), sh)
   gcfg = rl.RLConfig(beta=beta, max_completion_len=new_tokens)
-  loss = lambda p, b: rl.grpo_loss(p, b, gcfg, cfg)
-  step = steps.jit_train_step(lora.make_train_step(loss, tx, rows // micro, lcfg=lcfg), state)
+  step = steps.jit_train_step(rl_step.build(cfg, gcfg, tx, rows // micro, lcfg=lcfg).step, state)
   g = 8
   bsh = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=mesh_lib.named_sharding(
       mesh, ("batch",) + (None,) * (len(shape) - 1), shape))

@@ -2,7 +2,7 @@
 
     python -m r1jax.bench.step                                 # 2x4x64 and 4x8x128, beta 0.04 and 0
     python -m r1jax.bench.step --shapes=2x4x64 --betas=0.04 --trl_python=""   # r1jax only
-    python -m r1jax.bench.step --train_dtype=bfloat16          # r1jax train step in bf16 compute
+    python -m r1jax.bench.step --train_dtype=bfloat16          # r1jax train step (and reference) in bf16
     python -m r1jax.bench.step --shapes=4x8x512 --betas=0 --lengths=lognormal \
         --r1jax_modes=static+padded,continuous+packed \
         --trl_args='[{}, {"gradient_checkpointing": false}]'   # long tail, best against best
@@ -33,18 +33,16 @@ that distance the matmul kernels account for at these (narrow) shapes.
 
 TRL pins its own dependencies, so it runs in a separate interpreter (`--trl_python`, a venv
 made with `python -m venv /tmp/trlvenv && /tmp/trlvenv/bin/pip install trl==1.16.0
-torch==2.13.0`), as a worker subprocess; without it the bench prints r1jax alone.
+torch==2.13.0`), as a worker subprocess (`r1jax/bench/step_trl.py`); without it the bench
+prints r1jax alone.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -53,116 +51,6 @@ import numpy as np
 DEFAULT_TRL_PYTHON = "/tmp/trlvenv/bin/python"
 WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "to", "see", "big",
          "red", "dog", "in", "park")
-
-
-# ----------------------------------------------------------------------------- TRL worker
-# Runs in the TRL interpreter: torch, transformers, datasets, trl (no jax, no r1jax imports).
-
-
-def trl_worker(req: dict) -> dict:
-  import datasets
-  import torch
-  import transformers
-  import trl
-  torch.set_num_threads(req["threads"] or os.cpu_count())
-  torch.manual_seed(0)
-  b, g, n, beta = req["b"], req["g"], req["n"], req["beta"]
-  tok = transformers.AutoTokenizer.from_pretrained(req["hf_dir"])
-  lens = {len(tok(p)["input_ids"]) for p in req["prompts"]}
-  fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
-  kw = dict(output_dir=req["out_dir"], per_device_train_batch_size=b * g, num_generations=g,
-            gradient_accumulation_steps=1, steps_per_generation=1, max_completion_length=n,
-            generation_kwargs={} if req.get("lengths") else {"min_new_tokens": n},
-            beta=beta, learning_rate=1e-6,
-            max_grad_norm=1.0, temperature=1.0, top_p=1.0, max_steps=req["steps"],
-            logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
-            seed=0, dataloader_num_workers=0, log_completions=False, disable_dropout=True)
-  kw.update(req.get("trl_args") or {})
-  args = trl.GRPOConfig(**{k: v for k, v in kw.items() if k in fields})
-  rng = np.random.default_rng(0)
-  reward = lambda completions, **_: rng.standard_normal(len(completions)).tolist()
-  ds = datasets.Dataset.from_dict({"prompt": list(req["prompts"])})
-  trainer = trl.GRPOTrainer(model=req["hf_dir"], reward_funcs=reward, args=args,
-                            train_dataset=ds, processing_class=tok)
-  times: dict = collections.defaultdict(float)
-
-  def timed(name, fn, pick=None):
-    def wrapper(*a, **k):
-      t0 = time.perf_counter()
-      out = fn(*a, **k)
-      times[pick(a) if pick else name] += time.perf_counter() - t0
-      return out
-    return wrapper
-
-  if req.get("lengths"):
-    _force_lengths(trainer.model, req["lengths"], tok.eos_token_id, torch, transformers)
-  trainer._generate_single_turn = timed("generate", trainer._generate_single_turn)
-  rollout = timed("rollout", trainer._generate_and_score_completions)
-  trained_lengths = []  # completion tokens per row of the last rollout, as TRL masks them
-
-  def rollout_lengths(*a, **k):
-    out = rollout(*a, **k)
-    trained_lengths[:] = out["completion_mask"].sum(1).tolist()
-    return out
-
-  trainer._generate_and_score_completions = rollout_lengths
-  trainer._get_per_token_logps_and_entropies = timed(
-      "", trainer._get_per_token_logps_and_entropies,
-      pick=lambda a: "reference" if a[0] is trainer.ref_model else "logp")
-  steps = []
-
-  class Timer(transformers.TrainerCallback):
-    def on_step_begin(self, *_, **__):
-      times.clear()
-      times["t0"] = time.perf_counter()
-
-    def on_step_end(self, *_, **__):
-      total = time.perf_counter() - times["t0"]
-      ref = times.get("reference", 0.0)
-      gen = times.get("generate", 0.0)
-      steps.append(dict(total=total, generate=gen, reference=ref,
-                        policy=total - times.get("rollout", 0.0),
-                        other=times.get("rollout", 0.0) - gen - ref))
-
-  trainer.add_callback(Timer())
-  trainer.train()
-  return dict(steps=steps, prompt_lens=sorted(lens), lengths=trained_lengths,
-              trl=trl.__version__,
-              torch=torch.__version__, threads=torch.get_num_threads())
-
-
-def _force_lengths(model, lengths: list[int], eos_id: int, torch, transformers) -> None:
-  """Row i of every `model.generate` call ends after exactly lengths[i] tokens, its EOS
-  included (TRL counts the EOS in the completion; r1jax's forced rows of lengths[i] tokens
-  have none), so both sides train on the same number of completion tokens."""
-  want = torch.tensor(lengths)
-
-  class ForcedLengths(transformers.LogitsProcessor):
-    def __init__(self, start: int):
-      self.start = start
-
-    def __call__(self, input_ids, scores):
-      t = input_ids.shape[1] - self.start  # tokens generated so far in this call
-      last = (want[:scores.shape[0]] - 1 == t)[:, None]
-      eos = torch.zeros_like(scores, dtype=torch.bool)
-      eos[:, eos_id] = True
-      # before a row's last token: never EOS; at it: only EOS
-      return scores.masked_fill(last & ~eos, -float("inf")).masked_fill(~last & eos,
-                                                                         -float("inf"))
-
-  generate = model.generate
-
-  def forced(*a, **k):
-    k["logits_processor"] = transformers.LogitsProcessorList(
-        [ForcedLengths(k["input_ids"].shape[1])])
-    return generate(*a, **k)
-
-  model.generate = forced
-
-
-def _worker_main() -> None:
-  req = json.loads(sys.stdin.readline())
-  print(json.dumps(trl_worker(req)), flush=True)
 
 
 # ----------------------------------------------------------------------------- r1jax side
@@ -275,17 +163,16 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
                lens: np.ndarray | None = None, sampling_mode: str = "static",
                num_slots: int = 0, packed: bool = False) -> dict:
   """Times one GRPO step of r1jax (after `repeats` warm-up steps): generate, reference
-  log-probs, train step (gradients accumulated over micro-batches as `train.py` does).
+  log-probs, train step, the last two built by the trainer's own `rl_step.build` (gradients
+  accumulated over micro-batches as `train.py` does; `train_dtype` is their compute dtype).
 
   `lens` [B*G] forces each completion's length (no EOS; None: all N long); the completions
   are then trimmed to the power-of-two bucket of the longest, as the trainer's batch is.
   `sampling_mode` / `num_slots` as `sampling.mode` / `num_slots`; `packed` trains on packed
   rows (`train.packing`, row length 0: the power of two holding prompt + N)."""
-  import functools
-
   import jax
   import jax.numpy as jnp
-  from r1jax import compile_cache, memory, packed_rl, packing, rl, steps
+  from r1jax import compile_cache, memory, packing, rl, rl_step, steps
   from r1jax.sampling import SamplingConfig, generate
   b, p = prompt_ids.shape
   scfg = SamplingConfig(max_new_tokens=n, temperature=1.0, top_p=1.0, top_k=0, num_samples=g,
@@ -299,15 +186,9 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
   state = memory.init_state(jax.tree.map(jnp.copy, params), tx)
   ref_params = params if beta > 0 else None
   n_micro = micro_batches(b * g, g, micro_batch_size)
-  if packed:  # as train.py: exact per-token shares, so no micro-batch weight
-    loss = functools.partial(packed_rl.loss, n_micro=n_micro, cfg=gcfg, model_cfg=tcfg)
-    logp = packed_rl.batch_logprobs
-  else:
-    loss = lambda prm, batch: rl.grpo_loss(prm, batch, gcfg, tcfg)
-    logp = rl.batch_logprobs
-  train_step = steps.jit_train_step(steps.make_train_step(
-      loss, tx, n_micro, None if packed else rl.micro_batch_weight(gcfg)), state)
-  logp_fn = jax.jit(functools.partial(logp, model_cfg=cfg))
+  fns = rl_step.build(tcfg, gcfg, tx, n_micro, packed=packed)
+  train_step = steps.jit_train_step(fns.step, state)
+  logp_fn = jax.jit(fns.logprobs)
   ptoks = jnp.asarray(prompt_ids, jnp.int32)
   pmask = jnp.ones_like(ptoks, bool)
   rng = np.random.default_rng(0)
@@ -351,13 +232,13 @@ def _save_hf(cfg, params, out_dir: str, gguf_path: str) -> None:
 
 
 def _run_trl(python: str, req: dict) -> dict:
-  # This file alone, run from a temporary directory: the repo root on the path would shadow
-  # packages transformers imports (the repo's `kernels/` vs HF's `kernels`).
+  # The worker file alone, run from a temporary directory: the repo root on the path would
+  # shadow packages transformers imports (the repo's `kernels/` vs HF's `kernels`).
   script = os.path.join(req["out_dir"] + "_worker", "trl_step_worker.py")
   os.makedirs(os.path.dirname(script), exist_ok=True)
-  shutil.copy(os.path.abspath(__file__), script)
+  shutil.copy(os.path.join(os.path.dirname(os.path.abspath(__file__)), "step_trl.py"), script)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  proc = subprocess.run([python, script, "--worker"], input=json.dumps(req),
+  proc = subprocess.run([python, script], input=json.dumps(req),
                         capture_output=True, text=True, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
   if proc.returncode or not lines:
@@ -406,11 +287,7 @@ def main(argv=None) -> dict:
                   'list of such objects: one TRL row per setting')
   ap.add_argument("--rate_size", type=int, default=2048, help="matmul side for the rate")
   ap.add_argument("--json_out", default="")
-  ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
-  if args.worker:
-    _worker_main()
-    return {}
   modes = [m.split("+") for m in args.r1jax_modes.split(",")]
   for m in modes:
     if len(m) != 2 or m[0] not in ("static", "continuous") or m[1] not in ("padded", "packed"):
