@@ -25,8 +25,7 @@ import jax
 import numpy as np
 
 from r1jax import rl, steps
-from r1jax.bench.step import cpu_flags
-from r1jax.bench.timing import machine
+from r1jax.bench.timing import cpu_flags, machine
 from r1jax.model import ModelConfig, init_params, moe, param_shapes
 
 

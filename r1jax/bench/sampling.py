@@ -38,10 +38,6 @@ from r1jax.bench.roofline import HBM_GBS, bytes_per_step, dot_ceiling, flops_per
 from r1jax.bench.sampling_impls import R1jaxRunner, TransformersRunner, TunixRunner, tunix_worker
 from r1jax.bench.timing import machine
 
-# bench/step.py imports these from here.
-from r1jax.bench.roofline import _matmul_weights  # noqa: F401,E402
-from r1jax.bench.timing import best_time  # noqa: F401,E402
-
 
 def main(argv=None) -> dict:
   import argparse

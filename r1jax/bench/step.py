@@ -76,7 +76,7 @@ def make_prompts(tokenize, count: int, prompt_len: int, seed: int = 0) -> list[s
 def forward_flops(cfg, b: int, g: int, p: int, n: int, lens=None) -> float:
   """Model FLOPs of one forward over B prompts (once per group) and B*G completions of N
   tokens each, or of `lens` [B*G] tokens (the useful ones: padding is not counted)."""
-  from r1jax.bench.sampling import _matmul_weights
+  from r1jax.bench.roofline import _matmul_weights
   w = 2.0 * _matmul_weights(cfg)
   attn = 4.0 * cfg.num_layers * cfg.num_heads * cfg.hd
   lens = np.full(b * g, n, np.float64) if lens is None else np.asarray(lens, np.float64)
@@ -94,7 +94,7 @@ def matmul_rate(dtype: str = "float32", n: int = 2048) -> float:
   """GFLOP/s of one [n, n] x [n, n] XLA dot (float32 result), best of 5."""
   from types import SimpleNamespace
 
-  from r1jax.bench.sampling import dot_ceiling  # the same timing, shaped [n, n] x [n, n]
+  from r1jax.bench.roofline import dot_ceiling  # the same timing, shaped [n, n] x [n, n]
   return dot_ceiling(SimpleNamespace(hidden_size=n, vocab_size=n), n, dtype)
 
 
@@ -124,7 +124,7 @@ def matmul_floor(cfg, b: int, g: int, p: int, n: int, n_micro: int) -> float:
   own shape (best of 3): what the step would take if nothing but its matmuls cost time."""
   import jax
   import jax.numpy as jnp
-  from r1jax.bench.sampling import best_time
+  from r1jax.bench.timing import best_time
   rng = np.random.default_rng(0)
   best = lambda fn, *args: best_time(jax.jit(fn), *args, repeats=3)
   total = 0.0
@@ -135,16 +135,6 @@ def matmul_floor(cfg, b: int, g: int, p: int, n: int, n_micro: int) -> float:
     total += count * (passes * best(lambda x, w: x @ w, x, w) +
                       best(lambda dy, w: dy @ w.T, dy, w) + best(lambda x, dy: x.T @ dy, x, dy))
   return total
-
-
-def cpu_flags() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
-  except OSError:
-    return "?"
-  keep = [f for f in flags if f.startswith(("avx", "amx", "fma"))]
-  return " ".join(sorted(keep)) or "no avx"
 
 
 def micro_batches(rows: int, g: int, micro_batch_size: int) -> int:
@@ -296,7 +286,7 @@ def main(argv=None) -> dict:
 
   import jax
   from r1jax.bench.rollout import lengths as lognormal_lengths
-  from r1jax.bench.sampling import machine
+  from r1jax.bench.timing import cpu_flags, machine
   from r1jax.model import PRESETS, init_params
   if args.model == "smollm2":
     from r1jax.model import gguf

@@ -1,5 +1,5 @@
 """Timing helpers shared by the benchmarks: best-of-n wall time of a jax call, and the
-machine description (CPU model, cores, load average) printed beside every measurement."""
+machine description (CPU model, cores, load average, vector flags) printed beside every measurement."""
 
 from __future__ import annotations
 
@@ -30,3 +30,14 @@ def machine() -> str:
     pass
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
   return f"{cpu}, {os.cpu_count()} cores, load average {load:.1f}"
+
+
+def cpu_flags() -> str:
+  """The CPU's vector extensions (avx*, amx*, fma), which set its matmul rate."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+  except OSError:
+    return "?"
+  keep = [f for f in flags if f.startswith(("avx", "amx", "fma"))]
+  return " ".join(sorted(keep)) or "no avx"
