@@ -37,11 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import cli, stats
+from r1jax import cli, jsonl, stats
 from r1jax.checkpoint import resolve_checkpoint, restore_params  # noqa: F401 (CLI API)
 from r1jax.eval_metrics import (  # noqa: F401 - the metrics, re-exported
     pass_at_k, majority_vote, best_of_n, weighted_majority_vote, test_time_metrics, reflection_rate, per_problem, summarize)
-from r1jax.mesh import to_host
+from r1jax.mesh import to_host, use_mesh
+from r1jax.metrics import MetricsWriter, bar
 from r1jax.sampling import SamplingConfig, config_from, generate, pad_prompts
 
 # Used when the config has no `eval` section (and as the fallback for missing keys).
@@ -253,17 +254,56 @@ def load_examples(c, source: Mapping[str, Any] | None, num_problems: int = 0) ->
   return [ds[i] for i in range(n)]
 
 
+def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]],
+                   render: Callable[[Mapping[str, Any]], str], prefill: str, pool: Any,
+                   scfg: SamplingConfig, writer: MetricsWriter, mesh: Any, *,
+                   prompt_bucket: int = 32, reflection_words: Sequence[str] = (),
+                   verbose: bool = True, tools: Any = None, batch_prompts: int = 16
+                   ) -> Callable[[Any, jax.Array, int], dict]:
+  """`run_eval(params, rng, step) -> metrics`: held-out pass@1 / cons@k (with their
+  bootstrap intervals) / format / length of `examples` sampled with `scfg`, written to
+  eval.jsonl (and TensorBoard); each problem's scores go to eval_problems.jsonl (one row
+  per eval: `problem_scores`). With `tools` (a ToolConfig) the samples are
+  multi-turn rollouts with tools, as in training, and the tool metrics are logged.
+  `batch_prompts` prompts (x scfg.num_samples rows) go to the sampler at a time."""
+  is_main = verbose and jax.process_index() == 0
+
+  def run_eval(params: Any, rng: jax.Array, step: int) -> dict:
+    t0, done = time.time(), []
+
+    def show(recs):  # progress bar: one update per batch of prompts
+      done.append(len(recs) // scfg.num_samples)
+      if is_main:
+        print(f"eval step {step} {bar(sum(done), len(examples))} prompts "
+              f"{time.time() - t0:.0f}s", flush=True)
+    with use_mesh(mesh):
+      recs = sample_and_score(params, model_cfg, tokenizer, examples, render, pool,
+                                       scfg, rng, prompt_bucket=prompt_bucket, prefill=prefill,
+                                       on_records=show, tools=tools,
+                                       batch_prompts=batch_prompts)
+    m = records_metrics(recs, scfg.num_samples, reflection_words)
+    m["eval_time_s"] = time.time() - t0
+    writer.write(step, m, filename="eval.jsonl")
+    if writer.enabled:
+      row = {"step": int(step), **problem_scores(recs, scfg.num_samples)}
+      jsonl.append(os.path.join(writer.workdir, "eval_problems.jsonl"), [json.dumps(row)])
+    if is_main:
+      print(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())),
+            flush=True)
+    return m
+
+  return run_eval
+
+
 def run(c, checkpoint: str | None = None, output_dir: str | None = None,
         **overrides) -> dict[str, Any]:
   """Evaluate the base model or a checkpoint; writes samples.jsonl and metrics.json."""
   from r1jax import data as data_lib
-  from r1jax.mesh import make_mesh, use_mesh
-  from r1jax.model.loader import load_model
+  from r1jax import run as run_lib
   from r1jax.rewards import pool_from_config
 
   s = validate(c, checkpoint, **overrides)
-  mesh = make_mesh(tuple(c.mesh.shape))
-  model_cfg, params, tokenizer = load_model(c.model, mesh, seed=c.seed)
+  mesh, model_cfg, params, tokenizer, _ = run_lib.setup(c, None, "r1jax.evaluate")
   step = None
   if checkpoint:
     params, step = restore_params(checkpoint, params)

@@ -1,9 +1,8 @@
 """What every trainer shares: its start (`setup`: distributed init, compilation cache, mesh,
-model, run files), the run directory's files, the held-out evaluation hook, the periodic
-test (`itstime`) and the config -> SamplingConfig reader (the trainer and `r1jax.aot` build
-the same one). Any other section (eval, judge) goes through the same
-`sampling.config_from`, and every reward pool through `rewards.pool_from_config` (both below
-`evaluate`, which imports them and is imported here).
+model, run files), the run directory's files, the periodic test (`itstime`) and the config
+-> SamplingConfig reader (the trainer and `r1jax.aot` build the same one). Any other section
+(eval, judge) goes through the same `sampling.config_from`, and every reward pool through
+`rewards.pool_from_config`. The held-out evaluation hook is `evaluate.make_evaluator`.
 
 A run directory (`--workdir`) holds config.json (the experiment config), model_config.json
 (the trained model's architecture, read back by export / evaluation / later pipeline
@@ -16,16 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 
-from r1jax import compile_cache, jsonl
-from r1jax import evaluate as eval_lib
+from r1jax import compile_cache
 from r1jax import sampling as sampling_lib
-from r1jax.mesh import make_mesh, use_mesh
-from r1jax.metrics import MetricsWriter, bar
+from r1jax.mesh import make_mesh
 from r1jax.model.loader import load_model
 
 
@@ -74,47 +70,6 @@ def write_run_files(workdir: str, c: Any, model_cfg: Any = None) -> bool:
       with open(os.path.join(workdir, "model_config.json"), "w") as f:
         json.dump(dataclasses.asdict(model_cfg), f, indent=2)
   return is_main
-
-
-def make_evaluator(model_cfg: Any, tokenizer: Any, examples: Sequence[Mapping[str, Any]],
-                   render: Callable[[Mapping[str, Any]], str], prefill: str, pool: Any,
-                   scfg: sampling_lib.SamplingConfig, writer: MetricsWriter, mesh: Any, *,
-                   prompt_bucket: int = 32, reflection_words: Sequence[str] = (),
-                   verbose: bool = True, tools: Any = None, batch_prompts: int = 16
-                   ) -> Callable[[Any, jax.Array, int], dict]:
-  """`run_eval(params, rng, step) -> metrics`: held-out pass@1 / cons@k (with their
-  bootstrap intervals) / format / length of `examples` sampled with `scfg`, written to
-  eval.jsonl (and TensorBoard); each problem's scores go to eval_problems.jsonl (one row
-  per eval: `eval_lib.problem_scores`). With `tools` (a ToolConfig) the samples are
-  multi-turn rollouts with tools, as in training, and the tool metrics are logged.
-  `batch_prompts` prompts (x scfg.num_samples rows) go to the sampler at a time."""
-  is_main = verbose and jax.process_index() == 0
-
-  def run_eval(params: Any, rng: jax.Array, step: int) -> dict:
-    t0, done = time.time(), []
-
-    def show(recs):  # progress bar: one update per batch of prompts
-      done.append(len(recs) // scfg.num_samples)
-      if is_main:
-        print(f"eval step {step} {bar(sum(done), len(examples))} prompts "
-              f"{time.time() - t0:.0f}s", flush=True)
-    with use_mesh(mesh):
-      recs = eval_lib.sample_and_score(params, model_cfg, tokenizer, examples, render, pool,
-                                       scfg, rng, prompt_bucket=prompt_bucket, prefill=prefill,
-                                       on_records=show, tools=tools,
-                                       batch_prompts=batch_prompts)
-    m = eval_lib.records_metrics(recs, scfg.num_samples, reflection_words)
-    m["eval_time_s"] = time.time() - t0
-    writer.write(step, m, filename="eval.jsonl")
-    if writer.enabled:
-      row = {"step": int(step), **eval_lib.problem_scores(recs, scfg.num_samples)}
-      jsonl.append(os.path.join(writer.workdir, "eval_problems.jsonl"), [json.dumps(row)])
-    if is_main:
-      print(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())),
-            flush=True)
-    return m
-
-  return run_eval
 
 
 def itstime(every: int, step: int, last: int | None = None, *, first: bool = False,

@@ -32,7 +32,7 @@ from r1jax.mesh import batch_parallel_size, shard_batch, to_host, use_mesh
 from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model import moe
 from r1jax.nonfinite import Guard
-from r1jax.run import itstime, make_evaluator, sampling_config, setup
+from r1jax.run import itstime, sampling_config, setup
 from r1jax.sampling import generate, pad_prompts
 
 
@@ -189,7 +189,7 @@ def train(c, workdir: str, distributed: bool = False) -> list[dict]:
   guard = Guard(c.train.max_nonfinite_steps)
   rows = []
 
-  run_eval = make_evaluator(model_cfg, tokenizer, eval_examples, render, prefill, pool,
+  run_eval = eval_lib.make_evaluator(model_cfg, tokenizer, eval_examples, render, prefill, pool,
                             eval_scfg, writer, mesh, prompt_bucket=c.data.prompt_bucket,
                             reflection_words=tuple(c.train.reflection_words),
                             tools=tcfg,  # held-out samples use the tools as training does
