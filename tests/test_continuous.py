@@ -166,7 +166,8 @@ def test_rollout_bench_runs(tmp_path):
 
 
 def test_continuous_on_a_mesh_matches_static_on_one_device():
-  """Slots over data, heads over tensor on 8 fake CPU devices: the same samples at T=1."""
+  """Slots over data, heads over tensor on 8 fake CPU devices: the same samples at T=1
+  (attention in blocks of 8 cache slots)."""
   import subprocess
   import sys
   import textwrap
@@ -185,7 +186,7 @@ def test_continuous_on_a_mesh_matches_static_on_one_device():
     mesh = mesh_lib.make_mesh((2, 2, 2))
     with mesh_lib.use_mesh(mesh):  # 3 slots: rounded up to 4, a multiple of the data axis
       out = generate(shard_params(params, cfg, mesh), cfg, toks, mask, jax.random.key(0),
-                     SamplingConfig(**kw, mode="continuous", num_slots=3))
+                     SamplingConfig(**kw, mode="continuous", num_slots=3, kv_block=8))
     print("RESULT " + json.dumps([np.asarray(ref.lengths).tolist(),
                                   bool((np.asarray(out.tokens) == np.asarray(ref.tokens)).all()),
                                   float(np.abs(np.asarray(out.logprobs) - ref.logprobs).max())]))
