@@ -16,10 +16,11 @@ bucket and prompt length, as the static sampler):
   their G samples (`_prompt_cache`, as the static path). Starting a sample in a slot copies its prompt's KV (P slots) into the
   slot's cache rows and samples its first token from the prompt's last logits: a copy, not
   a second prefill. The price is holding the B prompts' KV ([B, P]) for the whole call.
-- Each slot's cache is [prompt P | completion N] (rounded up to whole `kv_block`s); slots
-  sit at different positions, so the decode step writes one cache slot per row (a scatter)
-  and attends block by block up to the longest filled slot (`decode_attention.blocked`;
-  the static path's `cache_chunks` segments do not apply; `kv_block=0`: the whole cache).
+- Each slot's cache is [prompt P | completion N] (rounded up to whole blocks: multiples of
+  `kv_block`, at most `MAX_BLOCKS` of them); slots sit at different positions, so the decode
+  step writes one cache slot per row (a scatter) and attends block by block up to the
+  longest filled slot (`decode_attention.blocked`; the static path's `cache_chunks` segments
+  do not apply; `kv_block=0`: the whole cache).
 - After each step, free slots take the next pending rows in order (an inner while_loop, so
   a sample whose first token is EOS frees its slot at once).
 """
@@ -62,6 +63,18 @@ def _write(out: _Out, row, t, tok, lp, on) -> _Out:
                       mask=out.mask.at[r, t].set(True, mode="drop"))
 
 
+MAX_BLOCKS = 8  # a longer cache gets longer blocks: loop steps cost on every backend
+
+
+def _block_len(kv_block: int, length: int) -> int:
+  """The attention block of a `length`-slot cache: a multiple of `kv_block`, at most
+  `MAX_BLOCKS` blocks; 0 (the whole cache) when one block would hold it all."""
+  if not kv_block:
+    return 0
+  block = kv_block * -(-length // (MAX_BLOCKS * kv_block))
+  return block if block < length else 0
+
+
 def _empty_cache(pcache: _Cache, slots: int, length: int) -> _Cache:
   """The slots' cache: `length` empty (zero, masked) slots per row, like the prompt's."""
   shape = lambda x: (slots,) + x.shape[1:]
@@ -88,8 +101,8 @@ def generate_continuous(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
   k_axes = _K_AXES if _k_transposed(wdt) else _V_AXES
   k_len = 3 if _k_transposed(wdt) else 2  # the length axis of K
 
+  block = _block_len(scfg.kv_block, p + n)
   # Blocked attention needs a whole number of blocks: the tail past P + N is never filled.
-  block = scfg.kv_block if 0 < scfg.kv_block < p + n else 0
   length = -(-(p + n) // block) * block if block else p + n
   cache = _empty_cache(pcache, s, length)
   cache = _Cache(tuple(constrain(x, k_axes) for x in cache.k),

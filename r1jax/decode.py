@@ -61,8 +61,9 @@ class SamplingConfig:
   mode: str = "static"
   # num_slots: decode slots of mode="continuous" (0: half the rows, at least 1; at most the rows).
   num_slots: int = 0
-  # kv_block: mode="continuous" attends over the cache in blocks of this many slots, up to the
-  # longest filled slot only (r1jax/decode_attention.py); 0: over the whole cache every step.
+  # kv_block: mode="continuous" attends over the cache in blocks of this many slots (a
+  # multiple of it for caches over 8 blocks long), up to the longest filled slot only
+  # (r1jax/decode_attention.py); 0: over the whole cache at every step.
   kv_block: int = 128
   # return_experts: also return the experts each MoE layer routed every prompt and completion
   # token to (`SampleOutput.prompt_experts` / `experts`; router replay, `rl.router_replay`).

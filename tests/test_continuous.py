@@ -124,6 +124,14 @@ def test_slots_never_attend_past_their_filled_length(setup, nan_cache_tail):
   assert np.isnan(whole.logprobs).any() or (whole.tokens != static.tokens).any()
 
 
+def test_attention_blocks_grow_past_eight():
+  from r1jax.continuous import _block_len
+  assert _block_len(128, 288) == 128  # 3 blocks (384 slots)
+  assert _block_len(128, 1056) == 256  # 8.25 blocks of 128 -> 5 of 256
+  assert _block_len(128, 1024 + 32768) == 33 * 128  # 8 blocks of 4224
+  assert _block_len(128, 100) == 0 and _block_len(0, 500) == 0  # one block: the whole cache
+
+
 def test_bad_mode_and_slots_are_named():
   with pytest.raises(ValueError, match="sampling.mode"):
     SamplingConfig(mode="paged")
