@@ -44,8 +44,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # rows (0: half of prompts_per_step * num_samples) and refills a finished row's slot with the
   # next sample: the same tokens, fewer decode steps on finished rows (1.35x useful tokens/s
   # at this config's lengths on a 2-core CPU, more with long tails: r1jax.bench.rollout).
+  # kv_block: continuous slots attend block by block up to the longest filled slot (0: over
+  # the whole prompt + max_new_tokens cache at every step).
   c.sampling = dict(num_samples=8, max_new_tokens=48, temperature=0.7, top_p=1.0, top_k=0,
-                    decode_dtype="bfloat16", mode="continuous", num_slots=0)
+                    decode_dtype="bfloat16", mode="continuous", num_slots=0, kv_block=128)
 
   # The RL family (r1jax/rl.py). algorithm: grpo | rloo | reinforce_pp (advantages from the
   # group's rewards, r1jax/advantages.py) or ppo (GAE from a critic: the ppo section below).

@@ -149,13 +149,20 @@ def _kernel_calls(hlo: str) -> int:
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
 
 
-def _bytes_over(msg: str) -> float | None:
-  """Bytes over HBM from XLA's "RESOURCE_EXHAUSTED: ... (1.53T) exceeds available HBM
-  (15.75G)", or None for any other error."""
+def hbm_sizes(msg: str) -> list[float] | None:
+  """The byte sizes in XLA's "RESOURCE_EXHAUSTED: ... (1.53T) exceeds available HBM
+  (15.75G)" (asked, then available), or None for any other error."""
   import re
   if "RESOURCE_EXHAUSTED" not in msg:
     return None
-  sizes = [float(v) * _UNITS[u] for v, u in re.findall(r"\(([\d.]+)([KMGTP]?)\)", msg)]
+  return [float(v) * _UNITS[u] for v, u in re.findall(r"\(([\d.]+)([KMGTP]?)\)", msg)]
+
+
+def _bytes_over(msg: str) -> float | None:
+  """Bytes over HBM from the TPU compiler's RESOURCE_EXHAUSTED message (`hbm_sizes`)."""
+  sizes = hbm_sizes(msg)
+  if sizes is None:
+    return None
   return sizes[0] - sizes[1] if len(sizes) >= 2 else float("nan")
 
 

@@ -16,9 +16,11 @@ bucket and prompt length, as the static sampler):
   their G samples (`_prompt_cache`, as the static path). Starting a sample in a slot copies its prompt's KV (P slots) into the
   slot's cache rows and samples its first token from the prompt's last logits: a copy, not
   a second prefill. The price is holding the B prompts' KV ([B, P]) for the whole call.
-- Each slot's cache is [prompt P | completion N]; slots sit at different positions, so the
-  decode step writes one cache slot per row (a scatter) and attends over the whole P + N
-  (the static path's `cache_chunks` segments do not apply).
+- Each slot's cache is [prompt P | completion N] (rounded up to whole blocks: multiples of
+  `kv_block`, at most `MAX_BLOCKS` of them); slots sit at different positions, so the decode
+  step writes one cache slot per row (a scatter) and attends block by block up to the
+  longest filled slot (`decode_attention.blocked`; the static path's `cache_chunks` segments
+  do not apply; `kv_block=0`: the whole cache).
 - After each step, free slots take the next pending rows in order (an inner while_loop, so
   a sample whose first token is EOS frees its slot at once).
 """
@@ -61,6 +63,25 @@ def _write(out: _Out, row, t, tok, lp, on) -> _Out:
                       mask=out.mask.at[r, t].set(True, mode="drop"))
 
 
+MAX_BLOCKS = 8  # a longer cache gets longer blocks: loop steps cost on every backend
+
+
+def _block_len(kv_block: int, length: int) -> int:
+  """The attention block of a `length`-slot cache: a multiple of `kv_block`, at most
+  `MAX_BLOCKS` blocks; 0 (the whole cache) when one block would hold it all."""
+  if not kv_block:
+    return 0
+  block = kv_block * -(-length // (MAX_BLOCKS * kv_block))
+  return block if block < length else 0
+
+
+def _empty_cache(pcache: _Cache, slots: int, length: int) -> _Cache:
+  """The slots' cache: `length` empty (zero, masked) slots per row, like the prompt's."""
+  shape = lambda x: (slots,) + x.shape[1:]
+  empty = jax.tree.map(lambda x: jnp.zeros(shape(x), x.dtype), pcache)
+  return _pad_length(empty, length - pcache.mask.shape[1])
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "scfg", "num_slots"))
 def generate_continuous(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
                         prompt_mask: jax.Array, num_prompts: jax.Array, rng: jax.Array,
@@ -80,8 +101,10 @@ def generate_continuous(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
   k_axes = _K_AXES if _k_transposed(wdt) else _V_AXES
   k_len = 3 if _k_transposed(wdt) else 2  # the length axis of K
 
-  empty = jax.tree.map(lambda x: jnp.zeros((s,) + x.shape[1:], x.dtype), pcache)
-  cache = _pad_length(empty, n)
+  block = _block_len(scfg.kv_block, p + n)
+  # Blocked attention needs a whole number of blocks: the tail past P + N is never filled.
+  length = -(-(p + n) // block) * block if block else p + n
+  cache = _empty_cache(pcache, s, length)
   cache = _Cache(tuple(constrain(x, k_axes) for x in cache.k),
                  tuple(constrain(x, _V_AXES) for x in cache.v), cache.mask)
   zeros = jnp.zeros((s,), jnp.int32)
@@ -107,7 +130,7 @@ def generate_continuous(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
       sel = take.reshape((s,) + (1,) * (c.ndim - 1))
       return jax.lax.dynamic_update_slice_in_dim(c, jnp.where(sel, pc[pb], head), 0, axis=axis)
 
-    pmask = jnp.pad(pcache.mask[pb], ((0, 0), (0, n)))
+    pmask = jnp.pad(pcache.mask[pb], ((0, 0), (0, length - p)))
     cache = _Cache(tuple(put(c, pc, k_len) for c, pc in zip(cache.k, pcache.k)),
                    tuple(put(c, pc, 2) for c, pc in zip(cache.v, pcache.v)),
                    jnp.where(take[:, None], pmask, cache.mask))
@@ -121,8 +144,10 @@ def generate_continuous(params: Any, cfg: ModelConfig, prompt_tokens: jax.Array,
   def step(state):
     cache, slots, out, nxt = state
     live, t = slots.live, slots.t
+    filled = p + jnp.minimum(t, n)  # the cache slots a live slot's query may see
     logits, cache, *chosen = _decode_step(w, cfg, slots.tok, slots.pos0 + t - 1, live, cache,
-                                          p + jnp.minimum(t, n) - 1, scfg.return_experts)
+                                          filled - 1, scfg.return_experts,
+                                          jnp.max(jnp.where(live, filled, 1)), block)
     if chosen:  # the routing of input token t - 1, at the sample's row (as its tokens)
       r = jnp.where(live, slots.row, rows)
       out = out._replace(experts=out.experts.at[r, :, t - 1].set(chosen[0], mode="drop"))

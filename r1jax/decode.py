@@ -9,12 +9,12 @@ built from these; see `r1jax.sampling`'s docstring for why each piece is shaped 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from r1jax import decode_attention
 from r1jax.mesh import constrain, current_mesh
 from r1jax.model import ModelConfig, forward, init_cache, positions_from_mask, unembed_matrix
 from r1jax.model import mla
@@ -61,6 +61,10 @@ class SamplingConfig:
   mode: str = "static"
   # num_slots: decode slots of mode="continuous" (0: half the rows, at least 1; at most the rows).
   num_slots: int = 0
+  # kv_block: mode="continuous" attends over the cache in blocks of this many slots (a
+  # multiple of it for caches over 8 blocks long), up to the longest filled slot only
+  # (r1jax/decode_attention.py); 0: over the whole cache at every step.
+  kv_block: int = 128
   # return_experts: also return the experts each MoE layer routed every prompt and completion
   # token to (`SampleOutput.prompt_experts` / `experts`; router replay, `rl.router_replay`).
   return_experts: bool = False
@@ -88,6 +92,8 @@ class SamplingConfig:
     if self.num_slots < 0 or (self.num_slots and self.mode != "continuous"):
       raise ValueError(f"sampling.num_slots={self.num_slots} needs mode='continuous' and >= 0 "
                        f"(mode={self.mode!r})")
+    if self.kv_block < 0:
+      raise ValueError(f"sampling.kv_block must be >= 0, got {self.kv_block}")
     if self.cache_chunks and self.mode == "continuous":
       raise ValueError(f"sampling.cache_chunks={self.cache_chunks} is static-mode only: "
                        f"continuous slots attend over the whole cache")
@@ -209,12 +215,16 @@ def _swiglu(hn: jax.Array, layer: dict, prefix: str) -> jax.Array:
 
 
 def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live: jax.Array,
-                 cache: _Cache, slot: jax.Array, return_experts: bool = False) -> tuple:
+                 cache: _Cache, slot: jax.Array, return_experts: bool = False,
+                 kv_len: jax.Array | None = None, kv_block: int = 0) -> tuple:
   """One token per row at cache slot `slot` -> (logits [R, V] float32, cache), and with
   `return_experts` the experts its MoE layers chose, [R, L_moe, k] (`EXPERT_DTYPE`).
 
   The same math as `transformer.forward` with a cache, for T = 1 (`w` from `_decode_weights`).
   `slot` is one slot for all rows (a scalar) or one per row ([R], continuous batching).
+  With `kv_block` (and the cache longer than one block, a multiple of it), attention reads
+  only the blocks below `kv_len` (a scalar > every row's `slot`; `decode_attention.blocked`;
+  MLA's latent attention always reads the whole cache).
   """
   dt = jnp.dtype(cfg.dtype)
   r = tok.shape[0]
@@ -230,6 +240,7 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
   else:
     slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, live[:, None], slot, axis=1)
     allowed = slot_mask & (ids <= slot)
+  blocks = bool(kv_block) and kv_len is not None and cache.mask.shape[1] > kv_block
   x = constrain(jnp.take(w["embed"], tok, axis=0).astype(dt), ("batch", "embed"))
   new_k, new_v, chosen = [], [], []
   for i, layer in enumerate(w["layers"]):
@@ -258,13 +269,11 @@ def _decode_step(w: dict, cfg: ModelConfig, tok: jax.Array, pos: jax.Array, live
       attn = mla.absorbed_attention(q[:, None], q_rope[:, None], ck[:, 0], cv[:, 0], layer["kv_b"],
                                     bias, cfg, dt, "bds" if kt else "bsd")[:, 0]
     else:
-      qg = q.reshape(r, kvh, h // kvh, hd).astype(ck.dtype)
-      s = jnp.einsum("rkgd,rkds->rkgs" if kt else "rkgd,rksd->rkgs", qg, ck,
-                     preferred_element_type=jnp.float32)
-      s = s / math.sqrt(hd)
-      s = jnp.where(allowed[:, None, None], s, jnp.finfo(jnp.float32).min)
-      p = jax.nn.softmax(s, axis=-1).astype(cv.dtype)
-      attn = jnp.einsum("rkgs,rksd->rkgd", p, cv, preferred_element_type=jnp.float32)
+      qg = q.reshape(r, kvh, h // kvh, hd)
+      if blocks:
+        attn = decode_attention.blocked(qg, ck, cv, allowed, kt, kv_len, kv_block)
+      else:
+        attn = decode_attention.full(qg, ck, cv, allowed, kt)
       attn = attn.reshape(r, h, hd)
     x = x + _mm(attn.astype(dt), layer["o"], "rhk,hkd->rd")
     x = constrain(x, ("batch", "embed"))

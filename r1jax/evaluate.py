@@ -315,7 +315,7 @@ def run(c, checkpoint: str | None = None, output_dir: str | None = None,
   examples = load_examples(c, s["source"], s["num_problems"])
   render = data_lib.make_renderer(c.data, tokenizer)
   prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
-  speed = {k: c.sampling[k] for k in ("decode_dtype", "mode", "num_slots") if k in c.sampling}
+  speed = {k: c.sampling[k] for k in ("decode_dtype", "mode", "num_slots", "kv_block") if k in c.sampling}
   scfg = config_from(s, eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id,
                      **speed)  # the eval settings, with the run's decoding speed knobs
 

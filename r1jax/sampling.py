@@ -55,7 +55,7 @@ from r1jax import continuous
 
 # The SamplingConfig fields a config section may set (the others are per-run extras).
 SECTION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "num_samples",
-                "decode_dtype", "mode", "num_slots")
+                "decode_dtype", "mode", "num_slots", "kv_block")
 
 
 def config_from(section: Any, **extra) -> SamplingConfig:

@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -61,7 +62,7 @@ EOS = tuple(range(3, 23))  # 20 of the 256 tokens: random-model samples end at u
 
 def test_greedy_matches_uncached_reference_with_uneven_lengths(setup, greedy_reference):
   _, prompts, _, _, limits = setup
-  out = _gen(setup, 0, temperature=0.0, eos_ids=EOS, mode="continuous", num_slots=4)
+  out = _gen(setup, 0, temperature=0.0, eos_ids=EOS, mode="continuous", num_slots=4, kv_block=8)
   ends = []
   for r in range(len(prompts) * G):
     want = greedy_reference(prompts[r // G], min(limits[r], N), EOS)
@@ -72,17 +73,19 @@ def test_greedy_matches_uncached_reference_with_uneven_lengths(setup, greedy_ref
   assert len(set(ends)) > 4 and min(ends) == 1 and max(ends) == N  # really uneven
 
 
-@pytest.mark.parametrize("kw,slots", [(dict(temperature=0.0), (4,)),
-                                      (dict(temperature=1.0), (1, 4, 32)),
-                                      (dict(temperature=0.8, top_k=7), (4,))])
+# kv_block 8: the prompt (24) + 14 new tokens in 5 blocks, read up to the longest filled slot;
+# 0: the whole cache at every step.
+@pytest.mark.parametrize("kw,slots", [(dict(temperature=0.0), ((4, 8), (4, 0))),
+                                      (dict(temperature=1.0), ((1, 8), (4, 8), (32, 8), (4, 0))),
+                                      (dict(temperature=0.8, top_k=7), ((4, 8),))])
 def test_continuous_returns_the_static_samples(setup, kw, slots):
   static = _gen(setup, 3, eos_ids=EOS, **kw)
   assert len(set(static.lengths.tolist())) > 4
   if kw["temperature"]:  # EOS, not only the length limits, ends some samples
     assert (static.lengths < np.minimum(setup[4], N)).sum() >= 2
-  for s in slots:  # fewer slots than the 15 samples (and more)
-    cont = _gen(setup, 3, eos_ids=EOS, mode="continuous", num_slots=s, **kw)
-    np.testing.assert_array_equal(cont.tokens, static.tokens, err_msg=f"slots={s}")
+  for s, kv_block in slots:  # fewer slots than the 15 samples (and more)
+    cont = _gen(setup, 3, eos_ids=EOS, mode="continuous", num_slots=s, kv_block=kv_block, **kw)
+    np.testing.assert_array_equal(cont.tokens, static.tokens, err_msg=f"slots={s} {kv_block}")
     np.testing.assert_array_equal(cont.lengths, static.lengths)
     np.testing.assert_array_equal(cont.mask, static.mask)
     np.testing.assert_allclose(cont.logprobs, static.logprobs, atol=1e-5)
@@ -90,11 +93,52 @@ def test_continuous_returns_the_static_samples(setup, kw, slots):
     assert (_gen(setup, 4, eos_ids=EOS, **kw).tokens != static.tokens).any()
 
 
+@pytest.fixture
+def nan_cache_tail(monkeypatch):
+  """Continuous sampling with its slots' cache created full of NaN instead of zeros (jit
+  caches cleared before and after, so the sampler is traced with it, and then without)."""
+  from r1jax import continuous
+
+  def nan_cache(pcache, slots, length):
+    c = real(pcache, slots, length)
+    nan = lambda x: jnp.full_like(x, jnp.nan)
+    return c._replace(k=tuple(map(nan, c.k)), v=tuple(map(nan, c.v)))
+
+  real = continuous._empty_cache
+  jax.clear_caches()
+  monkeypatch.setattr(continuous, "_empty_cache", nan_cache)
+  yield
+  monkeypatch.undo()
+  jax.clear_caches()
+
+
+def test_slots_never_attend_past_their_filled_length(setup, nan_cache_tail):
+  """NaN in every never-written cache slot: a slot that read one (even at weight 0: 0 * NaN)
+  would change its samples. Slots are refilled, so shorter slots sit beside longer ones."""
+  kw = dict(temperature=1.0, eos_ids=EOS, mode="continuous", num_slots=4)
+  static = _gen(setup, 3, temperature=1.0, eos_ids=EOS)
+  cont = _gen(setup, 3, kv_block=8, **kw)
+  np.testing.assert_array_equal(cont.tokens, static.tokens)
+  np.testing.assert_allclose(cont.logprobs, static.logprobs, atol=1e-5)
+  whole = _gen(setup, 3, kv_block=0, **kw)  # the check can fail: the whole cache reads NaN
+  assert np.isnan(whole.logprobs).any() or (whole.tokens != static.tokens).any()
+
+
+def test_attention_blocks_grow_past_eight():
+  from r1jax.continuous import _block_len
+  assert _block_len(128, 288) == 128  # 3 blocks (384 slots)
+  assert _block_len(128, 1056) == 256  # 8.25 blocks of 128 -> 5 of 256
+  assert _block_len(128, 1024 + 32768) == 33 * 128  # 8 blocks of 4224
+  assert _block_len(128, 100) == 0 and _block_len(0, 500) == 0  # one block: the whole cache
+
+
 def test_bad_mode_and_slots_are_named():
   with pytest.raises(ValueError, match="sampling.mode"):
     SamplingConfig(mode="paged")
   with pytest.raises(ValueError, match="num_slots=4"):
     SamplingConfig(num_slots=4)  # static mode ignores it
+  with pytest.raises(ValueError, match="kv_block must be >= 0"):
+    SamplingConfig(mode="continuous", kv_block=-1)
   with pytest.raises(ValueError, match="cache_chunks=2"):
     SamplingConfig(mode="continuous", cache_chunks=2)
   c = r1_zero.get_config("tiny")
@@ -120,15 +164,18 @@ def test_tiny_config_trains_with_continuous_batching(tmp_path):
 def test_rollout_bench_runs(tmp_path):
   from r1jax.bench import rollout
   res = rollout.main(["--model=tiny", "--prompts=2", "--samples=2", "--max_new_tokens=12",
-                      "--median=3", "--slots=2", f"--json_out={tmp_path / 'r.json'}"])
-  static, cont = res["rows"]
-  assert cont["same_tokens"] and static["tok_s"] > 0 and cont["tok_s"] > 0
+                      "--median=3", "--slots=2", "--kv_blocks=4,0",
+                      f"--json_out={tmp_path / 'r.json'}"])
+  static, *cont = res["rows"]
+  assert [c["kv_block"] for c in cont] == [4, 0]
+  assert all(c["same_tokens"] and c["tok_s"] > 0 for c in cont) and static["tok_s"] > 0
   assert res["useful_tokens"] == rollout.lengths(4, 3, 1.0, 12).sum()
   assert (tmp_path / "r.json").exists()
 
 
 def test_continuous_on_a_mesh_matches_static_on_one_device():
-  """Slots over data, heads over tensor on 8 fake CPU devices: the same samples at T=1."""
+  """Slots over data, heads over tensor on 8 fake CPU devices: the same samples at T=1
+  (attention in blocks of 8 cache slots)."""
   import subprocess
   import sys
   import textwrap
@@ -147,7 +194,7 @@ def test_continuous_on_a_mesh_matches_static_on_one_device():
     mesh = mesh_lib.make_mesh((2, 2, 2))
     with mesh_lib.use_mesh(mesh):  # 3 slots: rounded up to 4, a multiple of the data axis
       out = generate(shard_params(params, cfg, mesh), cfg, toks, mask, jax.random.key(0),
-                     SamplingConfig(**kw, mode="continuous", num_slots=3))
+                     SamplingConfig(**kw, mode="continuous", num_slots=3, kv_block=8))
     print("RESULT " + json.dumps([np.asarray(ref.lengths).tolist(),
                                   bool((np.asarray(out.tokens) == np.asarray(ref.tokens)).all()),
                                   float(np.abs(np.asarray(out.logprobs) - ref.logprobs).max())]))

@@ -43,7 +43,7 @@ def cell_config(model: str, workload: str, kind: str, layers: int):
   from configs import r1_zero, sft
   if workload.startswith("grpo"):
     c = r1_zero.get_config()
-    c.sampling.update(num_samples=16, max_new_tokens=4096 if workload == "grpo4k" else 16384,
+    c.sampling.update(num_samples=16, max_new_tokens=1024 * int(workload[4:-1]),  # grpo<N>k
                       decode_dtype="bfloat16")
     c.train.update(prompts_per_step=4, micro_batch_size=16, mu=1)
     c.rl.beta = 0.0

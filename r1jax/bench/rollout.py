@@ -3,7 +3,7 @@ continuous batching (`SamplingConfig.mode`), and of the RL train step padded vs 
 (`train.packing`, r1jax/packing.py) on the same lengths.
 
     python -m r1jax.bench.rollout                        # 8 prompts x 4 samples, up to 512 tokens
-    python -m r1jax.bench.rollout --prompts=16 --max_new_tokens=1024 --slots=8,16
+    python -m r1jax.bench.rollout --prompts=16 --max_new_tokens=1024 --slots=8,16 --kv_blocks=0,128
     python -m r1jax.bench.rollout --model=tiny --prompts=2 --samples=2 --max_new_tokens=16
     python -m r1jax.bench.rollout --parts=train --layers=4 --max_new_tokens=1024
 
@@ -82,6 +82,8 @@ def main(argv=None) -> dict[str, Any]:
   ap.add_argument("--median", type=float, default=48.0)
   ap.add_argument("--sigma", type=float, default=1.0)
   ap.add_argument("--slots", default="8", help="comma-separated num_slots to try")
+  ap.add_argument("--kv_blocks", default="128", help="comma-separated sampling.kv_block to try "
+                  "with each slot count (0: slots attend over the whole cache)")
   ap.add_argument("--temperature", type=float, default=1.0)
   ap.add_argument("--decode_dtype", default="")
   ap.add_argument("--repeats", type=int, default=1)
@@ -132,16 +134,20 @@ def main(argv=None) -> dict[str, Any]:
   if "rollout" in parts:
     s, ref = timed(SamplingConfig(**base))
     rows = [dict(mode="static", slots=b * g, s=s)]
+    print(f"# {rows[-1]}", flush=True)
     for slots in [int(x) for x in args.slots.split(",")]:
-      s, out = timed(SamplingConfig(**base, mode="continuous", num_slots=slots))
-      rows.append(dict(mode="continuous", slots=slots, s=s,
-                       same_tokens=bool((out.tokens == ref.tokens).all())))
-    print("\n| mode | slots | s | useful tok/s | vs static |\n|---|---|---|---|---|")
+      for kv_block in [int(x) for x in args.kv_blocks.split(",")]:
+        s, out = timed(SamplingConfig(**base, mode="continuous", num_slots=slots,
+                                      kv_block=kv_block))
+        rows.append(dict(mode="continuous", slots=slots, kv_block=kv_block, s=s,
+                         same_tokens=bool((out.tokens == ref.tokens).all())))
+        print(f"# {rows[-1]}", flush=True)
+    print("\n| mode | slots | kv_block | s | useful tok/s | vs static |\n|---|---|---|---|---|---|")
     for r in rows:
       r["tok_s"] = useful / r["s"]
       r["ratio"] = rows[0]["s"] / r["s"]
-      print(f"| {r['mode']} | {r['slots']} | {r['s']:.2f} | {r['tok_s']:.1f} | "
-            f"{r['ratio']:.2f}x |")
+      print(f"| {r['mode']} | {r['slots']} | {r.get('kv_block', '')} | {r['s']:.2f} | "
+            f"{r['tok_s']:.1f} | {r['ratio']:.2f}x |", flush=True)
   if "train" in parts:
     train = train_rows(cfg, params, prompts, lens, n, args.row_len, max(args.repeats, 1))
     print("\n| train step | rows x tokens | s | useful tok/s | vs padded | loss |\n"
