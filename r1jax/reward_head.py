@@ -6,7 +6,8 @@ NON-PAD token (so left- and right-padded batches score alike). Losses:
   bt_loss  Bradley-Terry, -log sigmoid(r_chosen - r_rejected - margin), plus the optional
            reward-centering term coef * (r_chosen + r_rejected)^2 (keeps scores near 0);
   orm_loss binary cross-entropy of sigmoid(r) against a 0/1 correctness label (an
-           outcome verifier).
+           outcome verifier), optionally weighted per row by CLASS_WEIGHTS (the table of
+           `loss.class_balance`: "none", or "balanced" so each class weighs half).
 Used by r1jax/reward_model.py and the GRPO reward (rm_reward); both tokenize with `encode`.
 """
 
@@ -82,6 +83,20 @@ def bt_loss(r_chosen: jax.Array, r_rejected: jax.Array, margin: jax.Array | floa
 def orm_loss(r: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
   """Mean binary cross-entropy of sigmoid(r) against labels in {0, 1}."""
   return _mean(optax.sigmoid_binary_cross_entropy(r, labels.astype(r.dtype)), weights)
+
+
+def _balanced(labels: np.ndarray) -> np.ndarray:
+  """n / (classes present * n_class) per row: each class's rows weigh 1/classes in total
+  (sklearn's class_weight="balanced"); the mean weight stays 1."""
+  y = np.asarray(labels) > 0.5
+  counts = {c: int(np.sum(y == c)) for c in (False, True)}
+  k = sum(1 for n in counts.values() if n)
+  return np.asarray([len(y) / (k * counts[c]) for c in y], np.float32)
+
+
+# `loss.class_balance` -> per-row BCE weights from the training labels.
+CLASS_WEIGHTS = {"none": lambda labels: np.ones(len(labels), np.float32),
+                 "balanced": _balanced}
 
 
 def _mean(x: jax.Array, weights: jax.Array | None) -> jax.Array:
