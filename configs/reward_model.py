@@ -19,6 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(source="smollm2_gguf", path="", preset="", dtype="float32",
                  param_dtype="float32", remat=False)
   c.mesh = dict(shape=(1, 1, 1))
+  c.head = dict(pool="last")  # the hidden state the scalar head reads: "last" token | "mean"
   # train / eval: {"kind": jsonl | parquet | hf_disk, "path": ..., "split": ...}; without an
   # eval file, num_eval training rows are held out.
   c.data = dict(train=dict(kind="jsonl", path="", split=""),

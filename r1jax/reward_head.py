@@ -2,7 +2,8 @@
 
 A reward model is the policy's params pytree plus a `value_head` entry {"w": [D], "b": []}:
 the score of a sequence is `w . h + b`, h the final-normed hidden state of its LAST
-NON-PAD token (so left- and right-padded batches score alike). Losses:
+NON-PAD token (so left- and right-padded batches score alike), or with pool="mean" the mean
+over its non-pad tokens (POOLS, the table of `head.pool`). Losses:
   bt_loss  Bradley-Terry, -log sigmoid(r_chosen - r_rejected - margin), plus the optional
            reward-centering term coef * (r_chosen + r_rejected)^2 (keeps scores near 0);
   orm_loss binary cross-entropy of sigmoid(r) against a 0/1 correctness label (an
@@ -59,11 +60,21 @@ def pool_last(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.take_along_axis(hidden, last_token_index(mask)[:, None, None], axis=1)[:, 0]
 
 
+def pool_mean(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """hidden [B, T, D] -> [B, D], the mean over each row's non-pad tokens (0 for all-pad)."""
+  m = mask.astype(jnp.float32)[:, :, None]
+  return jnp.sum(hidden.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+# `head.pool`: which hidden state the head reads.
+POOLS = {"last": pool_last, "mean": pool_mean}
+
+
 def scores(params: dict[str, Any], cfg: ModelConfig, tokens: jax.Array,
-           mask: jax.Array) -> jax.Array:
+           mask: jax.Array, pool: str = "last") -> jax.Array:
   """float32 [B] reward of each (padded) sequence; positions count real tokens only."""
   hidden, _ = forward(params, cfg, tokens, positions_from_mask(mask), mask, return_hidden=True)
-  h = pool_last(hidden, mask).astype(jnp.float32)
+  h = POOLS[pool](hidden, mask).astype(jnp.float32)
   head = params[HEAD]
   return h @ head["w"] + head["b"]
 

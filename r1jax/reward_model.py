@@ -1,7 +1,8 @@
 """Reward-model trainer: `python -m r1jax.reward_model --config=configs/reward_model.py --workdir=DIR`.
 
 Two objectives (`OBJECTIVES`, one table) on one model (our transformer + the scalar head of
-r1jax.reward_head, scoring the last non-pad token; same mesh and shardings as the policy):
+r1jax.reward_head, reading the last non-pad token or, `head.pool="mean"`, the mean of the
+sequence's tokens; same mesh and shardings as the policy):
   objective="bt"   Bradley-Terry on preference pairs: -log sigmoid(r_c - r_r - margin),
                    plus loss.center_coef * (r_c + r_r)^2 (reward centering);
   objective="orm"  an outcome verifier: BCE of sigmoid(r) on (prompt, completion, correct),
@@ -50,6 +51,8 @@ def validate(c) -> None:
   cli.check_source(c.data.train, "data.train", cli.FILE_KINDS)
   if c.data.get("eval") and c.data.eval.get("path"):
     cli.check_source(c.data.eval, "data.eval", cli.FILE_KINDS)
+  if c.get("head", {}).get("pool", "last") not in reward_head.POOLS:
+    raise ValueError(f"head.pool={c.head.pool!r}; choose one of {tuple(reward_head.POOLS)}")
   if c.objective not in OBJECTIVES:
     raise ValueError(f"objective={c.objective!r}; choose one of {tuple(OBJECTIVES)}")
   for key in ("batch_size", "max_len"):
@@ -195,15 +198,15 @@ def make_batch(items: Sequence[tuple], objective: str, tokenizer, max_len: int,
   return dict(OBJECTIVES[objective].batch(items, tokenizer, max_len), weight=weight)
 
 
-def eval_fn(params, batch, model_cfg, objective: str, center_coef: float):
+def eval_fn(params, batch, model_cfg, objective: str, center_coef: float, pool: str = "last"):
   """(loss, scores of every row) of one batch."""
-  r = reward_head.scores(params, model_cfg, batch["tokens"], batch["mask"])
+  r = reward_head.scores(params, model_cfg, batch["tokens"], batch["mask"], pool)
   return OBJECTIVES[objective].loss(r, batch, center_coef)[0], r
 
 
-def loss_fn(params, batch, model_cfg, objective: str, center_coef: float):
+def loss_fn(params, batch, model_cfg, objective: str, center_coef: float, pool: str = "last"):
   """(loss, metrics) of one batch; accuracy = pairwise (r_c > r_r) or label agreement."""
-  r = reward_head.scores(params, model_cfg, batch["tokens"], batch["mask"])
+  r = reward_head.scores(params, model_cfg, batch["tokens"], batch["mask"], pool)
   w = batch["weight"]
   loss, hit, mean_r = OBJECTIVES[objective].loss(r, batch, center_coef)
   wsum = jnp.maximum(w.sum(), 1.0)
@@ -282,16 +285,16 @@ def train(c, workdir: str) -> list[dict]:
 
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
   tx = steps.make_optimizer(ocfg)
-  loss = functools.partial(loss_fn, model_cfg=model_cfg, objective=c.objective,
-                           center_coef=c.loss.center_coef)
+  knobs = dict(model_cfg=model_cfg, objective=c.objective, center_coef=c.loss.center_coef,
+               pool=c.get("head", {}).get("pool", "last"))
+  loss = functools.partial(loss_fn, **knobs)
   state = memory_lib.init_state(params, tx)  # Adam moments sharded like their params
   del params
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
   state, rng, start = ckpt.resume(state, rng)
   train_step = steps.jit_train_step(steps.make_train_step(loss, tx), state)
-  evaluate = jax.jit(functools.partial(eval_fn, model_cfg=model_cfg, objective=c.objective,
-                                       center_coef=c.loss.center_coef))
+  evaluate = jax.jit(functools.partial(eval_fn, **knobs))
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows > start
   progress, rows = Progress(c.train.num_steps, start), []
   bs = c.data.batch_size

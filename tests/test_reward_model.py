@@ -93,6 +93,14 @@ def test_head_reads_last_non_pad_token():
   np.testing.assert_allclose(r_left, want, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(r_right, want, rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(RH.last_token_index(jnp.asarray(rm)), [4, 1, 3])
+  # pool="mean": the mean of each sequence's hidden states alone, in numpy.
+  mean = jax.jit(RH.scores, static_argnums=(1, 4))
+  want = [float(np.asarray(fwd(params, jnp.asarray([s]))[0]).mean(0) @ np.asarray(head["w"]) + 0.5)
+          for s in seqs]
+  np.testing.assert_allclose(mean(params, cfg, jnp.asarray(left), jnp.asarray(lm), "mean"), want,
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(mean(params, cfg, jnp.asarray(right), jnp.asarray(rm), "mean"), want,
+                             rtol=1e-4, atol=1e-5)
 
 
 ROWS = [
@@ -161,6 +169,10 @@ def test_class_balance_is_validated():
     validate(c)
   c.loss.class_balance = "balanced"  # objective "bt": weighs no labels
   with pytest.raises(ValueError, match="objective='bt'"):
+    validate(c)
+  c.loss.class_balance = "none"
+  c.head.pool = "max"
+  with pytest.raises(ValueError, match="head.pool='max'"):
     validate(c)
 
 
