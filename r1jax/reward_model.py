@@ -146,7 +146,7 @@ def _bt_batch(items: Sequence[tuple], tokenizer, max_len: int) -> dict[str, np.n
 def _orm_batch(items: Sequence[tuple], tokenizer, max_len: int) -> dict[str, np.ndarray]:
   toks, mask = encode([x[0] for x in items], tokenizer, max_len)
   return dict(tokens=toks, mask=mask, label=np.asarray([x[1] for x in items], np.float32),
-              class_weight=np.asarray([x[2] for x in items], np.float32))
+              row_weight=np.asarray([x[2] for x in items], np.float32))
 
 
 def _bt_loss(r, batch, center_coef: float):
@@ -157,7 +157,7 @@ def _bt_loss(r, batch, center_coef: float):
 
 
 def _orm_loss(r, batch, center_coef: float):
-  loss = reward_head.orm_loss(r, batch["label"], batch["weight"] * batch["class_weight"])
+  loss = reward_head.orm_loss(r, batch["label"], batch["weight"])
   return loss, ((r > 0) == (batch["label"] > 0.5)), r
 
 
@@ -191,11 +191,14 @@ OBJECTIVES = {"bt": Objective(prepare_pairs, _bt_batch, _bt_loss, _bt_metrics),
 
 def make_batch(items: Sequence[tuple], objective: str, tokenizer, max_len: int,
                size: int) -> dict[str, np.ndarray]:
-  """A fixed-size host batch (padding items weigh 0). BT: chosen rows, then rejected rows."""
+  """A fixed-size host batch (padding items weigh 0; ORM items their class weight, so the
+  training batch's loss, accuracy and mean reward are class-weighted). BT: chosen rows, then
+  rejected rows."""
   n = len(items)
   items = list(items) + [items[0]] * (size - n)
-  weight = (np.arange(size) < n).astype(np.float32)
-  return dict(OBJECTIVES[objective].batch(items, tokenizer, max_len), weight=weight)
+  batch = OBJECTIVES[objective].batch(items, tokenizer, max_len)
+  weight = (np.arange(size) < n) * batch.pop("row_weight", np.float32(1))
+  return dict(batch, weight=weight.astype(np.float32))
 
 
 def eval_fn(params, batch, model_cfg, objective: str, center_coef: float, pool: str = "last"):

@@ -55,6 +55,16 @@ def test_balanced_class_weights_by_hand():
   np.testing.assert_allclose(RH.CLASS_WEIGHTS["none"](np.asarray([1, 0, 0])), [1, 1, 1])
 
 
+def test_orm_batch_weighs_rows_by_class_and_padding():
+  from r1jax.reward_model import balance, make_batch
+  from r1jax.tokenizer import Tokenizer
+  items = balance([("a", 1.0, 1.0, None), ("b", 0.0, 1.0, None), ("c", 0.0, 1.0, None)],
+                  "orm", "balanced")
+  b = make_batch(items, "orm", Tokenizer.byte_level(), 8, 4)
+  np.testing.assert_allclose(b["weight"], [3 / 2, 3 / 4, 3 / 4, 0], rtol=1e-6)
+  np.testing.assert_array_equal(b["label"], [1, 0, 0, 1])  # the padding row copies item 0
+
+
 def test_hold_out_keeps_prompts_whole():
   from r1jax.reward_model import hold_out
   items = [(f"t{i}", i % 2, 1.0, f"p{i // 3}") for i in range(12)]  # 4 prompts x 3 rows
