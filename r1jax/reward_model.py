@@ -171,7 +171,9 @@ def _bt_metrics(scores: Sequence[np.ndarray], chunks: Sequence[Sequence[tuple]],
 def _orm_metrics(scores: Sequence[np.ndarray], chunks: Sequence[Sequence[tuple]],
                  size: int) -> dict:
   s = np.concatenate([r[:len(ch)] for r, ch in zip(scores, chunks)])
-  return rm_metrics.label_metrics(s, [x[1] for ch in chunks for x in ch])
+  items = [x for ch in chunks for x in ch]
+  groups = [x[3] for x in items] if all(x[3] is not None for x in items) else None
+  return rm_metrics.label_metrics(s, [x[1] for x in items], groups=groups)
 
 
 class Objective(NamedTuple):

@@ -4,7 +4,11 @@ Host-side numpy on the scores of a whole held-out set:
   label_metrics  (ORM) accuracy of `score > threshold`, balanced accuracy (the mean of the
                  per-class recalls), ROC AUC (ties count half), the majority class's share
                  and the class counts: a verifier that always answers the majority class
-                 has accuracy = majority share, balanced accuracy 0.5 and AUC 0.5;
+                 has accuracy = majority share, balanced accuracy 0.5 and AUC 0.5. With
+                 prompt ids, also the AUC within prompts (over every correct/incorrect pair
+                 of one prompt): a verifier, not a judge of which prompts are hard, is what
+                 GRPO's per-group advantages can use (a score that only ranks prompts
+                 cancels in each group's centring);
   pair_metrics   (Bradley-Terry) pairwise accuracy (r_c > r_r; already balanced) and the
                  AUC of all chosen scores against all rejected ones (does a chosen answer
                  outscore a rejected one of another prompt, as a batch-normalised RL reward
@@ -40,9 +44,24 @@ def _midranks(x: np.ndarray) -> np.ndarray:
   return ranks
 
 
-def label_metrics(scores: Sequence[float], labels: Sequence[float],
-                  threshold: float = 0.0) -> dict[str, float | int | None]:
-  """ORM metrics of scores against 0/1 labels (predicted 1 where score > threshold)."""
+def auc_within(scores: Sequence[float], labels: Sequence[float],
+               groups: Sequence) -> tuple[float | None, int]:
+  """(AUC over the (positive, negative) pairs that share a group, ties half; pair count)."""
+  s, y, g = np.asarray(scores, np.float64), np.asarray(labels) > 0.5, np.asarray(groups)
+  wins = pairs = 0.0
+  for key in dict.fromkeys(g.tolist()):
+    sel = g == key
+    pos, neg = s[sel & y], s[sel & ~y]
+    if len(pos) and len(neg):
+      wins += auc(pos, neg) * len(pos) * len(neg)
+      pairs += len(pos) * len(neg)
+  return (wins / pairs if pairs else None), int(pairs)
+
+
+def label_metrics(scores: Sequence[float], labels: Sequence[float], threshold: float = 0.0,
+                  groups: Sequence | None = None) -> dict[str, float | int | None]:
+  """ORM metrics of scores against 0/1 labels (predicted 1 where score > threshold); with
+  `groups` (prompt ids) also the within-prompt AUC and its pair count."""
   s, y = np.asarray(scores, np.float64), np.asarray(labels) > 0.5
   pred = s > threshold
   n_pos, n_neg = int(y.sum()), int((~y).sum())
@@ -51,7 +70,9 @@ def label_metrics(scores: Sequence[float], labels: Sequence[float],
           "balanced_accuracy": float(np.mean(recalls)) if recalls else None,
           "auc": auc(s[y], s[~y]),
           "majority_share": max(n_pos, n_neg) / len(y) if len(y) else None,
-          "positives": n_pos, "negatives": n_neg}
+          "positives": n_pos, "negatives": n_neg,
+          **(dict(zip(("auc_within_prompt", "pairs_within_prompt"), auc_within(s, y, groups)))
+             if groups is not None else {})}
 
 
 def pair_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float]) -> dict[str, float | None]:

@@ -52,3 +52,17 @@ def test_pair_metrics_by_hand():
   # chosen vs every rejected: 1 -> 1+1+0, 0 -> .5+.5+0, 2 -> 1+1+0
   assert m["auc"] == pytest.approx(5 / 9)
   assert m["pairs"] == 3
+
+
+def test_auc_within_prompts_by_hand():
+  # prompt a: pos 0.5 vs negs 0.9, 0.1 -> 1 of 2; prompt b: pos 0.2 vs neg 0.2 -> a tie (half);
+  # prompt c has no negative: no pair. Across prompts the pos 0.2 vs neg 0.1 pair does not count.
+  scores = [0.5, 0.9, 0.1, 0.2, 0.2, 3.0]
+  labels = [1, 0, 0, 1, 0, 1]
+  groups = ["a", "a", "a", "b", "b", "c"]
+  got, pairs = M.auc_within(scores, labels, groups)
+  assert pairs == 3 and got == pytest.approx((1 + 0.5) / 3)
+  m = M.label_metrics(scores, labels, groups=groups)
+  assert m["auc_within_prompt"] == pytest.approx(0.5) and m["pairs_within_prompt"] == 3
+  assert "auc_within_prompt" not in M.label_metrics(scores, labels)
+  assert M.auc_within([1.0, 2.0], [1, 1], ["a", "a"]) == (None, 0)
