@@ -21,7 +21,7 @@ per finished stage: pass@1, cons@k, format rate, language consistency, mean resp
 (for the stages that make a model), the stage's and its evaluation's wall time, and their sum,
 and for a reward-model stage one line of its last held-out evaluation (accuracy, balanced
 accuracy, AUC, AUC within prompts, majority share; flagged when it is no better than always
-answering the majority class);
+answering the majority class, or when it ranks prompts rather than the answers to one);
 DIR/summary.png plots the metrics.
 """
 
@@ -201,6 +201,10 @@ def rm_note(name: str, workdir: str) -> str | None:
   line = f"{name}, held out at step {last['step']}{counts}: {cells}."
   if last.get("eval_balanced_accuracy", 1.0) <= 0.55:
     line += " No better than always answering the majority class (balanced accuracy <= 0.55)."
+  if last.get("eval_auc_within_prompt", 1.0) <= 0.55:
+    line += (" Within a prompt it does not rank correct answers above wrong ones (AUC within "
+             "prompts <= 0.55): it tells hard prompts from easy ones, which GRPO's per-group "
+             "centring cancels, so as an RL reward it adds no signal.")
   return line
 
 

@@ -75,8 +75,10 @@ def label_metrics(scores: Sequence[float], labels: Sequence[float], threshold: f
              if groups is not None else {})}
 
 
-def pair_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float]) -> dict[str, float | None]:
-  """Bradley-Terry metrics: pairwise accuracy (strictly r_c > r_r) and the chosen-vs-rejected AUC."""
+def pair_metrics(r_chosen: Sequence[float],
+                 r_rejected: Sequence[float]) -> dict[str, float | int | None]:
+  """Bradley-Terry metrics: pairwise accuracy (strictly r_c > r_r), the chosen-vs-rejected
+  AUC and the pair count."""
   rc, rr = np.asarray(r_chosen, np.float64), np.asarray(r_rejected, np.float64)
   return {"accuracy": float(np.mean(rc > rr)) if len(rc) else None,
           "auc": auc(rc, rr), "pairs": len(rc)}

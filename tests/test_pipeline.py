@@ -131,5 +131,8 @@ def test_reward_model_stage_line_in_the_summary(tmp_path):
   (d / "eval.jsonl").write_text(json.dumps(rows[0]) + "\n")
   assert pipeline.rm_note("reward_model", str(tmp_path)).endswith(
       "No better than always answering the majority class (balanced accuracy <= 0.55).")
+  (d / "eval.jsonl").write_text(json.dumps(dict(rows[1], eval_auc_within_prompt=0.46)) + "\n")
+  assert "AUC within prompts 0.460" in pipeline.rm_note("reward_model", str(tmp_path))
+  assert "adds no signal" in pipeline.rm_note("reward_model", str(tmp_path))
   assert pipeline.rm_note("sft", str(tmp_path)) is None
   assert pipeline.summary([], 1.0, [line]).endswith("\n\n" + line + "\n")
