@@ -229,7 +229,8 @@ def batch_items(items: Sequence[tuple], step: int, size: int, seed: int) -> list
 
 def hold_out(items: Sequence[tuple], k: int, seed: int) -> tuple[list, list]:
   """(held-out, train): whole prompts (an item's last field, its prompt_id; an item without
-  one is its own group) in seeded order until at least k items are held out."""
+  one is its own group) in seeded order until at least k items are held out, never a prompt
+  that would leave no training item."""
   groups: dict[Any, list[int]] = {}
   for i, x in enumerate(items):
     groups.setdefault(("row", i) if x[-1] is None else ("prompt", str(x[-1])), []).append(i)
@@ -238,7 +239,8 @@ def hold_out(items: Sequence[tuple], k: int, seed: int) -> tuple[list, list]:
   for g in np.random.default_rng(seed).permutation(len(keys)):
     if len(held) >= k:
       break
-    held += groups[keys[g]]
+    if len(held) + len(groups[keys[g]]) < len(items):
+      held += groups[keys[g]]
   rest = sorted(set(range(len(items))) - set(held))
   return [items[i] for i in held], [items[i] for i in rest]
 

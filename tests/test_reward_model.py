@@ -74,6 +74,8 @@ def test_hold_out_keeps_prompts_whole():
   loose = [(f"t{i}", 0, 1.0, None) for i in range(5)]  # no prompt ids: a row split
   held, train = hold_out(loose, 2, seed=0)
   assert len(held) == 2 and sorted(held + train) == sorted(loose)
+  held, train = hold_out(items[:3], 2, seed=0)  # one prompt: holding it out leaves nothing
+  assert held == [] and len(train) == 3
 
 
 def test_head_reads_last_non_pad_token():
