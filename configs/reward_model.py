@@ -19,12 +19,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(source="smollm2_gguf", path="", preset="", dtype="float32",
                  param_dtype="float32", remat=False)
   c.mesh = dict(shape=(1, 1, 1))
+  c.head = dict(pool="last")  # the hidden state the scalar head reads: "last" token | "mean"
   # train / eval: {"kind": jsonl | parquet | hf_disk, "path": ..., "split": ...}; without an
   # eval file, num_eval training rows are held out.
   c.data = dict(train=dict(kind="jsonl", path="", split=""),
                 eval=dict(kind="jsonl", path="", split=""),
                 num_eval=64, batch_size=8, max_len=256)
-  c.loss = dict(center_coef=0.0)  # reward centering (e.g. 0.01)
+  # center_coef: reward centering of pairs (e.g. 0.01); class_balance: ORM row weights,
+  # "none" | "balanced" (each class weighs half: a minority of correct samples still counts).
+  c.loss = dict(center_coef=0.0, class_balance="none")
   c.optim = dict(learning_rate=1e-5, warmup_steps=10, schedule="cosine", weight_decay=0.0,
                  b1=0.9, b2=0.999, max_grad_norm=1.0)
   c.train = dict(num_steps=300, log_every=10, eval_every=50, checkpoint_every=50,

@@ -18,7 +18,10 @@ last checkpoint and the rejection sampler from its last written prompt. After ea
 model-producing stage (sft, grpo; and the base model first) the held-out evaluation of
 `eval` (r1jax.evaluate, in this process) runs into DIR/<stage>/eval/. At the end DIR/summary.md tabulates
 per finished stage: pass@1, cons@k, format rate, language consistency, mean response length
-(for the stages that make a model), the stage's and its evaluation's wall time, and their sum;
+(for the stages that make a model), the stage's and its evaluation's wall time, and their sum,
+and for a reward-model stage one line of its last held-out evaluation (accuracy, balanced
+accuracy, AUC, AUC within prompts, majority share; flagged when it is no better than always
+answering the majority class, or when it ranks prompts rather than the answers to one);
 DIR/summary.png plots the metrics.
 """
 
@@ -32,7 +35,7 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
-from r1jax import cli
+from r1jax import cli, jsonl
 
 KINDS = {"sft": ("r1jax.sft", "workdir"), "grpo": ("r1jax.train", "workdir"),
          "reward_model": ("r1jax.reward_model", "workdir"),
@@ -42,6 +45,10 @@ REJECTION_OUT = "sft.jsonl"  # the rejection sampler's records inside its stage 
 COLUMNS = (("pass@1", "pass@1"), ("cons@k", "cons@"), ("format", "format_rate"),
            ("cold-start format", "cold_start_format_rate"), ("language", "language"),
            ("mean length", "completion_len_mean"))
+# A reward-model stage's held-out metrics (r1jax.rm_metrics) in its summary line.
+RM_COLUMNS = (("accuracy", "eval_accuracy"), ("balanced accuracy", "eval_balanced_accuracy"),
+              ("AUC", "eval_auc"), ("AUC within prompts", "eval_auc_within_prompt"),
+              ("majority share", "eval_majority_share"))
 _CONFIG = _WORKDIR = _STAGES = None
 
 
@@ -181,9 +188,30 @@ def _cell(metrics: Mapping[str, Any], key: str) -> str:
   return f"{hit[0]:.3f}" if hit else "-"
 
 
-def summary(rows: Sequence[tuple[str, str, dict, float | None]], total_s: float) -> str:
+def rm_note(name: str, workdir: str) -> str | None:
+  """A line on a reward-model stage's last held-out evaluation; None without one."""
+  path = os.path.join(workdir, name, "eval.jsonl")
+  evals = jsonl.read(path) if os.path.exists(path) else []
+  if not evals:
+    return None
+  last = evals[-1]
+  cells = ", ".join(f"{label} {last[k]:.3f}" for label, k in RM_COLUMNS if k in last)
+  counts = (f" ({last['eval_positives']} correct, {last['eval_negatives']} incorrect)"
+            if "eval_positives" in last else "")
+  line = f"{name}, held out at step {last['step']}{counts}: {cells}."
+  if last.get("eval_balanced_accuracy", 1.0) <= 0.55:
+    line += " No better than always answering the majority class (balanced accuracy <= 0.55)."
+  if last.get("eval_auc_within_prompt", 1.0) <= 0.55:
+    line += (" Within a prompt it does not rank correct answers above wrong ones (AUC within "
+             "prompts <= 0.55): it tells hard prompts from easy ones, which GRPO's per-group "
+             "centring cancels, so as an RL reward it adds no signal.")
+  return line
+
+
+def summary(rows: Sequence[tuple[str, str, dict, float | None]], total_s: float,
+            notes: Sequence[str] = ()) -> str:
   """Markdown: one row per finished stage (name, kind, held-out metrics of the model it made,
-  its wall time and its evaluation's), and the sum of those wall times."""
+  its wall time and its evaluation's), the sum of those wall times, then `notes`."""
   head = ("| stage | kind | " + " | ".join(c for c, _ in COLUMNS)
           + " | stage wall (s) | eval wall (s) |")
   lines = ["# R1 pipeline summary", "", head, "|" + "---|" * (len(COLUMNS) + 4)]
@@ -195,6 +223,7 @@ def summary(rows: Sequence[tuple[str, str, dict, float | None]], total_s: float)
   lines += ["", f"Stages and evaluations: {spent:.0f} s ({spent / 60:.1f} min) in all, over "
             f"every invocation. This invocation: {total_s:.0f} s (finished stages and cached "
             "evaluations are skipped)."]
+  lines += [f"\n{n}" for n in notes]
   return "\n".join(lines) + "\n"
 
 
@@ -260,7 +289,8 @@ def run(c, workdir: str, stages: Sequence[str] | None = None) -> str:
     m = (evaluate(name, {"source": "run", "path": "@" + name}, ev, workdir)
          if ev and kind in MODEL_KINDS else {})
     rows.append((name, kind, m, wall))
-  text = summary(rows, time.time() - t0)
+  notes = [rm_note(name, workdir) for name, kind, _, _ in rows if kind == "reward_model"]
+  text = summary(rows, time.time() - t0, [n for n in notes if n])
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(text)
   if rows:

@@ -2,11 +2,13 @@
 
 A reward model is the policy's params pytree plus a `value_head` entry {"w": [D], "b": []}:
 the score of a sequence is `w . h + b`, h the final-normed hidden state of its LAST
-NON-PAD token (so left- and right-padded batches score alike). Losses:
+NON-PAD token (so left- and right-padded batches score alike), or with pool="mean" the mean
+over its non-pad tokens (POOLS, the table of `head.pool`). Losses:
   bt_loss  Bradley-Terry, -log sigmoid(r_chosen - r_rejected - margin), plus the optional
            reward-centering term coef * (r_chosen + r_rejected)^2 (keeps scores near 0);
   orm_loss binary cross-entropy of sigmoid(r) against a 0/1 correctness label (an
-           outcome verifier).
+           outcome verifier), optionally weighted per row by CLASS_WEIGHTS (the table of
+           `loss.class_balance`: "none", or "balanced" so each class weighs half).
 Used by r1jax/reward_model.py and the GRPO reward (rm_reward); both tokenize with `encode`.
 """
 
@@ -58,11 +60,21 @@ def pool_last(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.take_along_axis(hidden, last_token_index(mask)[:, None, None], axis=1)[:, 0]
 
 
+def pool_mean(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """hidden [B, T, D] -> [B, D], the mean over each row's non-pad tokens (0 for all-pad)."""
+  m = mask.astype(jnp.float32)[:, :, None]
+  return jnp.sum(hidden.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+
+# `head.pool`: which hidden state the head reads.
+POOLS = {"last": pool_last, "mean": pool_mean}
+
+
 def scores(params: dict[str, Any], cfg: ModelConfig, tokens: jax.Array,
-           mask: jax.Array) -> jax.Array:
+           mask: jax.Array, pool: str = "last") -> jax.Array:
   """float32 [B] reward of each (padded) sequence; positions count real tokens only."""
   hidden, _ = forward(params, cfg, tokens, positions_from_mask(mask), mask, return_hidden=True)
-  h = pool_last(hidden, mask).astype(jnp.float32)
+  h = POOLS[pool](hidden, mask).astype(jnp.float32)
   head = params[HEAD]
   return h @ head["w"] + head["b"]
 
@@ -82,6 +94,20 @@ def bt_loss(r_chosen: jax.Array, r_rejected: jax.Array, margin: jax.Array | floa
 def orm_loss(r: jax.Array, labels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
   """Mean binary cross-entropy of sigmoid(r) against labels in {0, 1}."""
   return _mean(optax.sigmoid_binary_cross_entropy(r, labels.astype(r.dtype)), weights)
+
+
+def _balanced(labels: np.ndarray) -> np.ndarray:
+  """n / (classes present * n_class) per row: each class's rows weigh 1/classes in total
+  (sklearn's class_weight="balanced"); the mean weight stays 1."""
+  y = np.asarray(labels) > 0.5
+  counts = {c: int(np.sum(y == c)) for c in (False, True)}
+  k = sum(1 for n in counts.values() if n)
+  return np.asarray([len(y) / (k * counts[c]) for c in y], np.float32)
+
+
+# `loss.class_balance` -> per-row BCE weights from the training labels.
+CLASS_WEIGHTS = {"none": lambda labels: np.ones(len(labels), np.float32),
+                 "balanced": _balanced}
 
 
 def _mean(x: jax.Array, weights: jax.Array | None) -> jax.Array:

@@ -1,10 +1,13 @@
 """Reward-model trainer: `python -m r1jax.reward_model --config=configs/reward_model.py --workdir=DIR`.
 
 Two objectives (`OBJECTIVES`, one table) on one model (our transformer + the scalar head of
-r1jax.reward_head, scoring the last non-pad token; same mesh and shardings as the policy):
+r1jax.reward_head, reading the last non-pad token or, `head.pool="mean"`, the mean of the
+sequence's tokens; same mesh and shardings as the policy):
   objective="bt"   Bradley-Terry on preference pairs: -log sigmoid(r_c - r_r - margin),
                    plus loss.center_coef * (r_c + r_r)^2 (reward centering);
-  objective="orm"  an outcome verifier: BCE of sigmoid(r) on (prompt, completion, correct).
+  objective="orm"  an outcome verifier: BCE of sigmoid(r) on (prompt, completion, correct),
+                   each row weighted by `loss.class_balance` ("none" | "balanced": both
+                   classes weigh half, reward_head.CLASS_WEIGHTS).
 Data (`data.train`, optional `data.eval`, else `data.num_eval` rows held out): a spec
 {"kind": "jsonl" | "parquet" | "hf_disk", "path": ..., "split": ...}. Pair rows have
 `chosen` / `rejected` as text (after an optional text `prompt`) or as chat messages
@@ -12,10 +15,14 @@ Data (`data.train`, optional `data.eval`, else `data.num_eval` rows held out): a
 before an answer-only conversation), and an optional `margin`. ORM rows have `prompt`,
 `completion` and a label in `correct` / `label` / `reward/accuracy` (what
 `evaluate.py` and `rejection_sample.py` write). Rows with an empty or identical pair
-are counted in DIR/data_stats.json and skipped. Sequences keep their LAST
+are counted in DIR/data_stats.json and skipped. Without an eval file the held-out rows are
+whole prompts (rows sharing a `prompt_id`, as the rejection sampler writes them), so no
+prompt is both trained on and evaluated. Sequences keep their LAST
 `data.max_len` tokens (the head reads the end). Batches come from a seeded permutation
 per epoch, so a restart from a checkpoint (params, optimizer, step, RNG) resumes exactly.
-Writes metrics.jsonl, eval.jsonl (held-out pairwise accuracy / ORM accuracy),
+Writes metrics.jsonl, eval.jsonl (held-out loss and r1jax.rm_metrics over the whole set:
+pairwise accuracy and AUC for pairs; accuracy, balanced accuracy, AUC, the majority share
+and the class counts for the ORM),
 config.json, model_config.json and Orbax checkpoints (the `value_head` entry inside
 `params`), which `r1jax.rm_reward` loads.
 """
@@ -32,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax import cli, memory as memory_lib, reward_head, steps
+from r1jax import cli, memory as memory_lib, reward_head, rm_metrics, steps
 from r1jax.reward_head import encode
 
 _CONFIG = _WORKDIR = None  # the CLI's flags (defined when run as a program)
@@ -44,6 +51,8 @@ def validate(c) -> None:
   cli.check_source(c.data.train, "data.train", cli.FILE_KINDS)
   if c.data.get("eval") and c.data.eval.get("path"):
     cli.check_source(c.data.eval, "data.eval", cli.FILE_KINDS)
+  if c.get("head", {}).get("pool", "last") not in reward_head.POOLS:
+    raise ValueError(f"head.pool={c.head.pool!r}; choose one of {tuple(reward_head.POOLS)}")
   if c.objective not in OBJECTIVES:
     raise ValueError(f"objective={c.objective!r}; choose one of {tuple(OBJECTIVES)}")
   for key in ("batch_size", "max_len"):
@@ -51,6 +60,13 @@ def validate(c) -> None:
       raise ValueError(f"data.{key}={c.data[key]} must be >= 1")
   if c.loss.center_coef < 0:
     raise ValueError(f"loss.center_coef={c.loss.center_coef} must be >= 0")
+  balance = c.loss.get("class_balance", "none")
+  if balance not in reward_head.CLASS_WEIGHTS:
+    raise ValueError(f"loss.class_balance={balance!r}; choose one of "
+                     f"{tuple(reward_head.CLASS_WEIGHTS)}")
+  if balance != "none" and c.objective != "orm":
+    raise ValueError(f"loss.class_balance={balance!r}: weighs ORM labels; leave it 'none' "
+                     f"for objective={c.objective!r}")
   if c.loss.center_coef and c.objective != "bt":
     raise ValueError(f"loss.center_coef={c.loss.center_coef}: ignored unless objective='bt' "
                      "(reward centering of pairs); leave it 0")
@@ -87,7 +103,8 @@ def _content(x: Any) -> str:
 
 
 def prepare_pairs(rows: Sequence[Mapping[str, Any]], tokenizer) -> tuple[list[tuple], dict]:
-  """Rows -> [(chosen_text, rejected_text, margin)], and counts of what was skipped."""
+  """Rows -> [(chosen_text, rejected_text, margin, prompt_id or None)], and counts of what
+  was skipped."""
   out, stats = [], {"rows": len(rows), "skipped_empty": 0, "skipped_identical": 0}
   for i, r in enumerate(rows):
     if "chosen" not in r or "rejected" not in r:
@@ -100,12 +117,13 @@ def prepare_pairs(rows: Sequence[Mapping[str, Any]], tokenizer) -> tuple[list[tu
     else:
       p = r.get("prompt")
       out.append((_render(p, r["chosen"], tokenizer), _render(p, r["rejected"], tokenizer),
-                  float(r.get("margin") or 0.0)))
+                  float(r.get("margin") or 0.0), r.get("prompt_id")))
   return out, stats
 
 
 def prepare_labeled(rows: Sequence[Mapping[str, Any]]) -> tuple[list[tuple], dict]:
-  """ORM rows -> [(prompt + completion, label in {0, 1})], and the skipped count."""
+  """ORM rows -> [(prompt + completion, label in {0, 1}, weight 1, prompt_id or None)], and
+  the skipped count."""
   out, stats = [], {"rows": len(rows), "skipped_empty": 0}
   for i, r in enumerate(rows):
     key = next((k for k in ("correct", "label", "reward/accuracy") if k in r), None)
@@ -115,7 +133,8 @@ def prepare_labeled(rows: Sequence[Mapping[str, Any]]) -> tuple[list[tuple], dic
     if not str(r["completion"]).strip():
       stats["skipped_empty"] += 1
       continue
-    out.append((str(r.get("prompt") or "") + str(r["completion"]), float(float(r[key]) > 0.5)))
+    out.append((str(r.get("prompt") or "") + str(r["completion"]), float(float(r[key]) > 0.5),
+                1.0, r.get("prompt_id")))
   return out, stats
 
 
@@ -126,7 +145,8 @@ def _bt_batch(items: Sequence[tuple], tokenizer, max_len: int) -> dict[str, np.n
 
 def _orm_batch(items: Sequence[tuple], tokenizer, max_len: int) -> dict[str, np.ndarray]:
   toks, mask = encode([x[0] for x in items], tokenizer, max_len)
-  return dict(tokens=toks, mask=mask, label=np.asarray([x[1] for x in items], np.float32))
+  return dict(tokens=toks, mask=mask, label=np.asarray([x[1] for x in items], np.float32),
+              row_weight=np.asarray([x[2] for x in items], np.float32))
 
 
 def _bt_loss(r, batch, center_coef: float):
@@ -141,31 +161,57 @@ def _orm_loss(r, batch, center_coef: float):
   return loss, ((r > 0) == (batch["label"] > 0.5)), r
 
 
+def _bt_metrics(scores: Sequence[np.ndarray], chunks: Sequence[Sequence[tuple]],
+                size: int) -> dict:
+  rc = np.concatenate([r[:len(ch)] for r, ch in zip(scores, chunks)])
+  rr = np.concatenate([r[size:size + len(ch)] for r, ch in zip(scores, chunks)])
+  return rm_metrics.pair_metrics(rc, rr)
+
+
+def _orm_metrics(scores: Sequence[np.ndarray], chunks: Sequence[Sequence[tuple]],
+                 size: int) -> dict:
+  s = np.concatenate([r[:len(ch)] for r, ch in zip(scores, chunks)])
+  items = [x for ch in chunks for x in ch]
+  groups = [x[3] for x in items] if all(x[3] is not None for x in items) else None
+  return rm_metrics.label_metrics(s, [x[1] for x in items], groups=groups)
+
+
 class Objective(NamedTuple):
-  """One reward-model objective: its data, its batches and its loss (pure functions)."""
+  """One reward-model objective: its data, its batches, its loss and its held-out metrics
+  (pure functions)."""
   prepare: Callable  # (rows, tokenizer) -> (items, skipped counts)
   batch: Callable  # (items, tokenizer, max_len) -> host arrays
   loss: Callable  # (scores, batch, center_coef) -> (loss, hit per item, reward per item)
+  metrics: Callable  # (scores per batch, items per batch, batch size) -> held-out metrics
 
 
 # The `objective` values: Bradley-Terry pairs (chosen rows, then rejected rows) and ORM labels.
-OBJECTIVES = {"bt": Objective(prepare_pairs, _bt_batch, _bt_loss),
+OBJECTIVES = {"bt": Objective(prepare_pairs, _bt_batch, _bt_loss, _bt_metrics),
               "orm": Objective(lambda rows, tokenizer: prepare_labeled(rows), _orm_batch,
-                               _orm_loss)}
+                               _orm_loss, _orm_metrics)}
 
 
 def make_batch(items: Sequence[tuple], objective: str, tokenizer, max_len: int,
                size: int) -> dict[str, np.ndarray]:
-  """A fixed-size host batch (padding items weigh 0). BT: chosen rows, then rejected rows."""
+  """A fixed-size host batch (padding items weigh 0; ORM items their class weight, so the
+  training batch's loss, accuracy and mean reward are class-weighted). BT: chosen rows, then
+  rejected rows."""
   n = len(items)
   items = list(items) + [items[0]] * (size - n)
-  weight = (np.arange(size) < n).astype(np.float32)
-  return dict(OBJECTIVES[objective].batch(items, tokenizer, max_len), weight=weight)
+  batch = OBJECTIVES[objective].batch(items, tokenizer, max_len)
+  weight = (np.arange(size) < n) * batch.pop("row_weight", np.float32(1))
+  return dict(batch, weight=weight.astype(np.float32))
 
 
-def loss_fn(params, batch, model_cfg, objective: str, center_coef: float):
+def eval_fn(params, batch, model_cfg, objective: str, center_coef: float, pool: str = "last"):
+  """(loss, scores of every row) of one batch."""
+  r = reward_head.scores(params, model_cfg, batch["tokens"], batch["mask"], pool)
+  return OBJECTIVES[objective].loss(r, batch, center_coef)[0], r
+
+
+def loss_fn(params, batch, model_cfg, objective: str, center_coef: float, pool: str = "last"):
   """(loss, metrics) of one batch; accuracy = pairwise (r_c > r_r) or label agreement."""
-  r = reward_head.scores(params, model_cfg, batch["tokens"], batch["mask"])
+  r = reward_head.scores(params, model_cfg, batch["tokens"], batch["mask"], pool)
   w = batch["weight"]
   loss, hit, mean_r = OBJECTIVES[objective].loss(r, batch, center_coef)
   wsum = jnp.maximum(w.sum(), 1.0)
@@ -181,19 +227,48 @@ def batch_items(items: Sequence[tuple], step: int, size: int, seed: int) -> list
   return out
 
 
+def hold_out(items: Sequence[tuple], k: int, seed: int) -> tuple[list, list]:
+  """(held-out, train): whole prompts (an item's last field, its prompt_id; an item without
+  one is its own group) in seeded order until at least k items are held out, never a prompt
+  that would leave no training item."""
+  groups: dict[Any, list[int]] = {}
+  for i, x in enumerate(items):
+    groups.setdefault(("row", i) if x[-1] is None else ("prompt", str(x[-1])), []).append(i)
+  keys = list(groups)
+  held: list[int] = []
+  for g in np.random.default_rng(seed).permutation(len(keys)):
+    if len(held) >= k:
+      break
+    if len(held) + len(groups[keys[g]]) < len(items):
+      held += groups[keys[g]]
+  rest = sorted(set(range(len(items))) - set(held))
+  return [items[i] for i in held], [items[i] for i in rest]
+
+
+def balance(items: Sequence[tuple], objective: str, how: str) -> list[tuple]:
+  """ORM items with their class weights (reward_head.CLASS_WEIGHTS[how]) from their labels."""
+  if objective != "orm" or not items:
+    return list(items)
+  w = reward_head.CLASS_WEIGHTS[how](np.asarray([x[1] for x in items]))
+  return [(x[0], x[1], float(wi), x[3]) for x, wi in zip(items, w)]
+
+
 def load_data(c, tokenizer) -> tuple[list, list, dict]:
-  """(train items, held-out items, data stats)."""
+  """(train items, held-out items, data stats); ORM training items carry their class
+  weights."""
   prep = functools.partial(OBJECTIVES[c.objective].prepare, tokenizer=tokenizer)
   train, st = prep(read_rows(dict(c.data.train)))
   if c.data.get("eval") and c.data.eval.get("path"):
     held, st_eval = prep(read_rows(dict(c.data.eval)))
     st = {k: st[k] + st_eval[k] for k in st}
   else:
-    order = np.random.default_rng(c.seed).permutation(len(train))
-    k = min(c.data.num_eval, max(len(train) - 1, 0))
-    held, train = [train[i] for i in order[:k]], [train[i] for i in order[k:]]
+    held, train = hold_out(train, min(c.data.num_eval, max(len(train) - 1, 0)), c.seed)
   if not train:
     raise ValueError(f"no usable training rows in {c.data.train.path} ({st})")
+  train = balance(train, c.objective, c.loss.get("class_balance", "none"))
+  if c.objective == "orm":
+    st = dict(st, train_positives=int(sum(x[1] for x in train)),
+              eval_positives=int(sum(x[1] for x in held)))
   return train, held, dict(st, train=len(train), eval=len(held))
 
 
@@ -214,15 +289,16 @@ def train(c, workdir: str) -> list[dict]:
 
   ocfg = steps.OptimConfig(total_steps=c.train.num_steps, **c.optim.to_dict())
   tx = steps.make_optimizer(ocfg)
-  loss = functools.partial(loss_fn, model_cfg=model_cfg, objective=c.objective,
-                           center_coef=c.loss.center_coef)
+  knobs = dict(model_cfg=model_cfg, objective=c.objective, center_coef=c.loss.center_coef,
+               pool=c.get("head", {}).get("pool", "last"))
+  loss = functools.partial(loss_fn, **knobs)
   state = memory_lib.init_state(params, tx)  # Adam moments sharded like their params
   del params
   rng = jax.random.key(c.seed)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), c.train.keep_checkpoints)
   state, rng, start = ckpt.resume(state, rng)
   train_step = steps.jit_train_step(steps.make_train_step(loss, tx), state)
-  eval_fn = jax.jit(loss)
+  evaluate = jax.jit(functools.partial(eval_fn, **knobs))
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start)  # drops rows > start
   progress, rows = Progress(c.train.num_steps, start), []
   bs = c.data.batch_size
@@ -231,15 +307,14 @@ def train(c, workdir: str) -> list[dict]:
   def run_eval(step):
     if not eval_items:
       return
-    tot = {}
-    for i in range(0, len(eval_items), bs):
-      chunk = eval_items[i:i + bs]
-      _, m = to_host(eval_fn(state.params, shard_batch(mk(chunk), mesh)))
-      for k, v in m.items():
-        tot[k] = tot.get(k, 0.0) + float(v) * len(chunk)
-    m = {f"eval_{k}": v / len(eval_items) for k, v in tot.items()}
+    chunks = [eval_items[i:i + bs] for i in range(0, len(eval_items), bs)]
+    out = [to_host(evaluate(state.params, shard_batch(mk(ch), mesh))) for ch in chunks]
+    m = OBJECTIVES[c.objective].metrics([np.asarray(r) for _, r in out], chunks, bs)
+    m["loss"] = sum(float(l) * len(ch) for (l, _), ch in zip(out, chunks)) / len(eval_items)
+    m = {f"eval_{k}": v for k, v in m.items()}
     writer.write(step, m, filename="eval.jsonl")
-    print(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()), flush=True)
+    print(f"eval step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()
+                                           if v is not None), flush=True)
 
   with use_mesh(mesh):
     if start == 0 and c.train.eval_every:

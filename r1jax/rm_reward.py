@@ -31,6 +31,7 @@ weight=1.0, ...)`; its score is `reward/judge`, its unparsed verdicts
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -76,7 +77,8 @@ def load_scorer(workdir: str, mesh, scope: str = "full", max_len: int = 0,
   cfg, params, tokenizer = load_model(rm_cfg["model"], mesh, seed=rm_cfg.get("seed", 0))
   params, _ = restore_params(workdir, reward_head.with_head(params, cfg, mesh))
   max_len = max_len or rm_cfg["data"]["max_len"]
-  fn = jax.jit(reward_head.scores, static_argnums=1)
+  pool = rm_cfg.get("head", {}).get("pool", "last")  # runs before the knob read the last token
+  fn = jax.jit(functools.partial(reward_head.scores, pool=pool), static_argnums=1)
 
   def score(prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
     texts = [rm_text(p, t, prefill, scope) for p, t in zip(prompts, completions)]

@@ -87,6 +87,7 @@ def test_tiny_pipeline_runs_every_stage(full_run):
   assert total == pytest.approx(sum(walls) + sum(evals), abs=len(walls) + len(evals))
   assert os.path.getsize(os.path.join(full_run, "summary.png")) > 0
   assert os.path.exists(os.path.join(full_run, "reward_model", "checkpoints"))
+  assert "\nreward_model, held out at step 4 " in text  # the ORM's held-out line
   m = [json.loads(l) for l in open(os.path.join(full_run, "all_scenario_rl", "metrics.jsonl"))]
   assert "reward/reward_model" in m[-1]
 
@@ -115,3 +116,23 @@ def test_killed_inside_a_stage_and_restarted_gives_the_same_outputs(full_run, tm
   # landed, so it resumes from step 1 or 2 (it must resume, not start over or be skipped).
   assert re.search(r"resumed from step [12] ", open(os.path.join(d, last, "stage.log")).read())
   assert _outputs(d) == _outputs(full_run)
+
+
+def test_reward_model_stage_line_in_the_summary(tmp_path):
+  d = tmp_path / "reward_model"
+  d.mkdir()
+  rows = [{"step": 0, "eval_accuracy": 0.8, "eval_balanced_accuracy": 0.5},
+          {"step": 60, "eval_accuracy": 0.75, "eval_balanced_accuracy": 0.7, "eval_auc": 0.8125,
+           "eval_majority_share": 0.8, "eval_positives": 40, "eval_negatives": 160}]
+  (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  line = pipeline.rm_note("reward_model", str(tmp_path))
+  assert line == ("reward_model, held out at step 60 (40 correct, 160 incorrect): accuracy "
+                  "0.750, balanced accuracy 0.700, AUC 0.812, majority share 0.800.")
+  (d / "eval.jsonl").write_text(json.dumps(rows[0]) + "\n")
+  assert pipeline.rm_note("reward_model", str(tmp_path)).endswith(
+      "No better than always answering the majority class (balanced accuracy <= 0.55).")
+  (d / "eval.jsonl").write_text(json.dumps(dict(rows[1], eval_auc_within_prompt=0.46)) + "\n")
+  assert "AUC within prompts 0.460" in pipeline.rm_note("reward_model", str(tmp_path))
+  assert "adds no signal" in pipeline.rm_note("reward_model", str(tmp_path))
+  assert pipeline.rm_note("sft", str(tmp_path)) is None
+  assert pipeline.summary([], 1.0, [line]).endswith("\n\n" + line + "\n")

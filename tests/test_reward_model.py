@@ -40,8 +40,42 @@ def test_bt_loss_and_grad_vs_numpy(coef):
 def test_orm_loss_vs_numpy():
   r, y = np.asarray([-2.0, 0.3, 1.5]), np.asarray([0.0, 1.0, 1.0])
   p = 1 / (1 + np.exp(-r))
-  want = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()
-  np.testing.assert_allclose(RH.orm_loss(jnp.asarray(r), jnp.asarray(y)), want, rtol=1e-6)
+  per = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+  np.testing.assert_allclose(RH.orm_loss(jnp.asarray(r), jnp.asarray(y)), per.mean(), rtol=1e-6)
+  w = np.asarray([3.0, 0.5, 0.0])
+  np.testing.assert_allclose(RH.orm_loss(jnp.asarray(r), jnp.asarray(y), jnp.asarray(w)),
+                             (3 * per[0] + 0.5 * per[1]) / 3.5, rtol=1e-6)
+
+
+def test_balanced_class_weights_by_hand():
+  # 1 positive, 3 negatives: 4 / (2 * 1) and 4 / (2 * 3); each class then weighs 2 in all.
+  np.testing.assert_allclose(RH.CLASS_WEIGHTS["balanced"](np.asarray([1, 0, 0, 0])),
+                             [2, 2 / 3, 2 / 3, 2 / 3], rtol=1e-6)
+  np.testing.assert_allclose(RH.CLASS_WEIGHTS["balanced"](np.asarray([1, 1])), [1, 1])
+  np.testing.assert_allclose(RH.CLASS_WEIGHTS["none"](np.asarray([1, 0, 0])), [1, 1, 1])
+
+
+def test_orm_batch_weighs_rows_by_class_and_padding():
+  from r1jax.reward_model import balance, make_batch
+  from r1jax.tokenizer import Tokenizer
+  items = balance([("a", 1.0, 1.0, None), ("b", 0.0, 1.0, None), ("c", 0.0, 1.0, None)],
+                  "orm", "balanced")
+  b = make_batch(items, "orm", Tokenizer.byte_level(), 8, 4)
+  np.testing.assert_allclose(b["weight"], [3 / 2, 3 / 4, 3 / 4, 0], rtol=1e-6)
+  np.testing.assert_array_equal(b["label"], [1, 0, 0, 1])  # the padding row copies item 0
+
+
+def test_hold_out_keeps_prompts_whole():
+  from r1jax.reward_model import hold_out
+  items = [(f"t{i}", i % 2, 1.0, f"p{i // 3}") for i in range(12)]  # 4 prompts x 3 rows
+  held, train = hold_out(items, 4, seed=0)
+  assert len(held) == 6 and len(train) == 6  # two whole prompts reach 4 rows
+  assert not {x[3] for x in held} & {x[3] for x in train}
+  loose = [(f"t{i}", 0, 1.0, None) for i in range(5)]  # no prompt ids: a row split
+  held, train = hold_out(loose, 2, seed=0)
+  assert len(held) == 2 and sorted(held + train) == sorted(loose)
+  held, train = hold_out(items[:3], 2, seed=0)  # one prompt: holding it out leaves nothing
+  assert held == [] and len(train) == 3
 
 
 def test_head_reads_last_non_pad_token():
@@ -71,6 +105,14 @@ def test_head_reads_last_non_pad_token():
   np.testing.assert_allclose(r_left, want, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(r_right, want, rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(RH.last_token_index(jnp.asarray(rm)), [4, 1, 3])
+  # pool="mean": the mean of each sequence's hidden states alone, in numpy.
+  mean = jax.jit(RH.scores, static_argnums=(1, 4))
+  want = [float(np.asarray(fwd(params, jnp.asarray([s]))[0]).mean(0) @ np.asarray(head["w"]) + 0.5)
+          for s in seqs]
+  np.testing.assert_allclose(mean(params, cfg, jnp.asarray(left), jnp.asarray(lm), "mean"), want,
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(mean(params, cfg, jnp.asarray(right), jnp.asarray(rm), "mean"), want,
+                             rtol=1e-4, atol=1e-5)
 
 
 ROWS = [
@@ -100,9 +142,50 @@ def test_prepare_pairs_layouts():
   from r1jax.tokenizer import Tokenizer
   pairs, st = prepare_pairs(ROWS[:5], Tokenizer.byte_level())
   assert st == {"rows": 5, "skipped_empty": 1, "skipped_identical": 1}
-  assert pairs[0] == ("Q: 2+2? A: 4", "Q: 2+2? A: 5", 0.5)
+  assert pairs[0] == ("Q: 2+2? A: 4", "Q: 2+2? A: 5", 0.5, None)
   assert pairs[1][0] == "user: hi\nassistant: hello!\n"
   assert pairs[2][0] == "user: say hi\nassistant: hi there\n" and pairs[2][2] == 0.0
+
+
+ORM_ROWS = [{"prompt": f"Q{i}: ", "completion": f"{i % 7}", "correct": int(i % 4 == 0),
+             "prompt_id": str(i // 2)} for i in range(24)]
+
+
+def test_tiny_orm_run_reports_balanced_metrics(tmp_path):
+  from configs import reward_model as cfg_mod
+  from r1jax import reward_model
+  path = tmp_path / "orm.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in ORM_ROWS))
+  c = cfg_mod.get_config("tiny")
+  c.objective, c.loss.class_balance, c.data.num_eval = "orm", "balanced", 6
+  c.data.train.path = str(path)
+  reward_model.train(c, str(tmp_path / "rm"))
+  stats = json.load(open(tmp_path / "rm" / "data_stats.json"))
+  evals = [json.loads(l) for l in open(tmp_path / "rm" / "eval.jsonl")]
+  pos = stats["eval_positives"]
+  assert stats["eval"] == 6 and stats["train_positives"] + pos == 6  # 24 rows, 1 in 4 correct
+  for e in evals:
+    assert (e["eval_positives"], e["eval_negatives"]) == (pos, 6 - pos)
+    assert e["eval_majority_share"] == pytest.approx(max(pos, 6 - pos) / 6)
+    assert 0 <= e["eval_balanced_accuracy"] <= 1 and 0 <= e["eval_accuracy"] <= 1
+    assert ("eval_auc" in e) == (0 < pos < 6)
+
+
+def test_class_balance_is_validated():
+  from configs import reward_model as cfg_mod
+  from r1jax.reward_model import validate
+  c = cfg_mod.get_config("tiny")
+  c.data.train.path = __file__
+  c.loss.class_balance = "uniform"
+  with pytest.raises(ValueError, match="loss.class_balance='uniform'"):
+    validate(c)
+  c.loss.class_balance = "balanced"  # objective "bt": weighs no labels
+  with pytest.raises(ValueError, match="objective='bt'"):
+    validate(c)
+  c.loss.class_balance = "none"
+  c.head.pool = "max"
+  with pytest.raises(ValueError, match="head.pool='max'"):
+    validate(c)
 
 
 def _params(workdir):

@@ -66,9 +66,10 @@ def rm_checkpoint(tmp_path_factory):
   return str(d)
 
 
-def _offline_scores(workdir, texts):
+def _offline_scores(workdir, texts, pool="last"):
   """Orbax params -> forward (causal, no mask: the right padding after a text cannot reach
-  its last position) -> hidden at the text's last position . w + b in numpy."""
+  its last position) -> hidden at the text's last position (or the mean of its positions)
+  . w + b in numpy."""
   from r1jax.tokenizer import Tokenizer
   cfg = PRESETS["tiny"]
   mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
@@ -81,8 +82,26 @@ def _offline_scores(workdir, texts):
     toks[i, :len(x)] = x
   hidden, _ = jax.jit(lambda p, t: forward(p, cfg, t, jnp.arange(MAX_LEN)[None].repeat(
       len(ids), 0), return_hidden=True))(params, jnp.asarray(toks))
-  last = np.asarray(hidden)[np.arange(len(ids)), [len(x) - 1 for x in ids]]
+  h = np.asarray(hidden)
+  last = (h[np.arange(len(ids)), [len(x) - 1 for x in ids]] if pool == "last" else
+          np.stack([h[i, :len(x)].mean(0) for i, x in enumerate(ids)]))
   return last @ np.asarray(params["value_head"]["w"]) + float(params["value_head"]["b"])
+
+
+@pytest.mark.parametrize("pool", ["last", "mean"])
+def test_load_scorer_reads_the_checkpoints_head_pool(rm_checkpoint, tmp_path, pool):
+  import shutil
+  from r1jax import rm_reward
+  from r1jax.mesh import make_mesh
+  d = tmp_path / "rm"
+  shutil.copytree(rm_checkpoint, d)
+  cfg = json.loads((d / "config.json").read_text())
+  (d / "config.json").write_text(json.dumps(dict(cfg, head={"pool": pool})))
+  prompts, completions = ["Q: 1+2?", "say hi", "x"], [" 3", " hello there", " y z"]
+  got = rm_reward.load_scorer(str(d), make_mesh((1, 1, 1)), "full", batch_size=2)(
+      prompts, completions)
+  want = _offline_scores(str(d), [p + t for p, t in zip(prompts, completions)], pool)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_rm_reward_in_grpo_equals_offline_forward_and_routes(rm_checkpoint, tmp_path):
