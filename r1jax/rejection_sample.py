@@ -178,7 +178,8 @@ def reward_model_data(logs: Sequence[Mapping[str, Any]],
                       records: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[dict]]:
   """Reward-model data from the model's own samples, ranked by the rule rewards and filters:
   (preference pairs: a kept sample over a worse-reason dropped one of the same prompt;
-  ORM rows: kept -> correct 1, worse-reason dropped -> 0). Texts follow the rendered prompt
+  ORM rows: kept -> correct 1, worse-reason dropped -> 0; each text once per prompt, as
+  the kept samples are). Texts follow the rendered prompt
   (which ends with the prefill), as the GRPO reward model reads them."""
   kept: dict[str, list[str]] = {}
   for r in records:
@@ -187,7 +188,10 @@ def reward_model_data(logs: Sequence[Mapping[str, Any]],
   for log in logs:
     cut = lambda t: t[len(log["prefill"]):] if t.startswith(log["prefill"]) else t
     good = [cut(t) for t in kept.get(log["id"], [])]
-    bad = [cut(d["completion"]) for d in log["dropped"] if d["drop_reason"] in WORSE]
+    # Distinct texts per class: the kept samples are already deduplicated, and repeats of one
+    # wrong answer would otherwise outnumber the right one it repeats (labels skewed to 0).
+    bad = list(dict.fromkeys(cut(d["completion"]) for d in log["dropped"]
+                             if d["drop_reason"] in WORSE))
     pairs += [{"prompt": log["prompt"], "chosen": g, "rejected": b, "prompt_id": log["id"]}
               for g, b in zip(good, bad)]
     rows += [{"prompt": log["prompt"], "completion": t, "correct": ok, "prompt_id": log["id"]}

@@ -52,6 +52,7 @@ def test_unverifiable_dropped_or_judged():
 def test_reward_model_data_from_own_samples():
   logs = [{"id": "p1", "prompt": "Q <think>", "prefill": "<think>", "dropped": [
       {"completion": "<think> bad", "drop_reason": "incorrect"},
+      {"completion": "<think> bad", "drop_reason": "incorrect"},  # a repeat: one row, as kept
       {"completion": "<think> dup", "drop_reason": "duplicate"},
       {"completion": "<think> rep", "drop_reason": "repetition"}]}]
   records = [{"prompt_id": "p1", "messages": [{"role": "user", "content": "Q"},
