@@ -2,7 +2,7 @@
 model, run files), the run directory's files, the periodic test (`itstime`) and the config
 -> SamplingConfig reader (the trainer and `r1jax.aot` build the same one). Any other section
 (eval, judge) goes through the same `sampling.config_from`, and every reward pool through
-`rewards.pool_from_config`. The held-out evaluation hook is `evaluate.make_evaluator`.
+`rewards.pool_from_config`. The held-out evaluation hook is `eval_records.make_evaluator`.
 
 A run directory (`--workdir`) holds config.json (the experiment config), model_config.json
 (the trained model's architecture, read back by export / evaluation / later pipeline

@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags
 
 from r1jax import data as data_lib
-from r1jax import evaluate as eval_lib
+from r1jax import eval_records
 from r1jax import cli, compile_cache, distill, faults, steps
 from r1jax import memory as memory_lib
 from r1jax.checkpoint import Checkpointer
@@ -175,7 +175,7 @@ def train(c, workdir: str, distributed: bool = False) -> list[dict]:
     scfg = sampling_lib.config_from(ev, num_samples=ev.samples,
                                     eos_ids=tuple(sorted(tokenizer.eos_ids)),
                                     pad_id=tokenizer.pad_id)
-    run_eval = eval_lib.make_evaluator(
+    run_eval = eval_records.make_evaluator(
         model_cfg, tokenizer, examples, data_lib.make_renderer(ev, tokenizer),
         data_lib.prefill_text(ev.template, ev.think_prefill), pool, scfg, writer, mesh,
         prompt_bucket=ev.prompt_bucket, reflection_words=tuple(ev.reflection_words))

@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags, logging
 
 from r1jax import data as data_lib
-from r1jax import evaluate as eval_lib
+from r1jax import eval_records
 from r1jax import cli, compile_cache, dynamic_sampling, faults, multiturn, packing
 from r1jax import ppo, rl, rl_step, steps
 from r1jax import tools as tools_lib
@@ -189,7 +189,7 @@ def train(c, workdir: str, distributed: bool = False) -> list[dict]:
   guard = Guard(c.train.max_nonfinite_steps)
   rows = []
 
-  run_eval = eval_lib.make_evaluator(model_cfg, tokenizer, eval_examples, render, prefill, pool,
+  run_eval = eval_records.make_evaluator(model_cfg, tokenizer, eval_examples, render, prefill, pool,
                             eval_scfg, writer, mesh, prompt_bucket=c.data.prompt_bucket,
                             reflection_words=tuple(c.train.reflection_words),
                             tools=tcfg,  # held-out samples use the tools as training does
@@ -285,7 +285,7 @@ def train(c, workdir: str, distributed: bool = False) -> list[dict]:
           completion_len_mean=float(out.lengths.mean()),
           completion_len_max=int(out.lengths.max()),
           truncated_rate=float(np.mean(out.lengths >= scfg.max_new_tokens)),
-          reflection_rate=eval_lib.reflection_rate(texts, c.train.reflection_words),
+          reflection_rate=eval_records.reflection_rate(texts, c.train.reflection_words),
           adv_zero_groups=float(np.mean(np.ptp(res.total.reshape(-1, g), axis=1) == 0)),
           tokens_per_s=n_gen / step_time, sample_tokens_per_s=n_gen / max(t_sample, 1e-9),
           step_time_s=step_time, sample_time_s=t_sample, reward_time_s=t_reward,

@@ -135,18 +135,19 @@ def test_eval_settings_validate_the_interval_knobs():
 
 
 def test_trainer_eval_hook_writes_intervals_and_problem_rows(tmp_path, monkeypatch):
+  from r1jax import eval_records
   from r1jax import evaluate as ev
   from r1jax.metrics import MetricsWriter
   from r1jax.sampling import SamplingConfig
   correct = np.array([[1, 0], [1, 1], [0, 0]])
   calls = []
-  monkeypatch.setattr(ev, "sample_and_score",
+  monkeypatch.setattr(eval_records, "sample_and_score",
                       lambda *a, **kw: calls.append(kw["batch_prompts"]) or _records(correct, 2))
   writer = MetricsWriter(str(tmp_path))
   run_eval = ev.make_evaluator(None, None, [{}] * 3, str, "", None,
                                 SamplingConfig(num_samples=2), writer, None, verbose=False,
                                 batch_prompts=7)
-  monkeypatch.setattr(ev, "use_mesh", lambda mesh: __import__("contextlib").nullcontext())
+  monkeypatch.setattr(eval_records, "use_mesh", lambda mesh: __import__("contextlib").nullcontext())
   run_eval(None, None, 5)
   writer.close()
   assert calls == [7]  # train.eval_batch_prompts reaches the sampler
