@@ -96,7 +96,7 @@ class SamplingConfig:
       raise ValueError(f"sampling.kv_block must be >= 0, got {self.kv_block}")
     if self.cache_chunks and self.mode == "continuous":
       raise ValueError(f"sampling.cache_chunks={self.cache_chunks} is static-mode only: "
-                       f"continuous slots attend over the whole cache")
+                       f"continuous slots attend block by block (sampling.kv_block)")
 
 
 class SampleOutput(NamedTuple):
