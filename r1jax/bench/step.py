@@ -151,7 +151,7 @@ def micro_batches(rows: int, g: int, micro_batch_size: int) -> int:
 def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
                repeats: int = 1, train_dtype: str = "", micro_batch_size: int = 0,
                lens: np.ndarray | None = None, sampling_mode: str = "static",
-               num_slots: int = 0, packed: bool = False) -> dict:
+               num_slots: int = 0, packed: bool = False, decode_dtype: str = "") -> dict:
   """Times one GRPO step of r1jax (after `repeats` warm-up steps): generate, reference
   log-probs, train step, the last two built by the trainer's own `rl_step.build` (gradients
   accumulated over micro-batches as `train.py` does; `train_dtype` is their compute dtype).
@@ -159,14 +159,15 @@ def r1jax_step(cfg, params, prompt_ids: np.ndarray, g: int, n: int, beta: float,
   `lens` [B*G] forces each completion's length (no EOS; None: all N long); the completions
   are then trimmed to the power-of-two bucket of the longest, as the trainer's batch is.
   `sampling_mode` / `num_slots` as `sampling.mode` / `num_slots`; `packed` trains on packed
-  rows (`train.packing`, row length 0: the power of two holding prompt + N)."""
+  rows (`train.packing`, row length 0: the power of two holding prompt + N); `decode_dtype` as
+  `sampling.decode_dtype` ("": the model's dtype)."""
   import jax
   import jax.numpy as jnp
   from r1jax import compile_cache, memory, packing, rl, rl_step, steps
   from r1jax.sampling import SamplingConfig, generate
   b, p = prompt_ids.shape
   scfg = SamplingConfig(max_new_tokens=n, temperature=1.0, top_p=1.0, top_k=0, num_samples=g,
-                        eos_ids=(), pad_id=0, mode=sampling_mode,
+                        eos_ids=(), pad_id=0, mode=sampling_mode, decode_dtype=decode_dtype,
                         num_slots=num_slots if sampling_mode == "continuous" else 0)
   gcfg = rl.RLConfig(beta=beta, max_completion_len=n)
   tcfg = cfg.replace(dtype=train_dtype) if train_dtype else cfg
@@ -269,6 +270,8 @@ def main(argv=None) -> dict:
                   "continuous (sampling.mode), step padded | packed (train.packing)")
   ap.add_argument("--num_slots", type=int, default=0, help="continuous sampling's slots "
                   "(0: half the samples, as sampling.num_slots)")
+  ap.add_argument("--decode_dtype", default="", help="r1jax's sampling.decode_dtype ('': the "
+                  "model's float32; the R1-Zero config decodes in bfloat16)")
   ap.add_argument("--model", default="smollm2", help="smollm2 | a preset name (r1jax only)")
   ap.add_argument("--trl_python", default=DEFAULT_TRL_PYTHON, help="'' skips TRL")
   ap.add_argument("--torch_threads", type=int, default=0)
@@ -333,7 +336,8 @@ def main(argv=None) -> dict:
       for sampling_mode, step in modes:
         row["r1jax"].append(r1jax_step(cfg, params, ids, g, n, beta, args.repeats,
                                        args.train_dtype, args.micro_batch_size, lens,
-                                       sampling_mode, args.num_slots, step == "packed"))
+                                       sampling_mode, args.num_slots, step == "packed",
+                                       args.decode_dtype))
       if shape not in floors:  # the padded step's matmuls at full length, for both betas
         floors[shape] = matmul_floor(cfg, b, g, args.prompt_len, n,
                                      row["r1jax"][0]["micro_batches"])
