@@ -18,7 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Model: source in {smollm2_gguf, gguf, hf_dir, preset}; preset is random init.
   c.model = dict(source="smollm2_gguf", path="", preset="", dtype="float32",
-                 param_dtype="float32", remat=False)
+                 param_dtype="float32", remat=False, attention_chunk=0)
   c.mesh = dict(shape=(1, 1, 1))  # (data, fsdp, tensor[, expert]); -1 takes remaining devices
 
   # Data: any r1jax.data source spec; template in {r1_zero, chat, cold_start, plain}.

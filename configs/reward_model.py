@@ -17,7 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.objective = "bt"  # bt | orm
   c.model = dict(source="smollm2_gguf", path="", preset="", dtype="float32",
-                 param_dtype="float32", remat=False)
+                 param_dtype="float32", remat=False, attention_chunk=0)
   c.mesh = dict(shape=(1, 1, 1))
   c.head = dict(pool="last")  # the hidden state the scalar head reads: "last" token | "mean"
   # train / eval: {"kind": jsonl | parquet | hf_disk, "path": ..., "split": ...}; without an

@@ -23,11 +23,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The model trained (the student). source in {smollm2_gguf, gguf, hf_dir, preset, run};
   # prune_every=k keeps every k-th block (a shallower student initialised from the model).
   c.model = dict(source="smollm2_gguf", path="", preset="", step=-1, dtype="float32",
-                 param_dtype="float32", remat=False, prune_every=0)
+                 param_dtype="float32", remat=False, attention_chunk=0, prune_every=0)
   # A frozen teacher on the same mesh (needed when distill.alpha > 0 or on-policy batches
   # are on); source "" = none. Same spec keys as `model`.
   c.teacher = dict(source="", path="", preset="", step=-1, dtype="float32",
-                   param_dtype="float32", remat=False, prune_every=0)
+                   param_dtype="float32", remat=False, attention_chunk=0, prune_every=0)
   c.mesh = dict(shape=(1, 1, 1))
 
   # SFT records -> packed rows. template in {chat, cold_start, r1_zero, plain}.

@@ -33,6 +33,7 @@ from r1jax import advantages as adv_lib
 from r1jax import memory, rl, steps
 from r1jax.mesh import replicated
 from r1jax.model import loader
+from r1jax.model.config import runtime_fields
 
 CRITIC_SOURCES = ("policy",) + loader.SOURCES
 
@@ -99,7 +100,7 @@ def critic_spec(c) -> dict:
       raise ValueError(f"ppo.critic_model={spec}: source='policy' takes only prune_every, "
                        f"not {extra}")
     return spec
-  return {**{k: c.model[k] for k in ("dtype", "param_dtype", "remat") if k in c.model}, **spec}
+  return {**runtime_fields(c.model), **spec}
 
 
 def load_critic_model(spec: dict, policy_params: Any, policy_cfg, mesh, seed: int = 0):

@@ -23,7 +23,7 @@ from r1jax import distill, rl, memory, mesh as mesh_lib, packing, ppo, reward_he
 from r1jax import rl_step, sampling, steps
 from r1jax import lora as lora_lib
 from r1jax.model import hf, moe
-from r1jax.model.config import PRESETS, ModelConfig
+from r1jax.model.config import PRESETS, ModelConfig, runtime_fields
 from r1jax.model.moe import EXPERT_DTYPE
 from r1jax.model.transformer import param_axes, param_shapes
 
@@ -48,7 +48,7 @@ def model_config(spec: Any, stages: Any = None) -> ModelConfig:
   pipeline config resolve to the model that stage trains."""
   spec = dict(spec)
   src = spec["source"]
-  dtypes = {k: spec[k] for k in ("dtype", "param_dtype", "remat") if k in spec}
+  dtypes = runtime_fields(spec)
   if src == "run" and str(spec.get("path", "")).startswith("@") and stages is not None:
     name = spec["path"][1:].split("/")[0]
     if name not in stages:

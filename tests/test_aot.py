@@ -77,16 +77,18 @@ def single_chip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def multi_chip():
   """GRPO (micro-batched) on 8 v5e chips as data=2 x fsdp=2 x tensor=2, and SFT with the
-  streamed KD against a teacher on the same mesh."""
+  streamed KD against a teacher on the same mesh, both with attention in query blocks."""
   c = r1_zero.get_config("tiny")
   c.mesh.shape = (2, 2, 2)
   # libtpu 0.0.42 aborts (collective_opt_utils.cc "Check failed: constant->opcode() ==
   # kConstant") on the continuous sampler at this mesh with one slot per data-parallel
   # device (4 slots); two per device compile.
   c.sampling.num_slots = 8
+  c.model.attention_chunk = 8  # the train step's attention in blocks of 8 queries
   s = sft_configs.get_config("tiny_distill")
   s.mesh.shape = (2, 2, 2)
   s.train.micro_batch_size = 1
+  s.model.attention_chunk = 8
   return c, _compile(c, "v5e:2x4"), _compile(s, "v5e:2x4")
 
 

@@ -69,6 +69,10 @@ class ModelConfig:
   # Rematerialise each block in the backward pass: False/"" off, True/"full" recompute all,
   # or a jax.checkpoint_policies name ("dots_saveable", ...; r1jax.memory.REMAT_POLICIES).
   remat: bool | str = False
+  # Attention without a cache (the train step, log-probs) in blocks of this many queries,
+  # each block's [H, chunk, T] scores rebuilt in the backward: memory grows with T * chunk
+  # instead of T^2 (long completions). 0: all queries at once.
+  attention_chunk: int = 0
 
   @property
   def hd(self) -> int:
@@ -123,6 +127,8 @@ class ModelConfig:
                        f"num_kv_heads={self.num_kv_heads}")
     self._check_moe()
     self._check_mla()
+    if not isinstance(self.attention_chunk, int) or self.attention_chunk < 0:
+      raise ValueError(f"model.attention_chunk={self.attention_chunk!r} must be an int >= 0")
     if self.remat not in (False, True, ""):
       from r1jax.memory import remat_policy
       remat_policy(self.remat)  # raises naming the bad value
@@ -301,3 +307,14 @@ PRESETS: dict[str, ModelConfig] = {
                              routed_scaling_factor=2.5, n_shared_experts=1,
                              first_k_dense_replace=3, router_bias_update_speed=0.001),
 }
+
+
+# Model-spec keys that set how a model runs, not what it is: a config's `model` section
+# (and a teacher's, critic's or stage's spec) applies them to any architecture it loads.
+RUNTIME_DEFAULTS = dict(dtype="float32", param_dtype="float32", remat=False, attention_chunk=0)
+
+
+def runtime_fields(spec, defaults: bool = False) -> dict:
+  """The RUNTIME_DEFAULTS keys a model spec sets (with `defaults`: every key, defaulted)."""
+  got = {k: spec[k] for k in RUNTIME_DEFAULTS if k in spec}
+  return {**RUNTIME_DEFAULTS, **got} if defaults else got

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from r1jax import mesh as mesh_lib
 from r1jax.model import hf_layout
-from r1jax.model.config import PRESETS, ModelConfig
+from r1jax.model.config import PRESETS, ModelConfig, runtime_fields
 from r1jax.model.transformer import init_params, param_axes
 
 SOURCES = ("smollm2_gguf", "gguf", "hf_dir", "preset", "run")
@@ -81,8 +81,7 @@ def load_tokenizer(spec: Mapping[str, Any]):
 def _load(spec: Mapping[str, Any], mesh: Mesh, rules, seed: int):
   from r1jax.tokenizer import Tokenizer
   source = spec["source"]
-  dtypes = dict(dtype=spec.get("dtype", "float32"), param_dtype=spec.get("param_dtype", "float32"),
-                remat=spec.get("remat", False))
+  dtypes = runtime_fields(spec, defaults=True)
   if source == "preset":
     name = spec.get("preset")
     if name not in PRESETS:

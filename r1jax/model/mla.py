@@ -133,7 +133,7 @@ def mla_attention(hn: jax.Array, layer: Params, cfg: ModelConfig, positions: jax
     k_rope_h = jnp.broadcast_to(k_rope[:, :, None], (b, t, h, k_rope.shape[-1]))
     k = jnp.concatenate([kv[..., :dn], k_rope_h], axis=-1)
     q = jnp.concatenate([q_nope, q_rope], axis=-1)
-    out = attention(q, k, kv[..., dn:], bias, dt, softmax_scale(cfg))
+    out = attention(q, k, kv[..., dn:], bias, dt, softmax_scale(cfg), cfg.attention_chunk)
     new_kv = None
   else:
     ck, cv = cache_kv

@@ -32,7 +32,7 @@ from flax import nnx
 
 from r1jax.mesh import constrain
 from r1jax.model.config import ModelConfig
-from r1jax.model.layers import (MASKED, Params, apply_rope, attention, dense, param,
+from r1jax.model.layers import (MASKED, KeyMask, Params, apply_rope, attention, dense, param,
                                 rms_norm, rope_inv_freq)
 from r1jax.model.mla import mla_attention, mla_params
 from r1jax.model.moe import (  # noqa: F401 - MOE_IMPLS, merge_router_stats, route: re-exported
@@ -172,7 +172,7 @@ def _gqa(hn, layer, cfg: ModelConfig, positions, inv_freq, bias, cache_kv, index
     new_kv = (k, v)
   else:
     new_kv = None
-  attn = _attention(q, k.astype(dt), v.astype(dt), bias, dt)
+  attn = _attention(q, k.astype(dt), v.astype(dt), bias, dt, chunk=cfg.attention_chunk)
   return _dense(attn, layer, "o", c), new_kv
 
 
@@ -247,7 +247,10 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   x = jnp.take(table, tokens, axis=0).astype(dt)
   x = constrain(x, ("batch", "length", "embed"))
   inv_freq = rope_inv_freq(cfg)
-  if cache is None:
+  bias = None
+  if cache is None and 0 < cfg.attention_chunk < t:  # the mask, built block by block
+    index, bias = None, KeyMask(mask, segment_ids)
+  elif cache is None:
     causal = jnp.tril(jnp.ones((t, t), bool))
     allowed = causal[None] & mask[:, None, :]
     if segment_ids is not None:
@@ -261,7 +264,8 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, mask, index, axis=1)
     q_slot = index + jnp.arange(t)
     allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & slot_mask[:, None, :]
-  bias = jnp.where(allowed, 0.0, MASKED).astype(jnp.float32)
+  if bias is None:
+    bias = jnp.where(allowed, 0.0, MASKED).astype(jnp.float32)
   block = _block
   if cfg.remat:
     from r1jax.memory import remat_policy
