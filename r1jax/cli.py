@@ -275,6 +275,12 @@ def check_model(spec: Mapping[str, Any] | None, field: str = "model") -> None:
   src = spec["source"]
   if src not in SOURCES:
     raise ConfigError(f"{field}.source", src, f"unknown; choose one of {list(SOURCES)}")
+  from r1jax.model.config import runtime_fields
+  for key, value in runtime_fields(spec).items():  # dtype, remat, attention_chunk, ...
+    try:
+      PRESETS["tiny"].replace(**{key: value})
+    except ValueError as e:
+      raise ConfigError(f"{field}.{key}", value, str(e)) from None
   if src == "preset" and spec.get("preset") not in PRESETS:
     raise ConfigError(f"{field}.preset", spec.get("preset"),
                       f"not a preset; choose one of {sorted(PRESETS)}")

@@ -123,5 +123,5 @@ def test_query_blocks_bound_attention_memory():
 
 def test_attention_chunk_must_be_a_count():
   from r1jax.model import PRESETS
-  with pytest.raises(ValueError, match="attention_chunk=-1"):
+  with pytest.raises(ValueError, match="attention_chunk must be an int >= 0"):
     PRESETS["tiny"].replace(attention_chunk=-1)

@@ -128,7 +128,8 @@ class ModelConfig:
     self._check_moe()
     self._check_mla()
     if not isinstance(self.attention_chunk, int) or self.attention_chunk < 0:
-      raise ValueError(f"model.attention_chunk={self.attention_chunk!r} must be an int >= 0")
+      raise ValueError(f"ModelConfig.attention_chunk must be an int >= 0 (queries per block; "
+                       f"0: all at once), got {self.attention_chunk!r}")
     if self.remat not in (False, True, ""):
       from r1jax.memory import remat_policy
       remat_policy(self.remat)  # raises naming the bad value
