@@ -39,6 +39,7 @@ prints r1jax alone.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -315,6 +316,7 @@ def main(argv=None) -> dict:
     print("TRL: skipped (no --trl_python interpreter, or a preset model): r1jax only")
   rows, floors = [], {}
   tmp = tempfile.mkdtemp(prefix="r1jax_bench_step_")
+  atexit.register(shutil.rmtree, tmp, True)  # the HF copy of the model is 0.5 GB
   hf_dir = os.path.join(tmp, "hf")
   if trl_python:
     _save_hf(cfg, params, hf_dir, gguf_path)
