@@ -344,7 +344,7 @@ def sft_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
 
 
 def reward_model_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
-  from r1jax import reward_model as rm_lib
+  from r1jax import rm_objectives
   cfg = model_config(c.model, stages)
   bs, length = c.data.batch_size, c.data.max_len
   rows = 2 * bs if c.objective == "bt" else bs
@@ -355,8 +355,8 @@ def reward_model_programs(c, mesh, prompt_len: int, stages=None) -> list[Program
                   else {"label": batch_sds(mesh, (bs,), f32)}))
   tx = steps.make_optimizer(steps.OptimConfig(**c.optim.to_dict()))
   state = abstract_state(reward_head_params(cfg, mesh), tx)
-  loss = functools.partial(rm_lib.loss_fn, model_cfg=cfg, objective=c.objective,
-                           center_coef=c.loss.center_coef)
+  loss = functools.partial(rm_objectives.loss_fn, model_cfg=cfg, objective=c.objective,
+                           center_coef=c.loss.center_coef, pool=c.head.pool)
   return _train_programs("rm_", loss, tx, state, batch, 1, None)
 
 

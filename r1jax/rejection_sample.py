@@ -219,7 +219,8 @@ def mix_records(reasoning: Sequence[dict], others: Sequence[tuple[Sequence[dict]
 def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
   """Sample, score, filter and write (resuming a half-done OUT); returns the stats."""
   from r1jax import data as data_lib
-  from r1jax import evaluate as eval_lib
+  from r1jax.checkpoint import restore_params
+  from r1jax.eval_records import sample_and_score
   from r1jax.mesh import use_mesh
   from r1jax.rewards import pool_from_config, scored_weights
   from r1jax.run import sampling_config, setup
@@ -236,7 +237,7 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
   if todo:
     mesh, model_cfg, params, tokenizer, _ = setup(c, None, "r1jax.rejection_sample")
     if checkpoint:
-      params, step = eval_lib.restore_params(checkpoint, params)
+      params, step = restore_params(checkpoint, params)
       print(f"sampling from step {step} of {checkpoint}", flush=True)
     render = data_lib.make_renderer(c.data, tokenizer)
     prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
@@ -257,9 +258,9 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
     with pool, use_mesh(mesh):
       for b in todo:
         chunk = examples[b:b + bp]
-        recs = eval_lib.sample_and_score(params, model_cfg, tokenizer, chunk, render, pool, scfg,
-                                         jax.random.fold_in(key, b), batch_prompts=len(chunk),
-                                         prompt_bucket=c.data.prompt_bucket, prefill=prefill)
+        recs = sample_and_score(params, model_cfg, tokenizer, chunk, render, pool, scfg,
+                                jax.random.fold_in(key, b), batch_prompts=len(chunk),
+                                prompt_bucket=c.data.prompt_bucket, prefill=prefill)
         verdicts = None
         if judge is not None:
           scores = judge([r["prompt"] for r in recs], [r["completion"] for r in recs])
