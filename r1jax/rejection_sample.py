@@ -40,12 +40,21 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import flags
 
 from r1jax import cli, jsonl
 from r1jax import filters as F
 from r1jax.data.records import read_records
 
-_CONFIG = _CHECKPOINT = _OUT = None
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (the pipeline imports `validate`)."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Rejection-sampling config file.",
+                                  lock_config=True)
+  flags.DEFINE_string("checkpoint", "", "Trainer workdir, its checkpoints/ dir or one step dir; "
+                      "empty: the config's model as loaded.")
+  flags.DEFINE_string("out", "", "Output JSONL of SFT records.")
 
 
 def filter_config(c) -> F.FilterConfig:
@@ -61,7 +70,7 @@ def validate(c) -> None:
                      f"{sorted(REWARDS)}")
   filter_config(c)  # raises on a bad value
   from r1jax.rewards import judge as judge_lib
-  js = judge_lib.section(c.get("judge"), "judge", judge_lib.FILTER_KNOBS)
+  js = judge_lib.section(c.judge, "judge", judge_lib.FILTER_KNOBS)
   if js["model"] and c.reward_model.checkpoint:
     raise ValueError(f"judge.model={js['model']} and reward_model.checkpoint="
                      f"{c.reward_model.checkpoint!r}: set one of them")
@@ -248,7 +257,7 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
       judge = rm_reward.load_scorer(c.reward_model.checkpoint, mesh, c.reward_model.scope,
                                     prefill=prefill)
     gen_judge = None  # the generative judge ("policy": the model sampled here)
-    if c.get("judge") and c.judge.model:
+    if c.judge.model:
       from r1jax.rewards import judge as judge_lib
       gen_judge = judge_lib.load(c.judge, mesh, prefill, policy_cfg=model_cfg,
                                  policy_tokenizer=tokenizer, policy_params=params,
@@ -307,22 +316,16 @@ def finish(c, out: str) -> dict[str, Any]:
 
 def check() -> None:
   """The CLI's inputs: the config, and --checkpoint when given."""
-  validate(_CONFIG.value)
-  if _CHECKPOINT.value:
-    cli.check_checkpoint(_CHECKPOINT.value)
+  validate(flags.FLAGS.config)
+  if flags.FLAGS.checkpoint:
+    cli.check_checkpoint(flags.FLAGS.checkpoint)
 
 
 def main() -> None:
-  st = run(_CONFIG.value, _CHECKPOINT.value or None, _OUT.value)
+  st = run(flags.FLAGS.config, flags.FLAGS.checkpoint or None, flags.FLAGS.out)
   print(json.dumps({k: v for k, v in st.items() if k != "pass_rate_histogram"}))
 
 
 if __name__ == "__main__":
-  from absl import flags
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Rejection-sampling config file.",
-                                            lock_config=True)
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "Trainer workdir, its checkpoints/ dir "
-                                    "or one step dir; empty: the config's model as loaded.")
-  _OUT = flags.DEFINE_string("out", "", "Output JSONL of SFT records.")
+  define_flags()
   cli.run(main, check=check, required=("config", "out"))
