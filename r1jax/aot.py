@@ -37,7 +37,6 @@ from r1jax import cli, hardware, mesh as mesh_lib
 from r1jax.programs import Program, config_kind, programs_of
 
 
-
 def define_flags() -> None:
   """Command-line flags, defined only when run as a program (the trainers define --config
   too, and tests import both)."""

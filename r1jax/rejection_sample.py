@@ -100,7 +100,7 @@ def validate(c) -> None:
 def process_prompt(example: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
                    cfg: F.FilterConfig, prefill: str, correct_reward: str,
                    judged: Sequence[bool] | None = None) -> tuple[list[dict], dict]:
-  """One prompt's sample records (as `evaluate.sample_and_score` makes them) -> (SFT
+  """One prompt's sample records (as `eval_records.sample_and_score` makes them) -> (SFT
   records of the kept samples, the prompt's log line). `judged`: reward-model verdicts
   for the samples, used when the rule reward cannot verify them."""
   texts = [prefill + r["completion"] for r in records]
