@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = dict(learning_rate=1e-5, warmup_steps=10, schedule="cosine", weight_decay=0.0,
                  b1=0.9, b2=0.999, max_grad_norm=1.0)
   c.train = dict(num_steps=300, log_every=10, eval_every=50, checkpoint_every=50,
-                 keep_checkpoints=2)
+                 keep_checkpoints=2,
+                 compilation_cache="auto")  # "auto" | "workdir" | a path | "" (off)
   if arg == "tiny":
     c.model = dict(c.model, source="preset", preset="tiny")
     c.data.num_eval = 4
@@ -41,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 0
     c.optim.schedule = "constant"
     c.train = dict(num_steps=4, log_every=1, eval_every=2, checkpoint_every=2,
-                   keep_checkpoints=3)
+                   keep_checkpoints=3, compilation_cache="")
   elif arg not in (None, ""):
     raise ValueError(f"unknown config argument {arg!r}; use '' or 'tiny'")
   return c

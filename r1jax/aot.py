@@ -36,21 +36,17 @@ from ml_collections import config_flags
 from r1jax import cli, hardware, mesh as mesh_lib
 from r1jax.programs import Program, config_kind, programs_of
 
-_CONFIG = _TOPOLOGY = _PROMPT_LEN = _STAGE = _JSON = _MEASURE = None
-
 
 def define_flags() -> None:
   """Command-line flags, defined only when run as a program (the trainers define --config
   too, and tests import both)."""
-  global _CONFIG, _TOPOLOGY, _PROMPT_LEN, _STAGE, _JSON, _MEASURE
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                            lock_config=False)
-  _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology: v5p:2x2x2, v5e:2x4, ...")
-  _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 256, "Prompt tokens (GRPO, rejection sampling).")
-  _STAGE = flags.DEFINE_string("stage", "", "Pipeline configs: compile only this stage.")
-  _JSON = flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
-  _MEASURE = flags.DEFINE_integer("measure", 0, "GPU topologies: also run each program this "
-                                  "many times on random inputs and report the best time.")
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=False)
+  flags.DEFINE_string("topology", "v5e:2x2", "TPU topology: v5p:2x2x2, v5e:2x4, ...")
+  flags.DEFINE_integer("prompt_len", 256, "Prompt tokens (GRPO, rejection sampling).")
+  flags.DEFINE_string("stage", "", "Pipeline configs: compile only this stage.")
+  flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
+  flags.DEFINE_integer("measure", 0, "GPU topologies: also run each program this many times "
+                       "on random inputs and report the best time.")
 
 
 class DoesNotFit(Exception):
@@ -279,17 +275,17 @@ def check(c, stage: str = "") -> None:
 
 
 def main() -> None:
-  c = _CONFIG.value
+  f = flags.FLAGS
   try:
-    res = run(c, _TOPOLOGY.value, _PROMPT_LEN.value, _STAGE.value, _MEASURE.value)
+    res = run(f.config, f.topology, f.prompt_len, f.stage, f.measure)
   except (DoesNotFit, ValueError, FileNotFoundError) as e:
     print(f"r1jax.aot: {e}", file=sys.stderr)
     sys.exit(1)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(res, f, indent=2)
+  if f.json:
+    with open(f.json, "w") as out:
+      json.dump(res, out, indent=2)
 
 
 if __name__ == "__main__":
   define_flags()
-  cli.run(main, check=lambda: check(_CONFIG.value, _STAGE.value), required=("config",))
+  cli.run(main, check=lambda: check(flags.FLAGS.config, flags.FLAGS.stage), required=("config",))

@@ -34,6 +34,7 @@ import time
 from typing import Any, Mapping
 
 import jax
+from absl import flags
 
 from r1jax import cli, stats
 from r1jax.checkpoint import resolve_checkpoint, restore_params  # noqa: F401 (CLI API)
@@ -191,9 +192,26 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
   return "\n".join(lines)
 
 
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (the pipeline imports `run`)."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_string("checkpoint", "", "Trainer workdir, its checkpoints/ dir, or one step dir "
+                      "in it; empty: evaluate the config's base model.")
+  flags.DEFINE_string("output_dir", "", "Where samples.jsonl and metrics.json go.")
+  flags.DEFINE_string("source", "", "A data source spec (JSON or Python dict literal); "
+                      "default: the config's held-out split.")
+  flags.DEFINE_integer("num_samples", None, "k samples per problem.")
+  flags.DEFINE_integer("num_problems", None, "Evaluate the first N only.")
+  flags.DEFINE_float("temperature", None, "Sampling temperature.")
+  flags.DEFINE_float("top_p", None, "Nucleus mass.")
+  flags.DEFINE_integer("max_new_tokens", None, "Completion length cap.")
+
+
 def _overrides() -> dict:
   """The CLI's settings flags (a --source spec parsed as JSON or a Python dict literal)."""
-  source = _SOURCE.value
+  f = flags.FLAGS
+  source = f.source
   if source:
     import ast
     try:
@@ -204,33 +222,20 @@ def _overrides() -> dict:
       except (ValueError, SyntaxError):
         raise cli.ConfigError("--source", source, "not a JSON object or Python dict "
                               "literal") from None
-  return dict(source=source or None, num_samples=_NUM_SAMPLES.value,
-              num_problems=_NUM_PROBLEMS.value, temperature=_TEMPERATURE.value,
-              top_p=_TOP_P.value, max_new_tokens=_MAX_NEW_TOKENS.value)
+  return dict(source=source or None, num_samples=f.num_samples, num_problems=f.num_problems,
+              temperature=f.temperature, top_p=f.top_p, max_new_tokens=f.max_new_tokens)
 
 
 def main() -> None:
-  res = run(_CONFIG.value, _CHECKPOINT.value or None, _OUTPUT.value or None, **_overrides())
+  f = flags.FLAGS
+  res = run(f.config, f.checkpoint or None, f.output_dir or None, **_overrides())
   print(f"step {res['step']}: {res['num_samples_total']} samples; [lo, hi]: "
         f"{res['settings']['ci_level']:.0%} bootstrap interval over problems")
   print(format_metrics(res["metrics"]))
 
 
 if __name__ == "__main__":
-  from absl import flags
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                            lock_config=True)
-  _CHECKPOINT = flags.DEFINE_string(
-      "checkpoint", "", "Trainer workdir, its checkpoints/ dir, or one step dir in it; "
-      "empty: evaluate the config's base model.")
-  _OUTPUT = flags.DEFINE_string("output_dir", "", "Where samples.jsonl and metrics.json go.")
-  _SOURCE = flags.DEFINE_string("source", "", "A data source spec (JSON or Python dict "
-                                "literal); default: the config's held-out split.")
-  _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "k samples per problem.")
-  _NUM_PROBLEMS = flags.DEFINE_integer("num_problems", None, "Evaluate the first N only.")
-  _TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature.")
-  _TOP_P = flags.DEFINE_float("top_p", None, "Nucleus mass.")
-  _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "Completion length cap.")
-  cli.run(main, check=lambda: validate(_CONFIG.value, _CHECKPOINT.value, **_overrides()),
+  define_flags()
+  cli.run(main, check=lambda: validate(flags.FLAGS.config, flags.FLAGS.checkpoint,
+                                       **_overrides()),
           required=("config",))

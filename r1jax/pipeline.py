@@ -35,6 +35,8 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
+from absl import flags
+
 from r1jax import cli, jsonl
 
 KINDS = {"sft": ("r1jax.sft", "workdir"), "grpo": ("r1jax.train", "workdir"),
@@ -49,7 +51,15 @@ COLUMNS = (("pass@1", "pass@1"), ("cons@k", "cons@"), ("format", "format_rate"),
 RM_COLUMNS = (("accuracy", "eval_accuracy"), ("balanced accuracy", "eval_balanced_accuracy"),
               ("AUC", "eval_auc"), ("AUC within prompts", "eval_auc_within_prompt"),
               ("majority share", "eval_majority_share"))
-_CONFIG = _WORKDIR = _STAGES = None
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (r1jax.aot imports `validate`)."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Pipeline config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Pipeline directory (one subdir per stage).")
+  flags.DEFINE_string("stages", "", "Comma-separated stages to run (default: all of "
+                      "config.order).")
 
 
 def resolve(tree: Any, workdir: str, refs: list | None = None) -> Any:
@@ -300,17 +310,14 @@ def run(c, workdir: str, stages: Sequence[str] | None = None) -> str:
 
 
 def _stages() -> list[str] | None:
-  return [s for s in _STAGES.value.split(",") if s] or None
+  return [s for s in flags.FLAGS.stages.split(",") if s] or None
+
+
+def main() -> None:
+  run(flags.FLAGS.config, flags.FLAGS.workdir, _stages())
 
 
 if __name__ == "__main__":
-  from absl import flags
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file.",
-                                            lock_config=True)
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline directory (one subdir per stage).")
-  _STAGES = flags.DEFINE_string("stages", "", "Comma-separated stages to run (default: all "
-                                "of config.order).")
-  cli.run(lambda: run(_CONFIG.value, _WORKDIR.value, _stages()),
-          check=lambda: validate(_CONFIG.value, _stages(), _WORKDIR.value),
+  define_flags()
+  cli.run(main, check=lambda: validate(flags.FLAGS.config, _stages(), flags.FLAGS.workdir),
           required=("config", "workdir"))

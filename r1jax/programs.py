@@ -303,9 +303,9 @@ def rm_forward_program(rm, mesh, rows: int, length: int, stages=None) -> Program
     with open(os.path.join(path, "config.json")) as f:
       spec = json.load(f)
     cfg, max_len = model_config(dict(source="run", path=path)), spec["data"]["max_len"]
-  max_len = rm.get("max_len") or max_len or length
+  max_len = rm["max_len"] or max_len or length
   params = reward_head_params(cfg, mesh)
-  bs = rm.get("batch_size", rows) or rows
+  bs = rm["batch_size"] or rows
   fn = jax.jit(reward_head.scores, static_argnums=1)
   return Program("rm_forward", functools.partial(_lower_cfg, fn, cfg=cfg),
                  (params, batch_sds(mesh, (bs, max_len)), batch_sds(mesh, (bs, max_len))),
@@ -344,7 +344,7 @@ def sft_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
 
 
 def reward_model_programs(c, mesh, prompt_len: int, stages=None) -> list[Program]:
-  from r1jax import reward_model as rm_lib
+  from r1jax import rm_objectives
   cfg = model_config(c.model, stages)
   bs, length = c.data.batch_size, c.data.max_len
   rows = 2 * bs if c.objective == "bt" else bs
@@ -355,8 +355,8 @@ def reward_model_programs(c, mesh, prompt_len: int, stages=None) -> list[Program
                   else {"label": batch_sds(mesh, (bs,), f32)}))
   tx = steps.make_optimizer(steps.OptimConfig(**c.optim.to_dict()))
   state = abstract_state(reward_head_params(cfg, mesh), tx)
-  loss = functools.partial(rm_lib.loss_fn, model_cfg=cfg, objective=c.objective,
-                           center_coef=c.loss.center_coef)
+  loss = functools.partial(rm_objectives.loss_fn, model_cfg=cfg, objective=c.objective,
+                           center_coef=c.loss.center_coef, pool=c.head.pool)
   return _train_programs("rm_", loss, tx, state, batch, 1, None)
 
 
@@ -390,7 +390,7 @@ def programs_of(c, mesh, prompt_len: int, stage: str = "") -> list[tuple[str, li
   if kind != "pipeline":
     return [(kind, KINDS[kind](c, mesh, prompt_len))]
   stages = c.stages.to_dict() if hasattr(c.stages, "to_dict") else dict(c.stages)
-  names = [stage] if stage else [n for n in c.get("order", stages) if n in stages]
+  names = [stage] if stage else [n for n in c.order if n in stages]
   if stage and stage not in stages:
     raise ValueError(f"--stage={stage!r}; the pipeline's stages are {sorted(stages)}")
   out = []

@@ -40,12 +40,21 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import flags
 
 from r1jax import cli, jsonl
 from r1jax import filters as F
 from r1jax.data.records import read_records
 
-_CONFIG = _CHECKPOINT = _OUT = None
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (the pipeline imports `validate`)."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Rejection-sampling config file.",
+                                  lock_config=True)
+  flags.DEFINE_string("checkpoint", "", "Trainer workdir, its checkpoints/ dir or one step dir; "
+                      "empty: the config's model as loaded.")
+  flags.DEFINE_string("out", "", "Output JSONL of SFT records.")
 
 
 def filter_config(c) -> F.FilterConfig:
@@ -61,7 +70,7 @@ def validate(c) -> None:
                      f"{sorted(REWARDS)}")
   filter_config(c)  # raises on a bad value
   from r1jax.rewards import judge as judge_lib
-  js = judge_lib.section(c.get("judge"), "judge", judge_lib.FILTER_KNOBS)
+  js = judge_lib.section(c.judge, "judge", judge_lib.FILTER_KNOBS)
   if js["model"] and c.reward_model.checkpoint:
     raise ValueError(f"judge.model={js['model']} and reward_model.checkpoint="
                      f"{c.reward_model.checkpoint!r}: set one of them")
@@ -91,7 +100,7 @@ def validate(c) -> None:
 def process_prompt(example: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
                    cfg: F.FilterConfig, prefill: str, correct_reward: str,
                    judged: Sequence[bool] | None = None) -> tuple[list[dict], dict]:
-  """One prompt's sample records (as `evaluate.sample_and_score` makes them) -> (SFT
+  """One prompt's sample records (as `eval_records.sample_and_score` makes them) -> (SFT
   records of the kept samples, the prompt's log line). `judged`: reward-model verdicts
   for the samples, used when the rule reward cannot verify them."""
   texts = [prefill + r["completion"] for r in records]
@@ -219,7 +228,8 @@ def mix_records(reasoning: Sequence[dict], others: Sequence[tuple[Sequence[dict]
 def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
   """Sample, score, filter and write (resuming a half-done OUT); returns the stats."""
   from r1jax import data as data_lib
-  from r1jax import evaluate as eval_lib
+  from r1jax.checkpoint import restore_params
+  from r1jax.eval_records import sample_and_score
   from r1jax.mesh import use_mesh
   from r1jax.rewards import pool_from_config, scored_weights
   from r1jax.run import sampling_config, setup
@@ -236,7 +246,7 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
   if todo:
     mesh, model_cfg, params, tokenizer, _ = setup(c, None, "r1jax.rejection_sample")
     if checkpoint:
-      params, step = eval_lib.restore_params(checkpoint, params)
+      params, step = restore_params(checkpoint, params)
       print(f"sampling from step {step} of {checkpoint}", flush=True)
     render = data_lib.make_renderer(c.data, tokenizer)
     prefill = data_lib.prefill_text(c.data.template, c.data.think_prefill)
@@ -247,7 +257,7 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
       judge = rm_reward.load_scorer(c.reward_model.checkpoint, mesh, c.reward_model.scope,
                                     prefill=prefill)
     gen_judge = None  # the generative judge ("policy": the model sampled here)
-    if c.get("judge") and c.judge.model:
+    if c.judge.model:
       from r1jax.rewards import judge as judge_lib
       gen_judge = judge_lib.load(c.judge, mesh, prefill, policy_cfg=model_cfg,
                                  policy_tokenizer=tokenizer, policy_params=params,
@@ -257,9 +267,9 @@ def run(c, checkpoint: str | None, out: str) -> dict[str, Any]:
     with pool, use_mesh(mesh):
       for b in todo:
         chunk = examples[b:b + bp]
-        recs = eval_lib.sample_and_score(params, model_cfg, tokenizer, chunk, render, pool, scfg,
-                                         jax.random.fold_in(key, b), batch_prompts=len(chunk),
-                                         prompt_bucket=c.data.prompt_bucket, prefill=prefill)
+        recs = sample_and_score(params, model_cfg, tokenizer, chunk, render, pool, scfg,
+                                jax.random.fold_in(key, b), batch_prompts=len(chunk),
+                                prompt_bucket=c.data.prompt_bucket, prefill=prefill)
         verdicts = None
         if judge is not None:
           scores = judge([r["prompt"] for r in recs], [r["completion"] for r in recs])
@@ -306,22 +316,16 @@ def finish(c, out: str) -> dict[str, Any]:
 
 def check() -> None:
   """The CLI's inputs: the config, and --checkpoint when given."""
-  validate(_CONFIG.value)
-  if _CHECKPOINT.value:
-    cli.check_checkpoint(_CHECKPOINT.value)
+  validate(flags.FLAGS.config)
+  if flags.FLAGS.checkpoint:
+    cli.check_checkpoint(flags.FLAGS.checkpoint)
 
 
 def main() -> None:
-  st = run(_CONFIG.value, _CHECKPOINT.value or None, _OUT.value)
+  st = run(flags.FLAGS.config, flags.FLAGS.checkpoint or None, flags.FLAGS.out)
   print(json.dumps({k: v for k, v in st.items() if k != "pass_rate_histogram"}))
 
 
 if __name__ == "__main__":
-  from absl import flags
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Rejection-sampling config file.",
-                                            lock_config=True)
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "Trainer workdir, its checkpoints/ dir "
-                                    "or one step dir; empty: the config's model as loaded.")
-  _OUT = flags.DEFINE_string("out", "", "Output JSONL of SFT records.")
+  define_flags()
   cli.run(main, check=check, required=("config", "out"))

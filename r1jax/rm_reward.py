@@ -157,11 +157,11 @@ def from_config(c, mesh, prefill: str = "", policy_cfg=None,
   on "policy" shares `policy_cfg` / `policy_tokenizer` and takes the params per call."""
   from r1jax.rewards import REWARDS
   from r1jax.rewards import judge as judge_lib
-  rm = c.rewards.get("reward_model") or {}
-  js = judge_lib.section(c.rewards.get("judge"), "rewards.judge")
-  routing = {str(k): dict(v) for k, v in dict(c.rewards.get("routing") or {}).items()}
+  rm = c.rewards.reward_model
+  js = judge_lib.section(c.rewards.judge, "rewards.judge")
+  routing = {str(k): dict(v) for k, v in dict(c.rewards.routing).items()}
   default = dict(c.rewards.weights)
-  default[RM] = float(rm.get("weight", 0.0))
+  default[RM] = float(rm.weight)
   default[JUDGE] = float(js["weight"])
   for task, w in routing.items():
     for name in w:
@@ -171,17 +171,16 @@ def from_config(c, mesh, prefill: str = "", policy_cfg=None,
   uses = {m: default[m] != 0 or any(w.get(m) for w in routing.values()) for m in MODEL_REWARDS}
   if not any(uses.values()) and not routing:
     return None
-  if uses[RM] and not rm.get("checkpoint"):
+  if uses[RM] and not rm.checkpoint:
     raise ValueError("a reward_model weight is set but rewards.reward_model.checkpoint is empty")
   if uses[JUDGE] and not js["model"]:
     raise ValueError("a judge weight is set but rewards.judge.model is empty (a model spec "
                      "or 'policy')")
   scorer = judge = None
   if uses[RM]:
-    scorer = load_scorer(rm["checkpoint"], mesh, rm.get("scope", "summary"),
-                         rm.get("max_len", 0), rm.get("batch_size", 32), prefill)
+    scorer = load_scorer(rm.checkpoint, mesh, rm.scope, rm.max_len, rm.batch_size, prefill)
   if uses[JUDGE]:
     judge = judge_lib.load(js, mesh, prefill, policy_cfg=policy_cfg,
                            policy_tokenizer=policy_tokenizer, where="rewards.judge",
-                           seed=c.seed, decode_dtype=c.sampling.get("decode_dtype", ""))
+                           seed=c.seed, decode_dtype=c.sampling.decode_dtype)
   return Rewarder(default, routing, scorer, judge)

@@ -1,8 +1,10 @@
 """What every trainer shares: its start (`setup`: distributed init, compilation cache, mesh,
 model, run files), the run directory's files, the periodic test (`itstime`) and the config
--> SamplingConfig reader (the trainer and `r1jax.aot` build the same one). Any other section
-(eval, judge) goes through the same `sampling.config_from`, and every reward pool through
-`rewards.pool_from_config`. The held-out evaluation hook is `eval_records.make_evaluator`.
+-> SamplingConfig reader (`sampling_config`: the rollouts' `sampling` section, or another
+such as SFT's on-policy `distill.on_policy_*` keys; the trainer and `r1jax.aot` build the
+same one). Eval and judge sections go through the same `sampling.config_from`, and every
+reward pool through `rewards.pool_from_config`. The held-out evaluation hook is
+`eval_records.make_evaluator`.
 
 A run directory (`--workdir`) holds config.json (the experiment config), model_config.json
 (the trained model's architecture, read back by export / evaluation / later pipeline
@@ -85,7 +87,13 @@ def itstime(every: int, step: int, last: int | None = None, *, first: bool = Fal
   return step % every == 0 or step == last or (first and step == 1) or ending
 
 
-def sampling_config(c, **extra) -> sampling_lib.SamplingConfig:
-  """The rollout SamplingConfig of config `c` (its `sampling` section) plus `extra` fields."""
-  return sampling_lib.config_from(c.sampling, **extra)
+def sampling_config(c, section: str = "sampling", prefix: str = "",
+                    **extra) -> sampling_lib.SamplingConfig:
+  """The SamplingConfig of config `c`'s `section` (the rollouts' `sampling` by default) plus
+  `extra` fields. With a `prefix`, the section's keys `<prefix><field>` set the fields (e.g.
+  SFT's `distill.on_policy_max_new_tokens`); its other keys are ignored."""
+  s = c[section]
+  if prefix:
+    s = {k[len(prefix):]: v for k, v in dict(s).items() if k.startswith(prefix)}
+  return sampling_lib.config_from(s, **extra)
 

@@ -32,9 +32,9 @@ from r1jax.metrics import MetricsWriter, Progress
 from r1jax.model import moe
 from r1jax.model.loader import load_model
 from r1jax.nonfinite import Guard
-from r1jax.run import itstime, setup
+from r1jax.run import itstime, sampling_config, setup
 from r1jax import sampling as sampling_lib
-from r1jax.sampling import SamplingConfig, generate, pad_prompts
+from r1jax.sampling import generate, pad_prompts
 
 
 def data_config(c) -> sft_data.SFTDataConfig:
@@ -93,16 +93,15 @@ def on_policy_rows(params, model_cfg, examples, tokenizer, c, step: int, rng,
                    n_rows: int) -> dict:
   """`n_rows` rows sampled from the student: prompts of examples picked by (seed, step),
   the student's completions as the trained tokens (one segment per row)."""
-  new = c.distill.on_policy_max_new_tokens
-  room = c.data.seq_len - new
+  room = c.data.seq_len - c.distill.on_policy_max_new_tokens
   pool = [e for e in examples if 0 < int(np.argmax(e.trainable)) <= room]
   if not pool:
     raise ValueError(f"no prompt fits data.seq_len - distill.on_policy_max_new_tokens = {room}")
   pick = np.random.default_rng([c.seed, step]).choice(len(pool), n_rows)
   prompts = [pool[i].ids[:int(np.argmax(pool[i].trainable))].tolist() for i in pick]
   ptoks, pmask = pad_prompts(prompts, tokenizer.pad_id, 16)
-  scfg = SamplingConfig(max_new_tokens=new, temperature=c.distill.on_policy_temperature,
-                        eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
+  scfg = sampling_config(c, "distill", prefix="on_policy_",
+                         eos_ids=tuple(sorted(tokenizer.eos_ids)), pad_id=tokenizer.pad_id)
   out = to_host(generate(params, model_cfg, ptoks, pmask, rng, scfg))
   made = [sft_data.Tokenized(np.asarray(p + out.tokens[i, :out.lengths[i]].tolist(), np.int32),
                              np.asarray([False] * len(p) + [True] * int(out.lengths[i]), bool))

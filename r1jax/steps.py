@@ -69,10 +69,6 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-def init_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
-  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
-
 def _split_micro(tree: Any, n_micro: int) -> Any:
   return jax.tree.map(lambda x: x.reshape((n_micro, x.shape[0] // n_micro) + x.shape[1:]), tree)
 

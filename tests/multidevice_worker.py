@@ -336,7 +336,7 @@ def check_grpo_step(ctx: Context) -> dict:
   gradients into lr-sized differences, which would hide real errors in the tolerance.
   """
   import optax
-  from r1jax import rl, steps
+  from r1jax import memory, rl, steps
   gcfg = rl.RLConfig(beta=0.0, logprob_impl="xla", loss_aggregation="token-mean")
   tx = optax.sgd(0.5)
   loss_fn = lambda p, batch: rl.grpo_loss(p, batch, gcfg, ctx.cfg)
@@ -348,7 +348,7 @@ def check_grpo_step(ctx: Context) -> dict:
   train_step = steps.make_train_step(loss_fn, tx, n_micro, rl.micro_batch_weight(gcfg))
 
   def run(params, put):
-    state = jax.jit(steps.init_state, static_argnums=1)(params, tx)
+    state = memory.init_state(params, tx)
     state, m = steps.jit_train_step(train_step, state)(state, jax.tree.map(put, batch))
     return state, m
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import steps
+from r1jax import memory, steps
 from r1jax.checkpoint import Checkpointer, CheckpointSaveError, abstract_like
 
 TX = steps.make_optimizer(steps.OptimConfig(learning_rate=0.1))
@@ -18,7 +18,7 @@ TX = steps.make_optimizer(steps.OptimConfig(learning_rate=0.1))
 def _state(k: int):
   """A train state whose values say which step wrote it (w = k, b = -k)."""
   params = {"w": jnp.full((64, 32), float(k)), "b": jnp.full((32,), -float(k))}
-  return steps.init_state(params, TX)._replace(step=jnp.asarray(k, jnp.int32))
+  return memory.init_state(params, TX)._replace(step=jnp.asarray(k, jnp.int32))
 
 
 def _save(ckpt, k):

@@ -56,6 +56,8 @@ CASES = [
      ["--config=configs/r1.py:tiny", "--workdir=OUT",
       "--config.stages.reasoning_rl.config.ppo.kl_in=loss"],
      "error: stages.reasoning_rl.config.ppo.kl_in: moved to stages.reasoning_rl.config.rl.kl_in"),
+    ("train_missing_data", "r1jax.train", ["--config=CFG/r1_zero_missing.py", "--workdir=OUT"],
+     f"error: data.source.path='{MISSING}': does not exist"),
     ("train_router_replay_dense", "r1jax.train",
      ["--config=configs/r1_zero.py:tiny", "--workdir=OUT", "--config.rl.router_replay=True"],
      "error: rl.router_replay=True: needs a mixture-of-experts model (this one has "
@@ -86,6 +88,19 @@ CASES = [
      ["--config=configs/reward_model.py:tiny", "--workdir=OUT", "--config.objective=orm",
       "--config.data.train.path=pyproject.toml", "--config.loss.center_coef=0.1"],
      "error: loss.center_coef=0.1: ignored unless objective='bt'"),
+    ("rm_unknown_objective", "r1jax.reward_model",
+     ["--config=configs/reward_model.py:tiny", "--workdir=OUT", "--config.objective=nonsense",
+      "--config.data.train.path=pyproject.toml"],
+     "error: objective='nonsense': choose one of ('bt', 'orm')"),
+    ("rs_missing_data", "r1jax.rejection_sample",
+     ["--config=CFG/rejection_sample_missing.py", "--out=OUT/sft.jsonl"],
+     f"error: data.source.path='{MISSING}': does not exist"),
+    ("rs_unknown_reward", "r1jax.rejection_sample",
+     ["--config=configs/rejection_sample.py:tiny", "--out=OUT/sft.jsonl",
+      "--config.rewards.correct=nonsense"], "error: rewards.correct='nonsense': is not a reward"),
+    ("eval_old_key", "r1jax.evaluate",
+     ["--config=configs/r1_zero.py:tiny", "--output_dir=OUT", "--config.grpo.beta=0.1"],
+     "error: grpo.beta: moved to rl.beta"),
     ("rs_missing_checkpoint", "r1jax.rejection_sample",
      ["--config=configs/rejection_sample.py:tiny", "--out=OUT/sft.jsonl",
       "--checkpoint=/nonexistent/run"], "--checkpoint='/nonexistent/run': no checkpoint there"),
@@ -128,8 +143,9 @@ def _start(case, module, args, tmp, env_extra):
 def results(tmp_path_factory):
   """{case: (rc, stdout, stderr, out path)} of every case, a few running at a time."""
   tmp = str(tmp_path_factory.mktemp("cli"))
-  with open(os.path.join(tmp, "sft_missing.py"), "w") as f:
-    f.write(_MISSING_SOURCE.format(module="sft", path=MISSING))
+  for module in ("sft", "r1_zero", "rejection_sample"):
+    with open(os.path.join(tmp, f"{module}_missing.py"), "w") as f:
+      f.write(_MISSING_SOURCE.format(module=module, path=MISSING))
   todo = [(c, m, a, {}) for c, m, a, _ in CASES] + VERBOSE
   running, done = {}, {}
   while todo or running:

@@ -254,7 +254,7 @@ def test_bias_balancing_in_the_train_step(dsv3):
   load) of that step's batch (counts from the old params' forward over prompts once and
   completions, hand rule), not by decay; with speed 0 the biases stay put while the other
   weights move."""
-  from r1jax import rl, steps
+  from r1jax import memory, rl, steps
   from r1jax.model import moe
   _, _, _, _, cfg, params = dsv3
   if cfg.q_lora_rank is None:
@@ -269,7 +269,7 @@ def test_bias_balancing_in_the_train_step(dsv3):
     step = steps.make_train_step(functools.partial(rl.grpo_loss, cfg=gcfg, model_cfg=mcfg),
                                  tx, n_micro=2, micro_weight=rl.micro_batch_weight(gcfg),
                                  post_update=moe.balancing_update(mcfg))
-    return jax.jit(step)(steps.init_state(params, tx), batch)
+    return jax.jit(step)(memory.init_state(params, tx), batch)
 
   speed = 0.001
   fast = cfg.replace(router_bias_update_speed=speed)

@@ -95,11 +95,11 @@ def _tiny_config():
 
 
 def _save_checkpoint(workdir, params, step):
-  from r1jax import steps
+  from r1jax import memory, steps
   from r1jax.checkpoint import Checkpointer
   tx = steps.make_optimizer(steps.OptimConfig())
   ck = Checkpointer(os.path.join(workdir, "checkpoints"))
-  ck.save(step, steps.init_state(params, tx), jax.random.key(0), {})
+  ck.save(step, memory.init_state(params, tx), jax.random.key(0), {})
   ck.close()
 
 

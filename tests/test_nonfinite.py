@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from r1jax import steps
+from r1jax import memory, steps
 from r1jax.nonfinite import Guard, NonFiniteError
 
 TX = steps.make_optimizer(steps.OptimConfig(learning_rate=0.1, max_grad_norm=1.0))
@@ -32,7 +32,7 @@ def _batch(scale=1.0, c=10.0):
 
 
 def _state():
-  return steps.init_state({"w": jnp.asarray(W0)}, TX)
+  return memory.init_state({"w": jnp.asarray(W0)}, TX)
 
 
 def _reference_update(state, batch):

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from r1jax import rl, packed_rl, packing, ppo, steps
+from r1jax import memory, rl, packed_rl, packing, ppo, steps
 from r1jax.model import PRESETS, init_params
 
 CFG = PRESETS["tiny"]
@@ -139,8 +139,8 @@ def test_micro_batched_packed_update_equals_padded(params, how):
                                  2, rl.micro_batch_weight(cfg))
   pack = steps.make_train_step(functools.partial(packed_rl.loss, cfg=cfg, model_cfg=CFG,
                                                  n_micro=2), tx, 2)
-  s1, m1 = jax.jit(padded)(steps.init_state(params, tx), batch)
-  s2, m2 = jax.jit(pack)(steps.init_state(params, tx), pb)
+  s1, m1 = jax.jit(padded)(memory.init_state(params, tx), batch)
+  s2, m2 = jax.jit(pack)(memory.init_state(params, tx), pb)
   np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-5)
   np.testing.assert_allclose(float(m2["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
   _rel_close(jax.tree.map(lambda a, b: a - b, s1.params, params),

@@ -56,7 +56,7 @@ def test_balanced_class_weights_by_hand():
 
 
 def test_orm_batch_weighs_rows_by_class_and_padding():
-  from r1jax.reward_model import balance, make_batch
+  from r1jax.rm_objectives import balance, make_batch
   from r1jax.tokenizer import Tokenizer
   items = balance([("a", 1.0, 1.0, None), ("b", 0.0, 1.0, None), ("c", 0.0, 1.0, None)],
                   "orm", "balanced")
@@ -66,7 +66,7 @@ def test_orm_batch_weighs_rows_by_class_and_padding():
 
 
 def test_hold_out_keeps_prompts_whole():
-  from r1jax.reward_model import hold_out
+  from r1jax.rm_objectives import hold_out
   items = [(f"t{i}", i % 2, 1.0, f"p{i // 3}") for i in range(12)]  # 4 prompts x 3 rows
   held, train = hold_out(items, 4, seed=0)
   assert len(held) == 6 and len(train) == 6  # two whole prompts reach 4 rows
@@ -138,7 +138,7 @@ def _config(tmp_path, steps=4):
 
 
 def test_prepare_pairs_layouts():
-  from r1jax.reward_model import prepare_pairs
+  from r1jax.rm_objectives import prepare_pairs
   from r1jax.tokenizer import Tokenizer
   pairs, st = prepare_pairs(ROWS[:5], Tokenizer.byte_level())
   assert st == {"rows": 5, "skipped_empty": 1, "skipped_identical": 1}

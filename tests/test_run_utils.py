@@ -54,6 +54,18 @@ def test_sampling_config_from_a_section():
       max_new_tokens=8, temperature=0.0, num_samples=2)
 
 
+def test_sampling_config_from_prefixed_keys_of_another_section():
+  """SFT's on-policy sampler: `distill.on_policy_<field>` keys set the fields, the section's
+  other keys (its own `temperature`, `top_k` of the KD loss) do not."""
+  from ml_collections import ConfigDict
+  from r1jax.run import sampling_config
+  from r1jax.sampling import SamplingConfig
+  c = ConfigDict(dict(distill=dict(temperature=2.0, top_k=5, on_policy=0.5,
+                                   on_policy_max_new_tokens=8, on_policy_temperature=0.7)))
+  assert sampling_config(c, "distill", prefix="on_policy_", eos_ids=(2,), pad_id=0) == (
+      SamplingConfig(max_new_tokens=8, temperature=0.7, eos_ids=(2,), pad_id=0))
+
+
 def test_pool_from_config_weights():
   from r1jax.rewards import pool_from_config
   pool = pool_from_config(dict(weights=dict(accuracy=1.0, format=0.0, cosine=0.0),

@@ -25,10 +25,14 @@ from absl import app, flags
 
 from r1jax import stats
 
-_WALL = flags.DEFINE_integer("wall_s", 420, "Training wall time per algorithm (seconds).")
-_OUT = flags.DEFINE_string("out", "/tmp/r1jax_algos", "Directory for the runs.")
-_ALGOS = flags.DEFINE_list("algos", ["grpo", "rloo", "ppo"], "rl.algorithm values.")
-_EXTRA = flags.DEFINE_list("extra", [], "More --config.x=y overrides for every run.")
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (tests import the summaries)."""
+  flags.DEFINE_integer("wall_s", 420, "Training wall time per algorithm (seconds).")
+  flags.DEFINE_string("out", "/tmp/r1jax_algos", "Directory for the runs.")
+  flags.DEFINE_list("algos", ["grpo", "rloo", "ppo"], "rl.algorithm values.")
+  flags.DEFINE_list("extra", [], "More --config.x=y overrides for every run.")
 
 
 def _read(path):
@@ -71,21 +75,23 @@ def comparisons(finals: dict[str, dict]) -> list[str]:
 
 def main(argv) -> None:
   del argv
+  f = flags.FLAGS
   finals = {}
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  for algo in _ALGOS.value:
-    wd = os.path.join(_OUT.value, algo)
+  for algo in f.algos:
+    wd = os.path.join(f.out, algo)
     cmd = [sys.executable, "-m", "r1jax.train", f"--config={root}/configs/r1_zero.py",
            f"--workdir={wd}", "--config.train.num_steps=10000",
-           f"--config.train.max_wall_s={_WALL.value}", "--config.train.eval_every=10000",
+           f"--config.train.max_wall_s={f.wall_s}", "--config.train.eval_every=10000",
            "--config.train.checkpoint_every=0", "--config.train.sample_every=0",
-           f"--config.rl.algorithm={algo}"] + [f"--config.{x}" for x in _EXTRA.value]
+           f"--config.rl.algorithm={algo}"] + [f"--config.{x}" for x in f.extra]
     subprocess.run(cmd, check=True, cwd=root)
-    summary, finals[algo] = summarize_run(wd, algo, _WALL.value)
+    summary, finals[algo] = summarize_run(wd, algo, f.wall_s)
     print(json.dumps(summary), flush=True)
   for line in comparisons(finals):
     print(line, flush=True)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -21,9 +21,13 @@ import jax
 import numpy as np
 from absl import app, flags
 
-_PROMPTS = flags.DEFINE_integer("prompts", 8, "Number of prompts.")
-_NEW = flags.DEFINE_integer("new_tokens", 64, "New tokens per completion.")
-_SAMPLES = flags.DEFINE_integer("samples", 4, "Completions per prompt.")
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program."""
+  flags.DEFINE_integer("prompts", 8, "Number of prompts.")
+  flags.DEFINE_integer("new_tokens", 64, "New tokens per completion.")
+  flags.DEFINE_integer("samples", 4, "Completions per prompt.")
 
 
 def main(argv) -> None:
@@ -42,11 +46,11 @@ def main(argv) -> None:
   model_cfg, params, tok = load_model(c.model, mesh)
   src = data_lib.make_source(dict(c.data.source))
   render = data_lib.make_renderer(c.data, tok)
-  prompts = [render(src[i]) for i in range(_PROMPTS.value)]
+  prompts = [render(src[i]) for i in range(flags.FLAGS.prompts)]
   ptoks, pmask = pad_prompts([tok.encode(p) for p in prompts], tok.pad_id, c.data.prompt_bucket)
   base = dataclasses.replace(sampling_config(c, eos_ids=tuple(sorted(tok.eos_ids)),
                                              pad_id=tok.pad_id),
-                             num_samples=_SAMPLES.value, max_new_tokens=_NEW.value)
+                             num_samples=flags.FLAGS.samples, max_new_tokens=flags.FLAGS.new_tokens)
   logp_fn = jax.jit(functools.partial(rl.completion_logprobs, model_cfg=model_cfg,
                                       temperature=base.temperature))
   rows = []
@@ -67,4 +71,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

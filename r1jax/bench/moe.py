@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from r1jax import rl, steps
+from r1jax import memory, rl, steps
 from r1jax.bench.timing import cpu_flags, machine
 from r1jax.model import ModelConfig, init_params, moe, param_shapes
 
@@ -64,7 +64,7 @@ def time_step(cfg: ModelConfig, a: argparse.Namespace) -> float:
   step = jax.jit(steps.make_train_step(
       functools.partial(rl.grpo_loss, cfg=gcfg, model_cfg=cfg), tx, a.rows // a.micro,
       rl.micro_batch_weight(gcfg), moe.balancing_update(cfg)), donate_argnums=0)
-  state = steps.init_state(init_params(cfg, 0), tx)
+  state = memory.init_state(init_params(cfg, 0), tx)
   state, m = step(state, batch)  # compile
   jax.block_until_ready(m)
   best = float("inf")

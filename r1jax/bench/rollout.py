@@ -40,7 +40,7 @@ def train_rows(cfg, params, prompts: np.ndarray, lens: np.ndarray, max_new: int,
   """Best seconds of one GRPO train step on the padded batch vs on packed rows."""
   import functools
   import jax
-  from r1jax import compile_cache, rl, packed_rl, packing, steps
+  from r1jax import compile_cache, memory, rl, packed_rl, packing, steps
   rows = len(lens)
   width = compile_cache.completion_bucket(int(lens.max()), max_new)
   rng = np.random.RandomState(2)
@@ -54,7 +54,7 @@ def train_rows(cfg, params, prompts: np.ndarray, lens: np.ndarray, max_new: int,
   out = []
   for name, loss, b in (("padded", rl.grpo_loss, batch), ("packed", packed_rl.loss, packed)):
     step = jax.jit(steps.make_train_step(functools.partial(loss, cfg=gcfg, model_cfg=cfg), tx))
-    state = steps.init_state(params, tx)
+    state = memory.init_state(params, tx)
     loss0 = float(step(state, b)[1]["loss"])  # compiles
     best = float("inf")
     for _ in range(repeats):

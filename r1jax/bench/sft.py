@@ -47,7 +47,7 @@ def r1jax_speed(examples, pad_id: int, seq_len: int, batch: int, steps: int,
                 dtype: str = "float32") -> dict:
   import jax
 
-  from r1jax import distill
+  from r1jax import distill, memory
   from r1jax import steps as steps_lib
   from r1jax.data import sft as sft_data
   from r1jax.mesh import make_mesh, shard_batch, use_mesh
@@ -58,7 +58,7 @@ def r1jax_speed(examples, pad_id: int, seq_len: int, batch: int, steps: int,
   tx = steps_lib.make_optimizer(steps_lib.OptimConfig(learning_rate=1e-5, total_steps=100))
   dcfg = distill.DistillConfig()
   loss = lambda p, b: distill.sft_objective(p, b, cfg, dcfg)
-  state = jax.jit(steps_lib.init_state, static_argnums=1)(params, tx)
+  state = memory.init_state(params, tx)
   step = steps_lib.jit_train_step(steps_lib.make_train_step(loss, tx, 1), state)
   times, toks = [], []
   with use_mesh(mesh):
