@@ -121,18 +121,20 @@ MASKED = -1e30
 
 
 class KeyMask(NamedTuple):
-  """The mask of a forward without a cache, left for `attention` to build one block of
-  queries at a time (`ModelConfig.attention_chunk`): query i attends to key j when j <= i,
-  mask[j], and (packed rows) segment_ids[i] == segment_ids[j]."""
+  """A causal mask left for `attention` to build one block of queries at a time
+  (`ModelConfig.attention_chunk`): query i (at key slot offset + i) attends to key j when
+  j <= offset + i, mask[j], and (packed rows) segment_ids[i] == segment_ids[j]."""
   mask: jax.Array  # [B, S] bool
-  segment_ids: jax.Array | None  # [B, T] (T == S)
+  segment_ids: jax.Array | None  # [B, T] (no cache: T == S, offset 0)
+  offset: jax.Array | int = 0  # the first query's slot (a KV cache's write index)
 
 
 def _block_bias(km: KeyMask, seg_q: jax.Array | None, start: jax.Array, n: int) -> jax.Array:
   """The [B, n, S] bias of queries start..start+n-1 (0 or MASKED); seg_q [B, >= start+n]:
   the queries' segment ids."""
   s = km.mask.shape[1]
-  allowed = (jnp.arange(s)[None] <= start + jnp.arange(n)[:, None])[None] & km.mask[:, None]
+  q_slot = km.offset + start + jnp.arange(n)
+  allowed = (jnp.arange(s)[None] <= q_slot[:, None])[None] & km.mask[:, None]
   if km.segment_ids is not None:
     seg_q = jax.lax.dynamic_slice_in_dim(seg_q, start, n, axis=1)
     allowed = allowed & (seg_q[:, :, None] == km.segment_ids[:, None, :])

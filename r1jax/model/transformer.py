@@ -262,8 +262,11 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     index = cache.index
     s = cache.mask.shape[1]
     slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, mask, index, axis=1)
-    q_slot = index + jnp.arange(t)
-    allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & slot_mask[:, None, :]
+    if 0 < cfg.attention_chunk < t and not cfg.is_mla:  # MLA's cached path takes a bias
+      bias = KeyMask(slot_mask, None, index)
+    else:
+      q_slot = index + jnp.arange(t)
+      allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & slot_mask[:, None, :]
   if bias is None:
     bias = jnp.where(allowed, 0.0, MASKED).astype(jnp.float32)
   block = _block
