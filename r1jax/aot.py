@@ -111,12 +111,16 @@ def best_time(compiled, p: Program, repeats: int) -> float:
   return best
 
 
-def compile_program(p: Program, chip: hardware.Chip, measure: int = 0) -> dict:
+def compile_program(p: Program, chip: hardware.Chip, measure: int = 0,
+                    effort: float = 0.0) -> dict:
   """Lower and compile `p`; its per-chip memory, cost and roofline time (and, with
-  `measure` > 0 on devices that run, its best measured time)."""
+  `measure` > 0 on devices that run, its best measured time). `effort` is XLA's
+  exec_time_optimization_effort in [-1, 1] (0: the default a run compiles with); -1 makes
+  the TPU backend's per-fusion code generation, most of a compile, several times faster."""
   t0 = time.perf_counter()
   lowered = p.fn.lower(*p.args) if hasattr(p.fn, "lower") else p.fn(*p.args)
-  compiled = lowered.compile()
+  compiled = lowered.compile(
+      compiler_options={"exec_time_optimization_effort": effort} if effort else None)
   compile_s = time.perf_counter() - t0
   m = compiled.memory_analysis()
   cost = _cost(compiled)

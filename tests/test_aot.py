@@ -252,7 +252,7 @@ def test_plan_skips_slices_too_small_for_the_state(monkeypatch):
   assert aot_plan.state_floor("smollm2-135m", "full", 4) == 134_515_008 * 16 / 4
   assert aot_plan.state_floor("smollm2-135m", "lora", 2) == 134_515_008 * 4 / 2
   compiled, logged = [], []
-  monkeypatch.setattr(aot_plan, "measure", lambda m, w, k, topo: compiled.append(topo) or
+  monkeypatch.setattr(aot_plan, "measure", lambda m, w, k, topo, effort: compiled.append(topo) or
                       dict(fits=True, topology=topo))
   r = aot_plan.smallest_slice("qwen2.5-32b", "grpo4k", "full", "v5e", logged.append)
   # ~32.8B parameters x 16 bytes = 524 GB: more than 30 of v5e's 16 GiB chips.
@@ -260,3 +260,21 @@ def test_plan_skips_slices_too_small_for_the_state(monkeypatch):
   assert [x["topology"] for x in logged if not x["fits"]] == [
       "v5e:1x1", "v5e:2x2", "v5e:2x4", "v5e:4x4"]
   assert all("state alone" in x["error"] for x in logged if not x["fits"])
+
+
+def test_plan_effort_keeps_flops():
+  """bench.aot_plan compiles at XLA's exec_time_optimization_effort -1 (`EFFORT`, several
+  times faster on a CPU host): the TPU compiler builds a different executable there (on this
+  tiny program it keeps temporaries in HBM that effort 0 keeps in VMEM) but counts the same
+  FLOPs within 1%; the tiny config's micro-batched train step for one v5e chip. (Memory at
+  the plan's sizes is compared with effort 0 in the README.)"""
+  from r1jax.bench import aot_plan
+  c = r1_zero.get_config("tiny")
+  chip, devices = hardware.topology_devices("v5e:1x1")
+  mesh = aot.make_mesh(c.mesh.shape, devices, "v5e:1x1")
+  with aot.mesh_lib.use_mesh(mesh):
+    p = next(p for _, ps in programs.programs_of(c, mesh, 16) for p in ps
+             if p.name == "train_step")
+    fast, full = (aot.compile_program(p, chip, effort=e) for e in (aot_plan.EFFORT, 0.0))
+  assert fast["temp_bytes"] != full["temp_bytes"]  # the option reaches the TPU compiler
+  assert abs(fast["flops"] - full["flops"]) <= 0.01 * full["flops"]

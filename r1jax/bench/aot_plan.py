@@ -69,9 +69,15 @@ def cell_config(model: str, workload: str, kind: str, layers: int):
 # count for each of its micro-batches, an upper bound by the optimizer update's share.
 SKIP = ("sample", "micro_grad")
 DEPTHS = (2, 4)  # blocks compiled; every block is the same, so the rest is a straight line
+# Most of a TPU compile on a CPU host is the backend's code generation, fusion by fusion
+# (BACKEND_PASSES: 34 of 40 s for SmolLM2's 2-block train step at 512 new tokens), and its
+# time grows with the fused shapes. XLA's exec_time_optimization_effort -1 (instead of a
+# run's 0) cuts it 4x with the same FLOPs and bytes accessed and memory within a few
+# percent (README "The model-size plan").
+EFFORT = -1.0
 
 
-def _compile_all(c, topology: str) -> dict[str, dict]:
+def _compile_all(c, topology: str, effort: float) -> dict[str, dict]:
   chip, devices = hardware.topology_devices(topology)
   mesh = aot.make_mesh(c.mesh.shape, devices, topology)
   out, extra = {}, {}
@@ -82,7 +88,7 @@ def _compile_all(c, topology: str) -> dict[str, dict]:
           name = p.name.replace("micro_grad", "train_step")
           extra[name] = extra.get(name, 0.0) + p.per_step
         elif p.name not in SKIP:
-          out[p.name] = aot.compile_program(p, chip)
+          out[p.name] = aot.compile_program(p, chip, effort=effort)
   for name, n in extra.items():
     out[name]["per_step"] += n
   return out
@@ -97,11 +103,14 @@ def state_floor(model: str, kind: str, chips: int) -> float:
   return n * (4 if kind == "lora" else 16) / chips
 
 
-def measure(model: str, workload: str, kind: str, topology: str) -> dict:
-  """Bytes and roofline of a cell on a slice, extrapolated from `DEPTHS` layers."""
+def measure(model: str, workload: str, kind: str, topology: str, effort: float = EFFORT
+            ) -> dict:
+  """Bytes and roofline of a cell on a slice, extrapolated from `DEPTHS` layers, compiled
+  at XLA's exec_time_optimization_effort `effort`."""
   depth = programs.PRESETS[model].num_layers
   d0, d1 = DEPTHS
-  lo, hi = (_compile_all(cell_config(model, workload, kind, n), topology) for n in DEPTHS)
+  lo, hi = (_compile_all(cell_config(model, workload, kind, n), topology, effort)
+            for n in DEPTHS)
   chip, _ = hardware.parse_topology(topology)
   at = lambda a, b: a + (b - a) * (depth - d0) / (d1 - d0)
   progs = {}
@@ -119,12 +128,13 @@ def measure(model: str, workload: str, kind: str, topology: str) -> dict:
               chips=hardware.num_chips(hardware.parse_topology(topology)[1]),
               peak_program=worst, peak_bytes=progs[worst]["total_bytes"],
               hbm_bytes=chip.hbm_bytes, fits=progs[worst]["total_bytes"] <= chip.hbm_bytes,
-              step_roofline_s=step, sampling_share=samp / step if step else 0.0,
+              step_roofline_s=step, sampling_share=samp / step if step else 0.0, effort=effort,
               compile_s_by_program={k: round(lo[k]["compile_s"] + hi[k]["compile_s"], 1)
                                     for k in lo})
 
 
-def smallest_slice(model: str, workload: str, kind: str, gen: str, log) -> dict | None:
+def smallest_slice(model: str, workload: str, kind: str, gen: str, log,
+                   effort: float = EFFORT) -> dict | None:
   for dims in SLICES[gen]:
     topo = f"{gen}:{dims}"
     t0 = time.time()
@@ -135,7 +145,7 @@ def smallest_slice(model: str, workload: str, kind: str, gen: str, log) -> dict 
                error=f"state alone {floor / hardware.GiB:.1f} GiB per chip", compile_s=0.0))
       continue
     try:
-      r = measure(model, workload, kind, topo)
+      r = measure(model, workload, kind, topo, effort)
     except Exception as e:  # noqa: BLE001 - the compiler's own "out of memory" and the like
       r = dict(model=model, workload=workload, kind=kind, topology=topo, fits=False,
                error=str(e).splitlines()[0][:200])
@@ -151,6 +161,9 @@ def main() -> None:
   ap.add_argument("--cells", default=",".join(DEFAULT_CELLS))
   ap.add_argument("--gens", default="v5e,v5p,v6e")
   ap.add_argument("--out", default="")
+  ap.add_argument("--effort", type=float, default=EFFORT,
+                  help="XLA exec_time_optimization_effort in [-1, 1]; 0 is what a run "
+                  "compiles with, -1 compiles several times faster (see EFFORT)")
   args = ap.parse_args()
   out = open(args.out, "a") if args.out else None
 
@@ -164,7 +177,7 @@ def main() -> None:
   for cell in args.cells.split(","):
     model, workload, kind = cell.split("/")
     for gen in args.gens.split(","):
-      r = smallest_slice(model, workload, kind, gen, log)
+      r = smallest_slice(model, workload, kind, gen, log, args.effort)
       if r is None:
         print(f"| {model} | {workload} {kind} | {gen} | > {SLICES[gen][-1]} | | | | |", flush=True)
         continue
