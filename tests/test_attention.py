@@ -94,7 +94,7 @@ def test_forward_in_query_blocks_equals_all_at_once(preset):
 
   for segment_ids in (None, seg):
     (ref, gref) = run(0, segment_ids)
-    for chunk in (5, 4):
+    for chunk in (5,):  # 12 queries: blocks of 5, 5 and 2 (padded)
       val, g = run(chunk, segment_ids)
       np.testing.assert_allclose(float(val), float(ref), rtol=1e-5)
       for a, e in zip(jax.tree.leaves(g), jax.tree.leaves(gref)):
