@@ -129,7 +129,7 @@ class KeyMask(NamedTuple):
   offset: jax.Array | int = 0  # the first query's slot (a KV cache's write index)
 
 
-def _block_bias(km: KeyMask, seg_q: jax.Array | None, start: jax.Array, n: int) -> jax.Array:
+def block_bias(km: KeyMask, seg_q: jax.Array | None, start: jax.Array, n: int) -> jax.Array:
   """The [B, n, S] bias of queries start..start+n-1 (0 or MASKED); seg_q [B, >= start+n]:
   the queries' segment ids."""
   s = km.mask.shape[1]
@@ -157,7 +157,7 @@ def chunked_attention(q, k, v, km: KeyMask, dtype, scale: float | None, chunk: i
 
   @jax.checkpoint
   def one(qc, start):
-    return attention(qc, k, v, _block_bias(km, seg_q, start, chunk), dtype, scale)
+    return attention(qc, k, v, block_bias(km, seg_q, start, chunk), dtype, scale)
 
   out = jax.lax.map(lambda xs: one(*xs), (qs, jnp.arange(n) * chunk))
   return out.swapaxes(0, 1).reshape(b, n * chunk, *out.shape[3:])[:, :t]

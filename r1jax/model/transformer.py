@@ -32,8 +32,8 @@ from flax import nnx
 
 from r1jax.mesh import constrain
 from r1jax.model.config import ModelConfig
-from r1jax.model.layers import (MASKED, KeyMask, Params, apply_rope, attention, dense, param,
-                                rms_norm, rope_inv_freq)
+from r1jax.model.layers import (MASKED, KeyMask, Params, apply_rope, attention, block_bias, dense,
+                                param, rms_norm, rope_inv_freq)
 from r1jax.model.mla import mla_attention, mla_params
 from r1jax.model.moe import (  # noqa: F401 - MOE_IMPLS, merge_router_stats, route: re-exported
     EXPERT_DTYPE, MOE_IMPLS, merge_router_stats, moe_mlp, route, router_stats, router_summary)
@@ -247,28 +247,17 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   x = jnp.take(table, tokens, axis=0).astype(dt)
   x = constrain(x, ("batch", "length", "embed"))
   inv_freq = rope_inv_freq(cfg)
-  bias = None
-  if cache is None and 0 < cfg.attention_chunk < t:  # the mask, built block by block
-    index, bias = None, KeyMask(mask, segment_ids)
-  elif cache is None:
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    allowed = causal[None] & mask[:, None, :]
-    if segment_ids is not None:
-      allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    index = None
+  if cache is None:
+    index, km = None, KeyMask(mask, segment_ids)
   else:
     if segment_ids is not None:
       raise ValueError("segment_ids (packed rows) are not supported with a KV cache")
     index = cache.index
-    s = cache.mask.shape[1]
     slot_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, mask, index, axis=1)
-    if 0 < cfg.attention_chunk < t and not cfg.is_mla:  # MLA's cached path takes a bias
-      bias = KeyMask(slot_mask, None, index)
-    else:
-      q_slot = index + jnp.arange(t)
-      allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & slot_mask[:, None, :]
-  if bias is None:
-    bias = jnp.where(allowed, 0.0, MASKED).astype(jnp.float32)
+    km = KeyMask(slot_mask, None, index)
+  # In blocks, attention builds each block's mask itself (MLA's cached path takes a bias).
+  blocks = 0 < cfg.attention_chunk < t and not (cfg.is_mla and cache is not None)
+  bias = km if blocks else block_bias(km, segment_ids, 0, t)
   block = _block
   if cfg.remat:
     from r1jax.memory import remat_policy
